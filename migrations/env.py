@@ -1,0 +1,57 @@
+"""Alembic environment for revstore.
+
+Run through ``revstore db …``, which passes the store (URL, prefix, schema)
+in ``config.attributes``; the tables are described by ``revstore.schema``.
+"""
+
+from __future__ import annotations
+
+from alembic import context
+from sqlalchemy import text
+
+from revstore.schema import build_tables
+
+config = context.config
+store = config.attributes["revstore_store"]
+tables = build_tables(store.tables.prefix, store.tables.schema)
+config.attributes["revstore_tables"] = tables
+
+options = dict(
+    target_metadata=tables.metadata,
+    version_table=tables.version_table,
+    version_table_schema=tables.schema,
+)
+
+
+def run_offline() -> None:
+    context.configure(
+        url=store.url.render_as_string(hide_password=True),
+        literal_binds=True,
+        dialect_opts={"paramstyle": "named"},
+        **options,
+    )
+    with context.begin_transaction():
+        if tables.schema:
+            context.execute(f'CREATE SCHEMA IF NOT EXISTS "{tables.schema}"')
+        context.run_migrations()
+
+
+def run_online() -> None:
+    with store.engine.connect() as connection:
+        if store.backend == "sqlite":
+            # WAL lets workers read while a client writes; it is a property of
+            # the file, so the admin sets it once here.
+            connection.exec_driver_sql("PRAGMA journal_mode=WAL")
+        if tables.schema:
+            connection.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{tables.schema}"'))
+            connection.commit()
+        context.configure(connection=connection, **options)
+        with context.begin_transaction():
+            context.run_migrations()
+        connection.commit()
+
+
+if context.is_offline_mode():
+    run_offline()
+else:
+    run_online()

@@ -1,0 +1,288 @@
+"""The ``revstore`` admin command (also ``celery revstore``).
+
+Every command resolves the database the same way (``--url``, then the Celery
+app's ``revstore_url`` with ``-A``, then ``REVSTORE_URL``) and turns every
+user error into one line on stderr and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from typing import Any, Callable, TypeVar
+
+import click
+from sqlalchemy.exc import SQLAlchemyError
+
+from . import config as _config
+from .errors import ConfigurationError, RevstoreError
+from .store import DEFAULT, RevocationStore, Revocation, Target
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class UserError(click.ClickException):
+    """Printed as the bare one-line message (exit 1)."""
+
+    def show(self, file: Any = None) -> None:
+        click.echo(self.format_message(), err=True)
+
+
+def user_errors(fn: F) -> F:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except RevstoreError as exc:
+            raise UserError(str(exc)) from None
+        except SQLAlchemyError as exc:
+            line = str(getattr(exc, "orig", exc)).strip().splitlines()
+            raise UserError(f"revstore: database error: {_config.mask_url(line[0]) if line else type(exc).__name__}") from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+class Context:
+    """What the group's options resolve to, built lazily per command."""
+
+    def __init__(self, url: str | None, app_name: str | None, schema: str | None, prefix: str | None, app: Any) -> None:
+        self._url, self._app_name, self._schema, self._prefix, self._app = url, app_name, schema, prefix, app
+        self._store: RevocationStore | None = None
+
+    @property
+    def app(self) -> Any:
+        if self._app is None and self._app_name:
+            from celery.app.utils import find_app
+
+            try:
+                self._app = find_app(self._app_name)
+            except Exception as exc:
+                raise ConfigurationError(f"revstore: cannot load Celery app {self._app_name!r}: {exc}") from None
+        return self._app
+
+    def settings(self) -> _config.Settings:
+        app = self.app
+        return _config.load_settings(
+            conf=app.conf if app is not None else None,
+            revstore_url=self._url,
+            revstore_schema=self._schema,
+            revstore_table_prefix=self._prefix,
+        )
+
+    @property
+    def store(self) -> RevocationStore:
+        if self._store is None:
+            settings = self.settings()
+            if settings.url is None:
+                raise ConfigurationError(
+                    "revstore: no database URL; pass --url, set REVSTORE_URL, or give -A an app with revstore_url"
+                )
+            self._store = RevocationStore.from_settings(settings)
+        return self._store
+
+
+pass_ctx = click.make_pass_decorator(Context)
+
+
+@click.group(name="revstore", context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--url", envvar="REVSTORE_URL", help="Database URL (default: $REVSTORE_URL or the app's revstore_url).")
+@click.option("-A", "--app", "app_name", help="Celery app to read revstore_url and other settings from.")
+@click.option("--schema", envvar="REVSTORE_SCHEMA", help="PostgreSQL schema holding the tables.")
+@click.option("--prefix", envvar="REVSTORE_TABLE_PREFIX", help="Table name prefix (default revstore_).")
+@click.pass_context
+def main_group(ctx: click.Context, url: str | None, app_name: str | None, schema: str | None, prefix: str | None) -> None:
+    """Durable, shared Celery task revocations."""
+    parent_app = getattr(ctx.obj, "app", None)  # set when run as `celery -A proj revstore`
+    ctx.obj = Context(url, app_name, schema, prefix, parent_app if not app_name else None)
+
+
+# ------------------------------------------------------------------ db
+
+
+@main_group.group()
+def db() -> None:
+    """Schema migrations (run by an admin; workers never run DDL)."""
+
+
+@db.command("upgrade")
+@click.argument("revision", default="head")
+@pass_ctx
+@user_errors
+def db_upgrade(ctx: Context, revision: str) -> None:
+    """Create or upgrade the tables to REVISION (default: head)."""
+    from . import migrate
+
+    migrate.upgrade(ctx.store, revision)
+    click.echo(f"revstore: {ctx.store.url.render_as_string(hide_password=True)} is at {migrate.current_revision(ctx.store)}")
+
+
+@db.command("downgrade")
+@click.argument("revision")
+@pass_ctx
+@user_errors
+def db_downgrade(ctx: Context, revision: str) -> None:
+    """Downgrade to REVISION (``base`` removes every revstore table)."""
+    from . import migrate
+
+    migrate.downgrade(ctx.store, revision)
+    click.echo(f"revstore: downgraded to {migrate.current_revision(ctx.store) or 'base'}")
+
+
+@db.command("current")
+@pass_ctx
+@user_errors
+def db_current(ctx: Context) -> None:
+    """Print the schema revision of the database."""
+    from . import migrate
+
+    click.echo(migrate.current_revision(ctx.store) or "base (no revstore schema)")
+
+
+@db.command("check")
+@pass_ctx
+@user_errors
+def db_check(ctx: Context) -> None:
+    """Exit 1 unless the schema is at this revstore's head revision."""
+    from . import migrate
+
+    click.echo(f"revstore: schema is at head {migrate.check_schema(ctx.store)}")
+
+
+@db.command("sql")
+@click.argument("revision", default="head")
+@click.option("--from", "from_rev", help="With a lower REVISION: the downgrade SQL from this revision.")
+@pass_ctx
+@user_errors
+def db_sql(ctx: Context, revision: str, from_rev: str | None) -> None:
+    """Print the DDL for DBAs who apply migrations by hand (nothing is run)."""
+    from . import migrate
+
+    click.echo(migrate.offline_sql(ctx.store, revision, downgrade_from=from_rev), nl=False)
+
+
+# ----------------------------------------------------------- revocations
+
+
+def _targets(ids: tuple[str, ...], root: bool, stamps: tuple[str, ...]) -> list[Target]:
+    targets: list[Target] = [Target.root(i) if root else Target.task(i) for i in ids]
+    for item in stamps:
+        header, sep, value = item.partition("=")
+        if not sep or not header:
+            raise ConfigurationError(f"revstore: --stamp {item!r} must look like HEADER=VALUE")
+        targets.append(Target.stamp(header, value))
+    return targets
+
+
+def _describe(row: Revocation) -> str:
+    expires = row.expires_at.isoformat(timespec="seconds") if row.expires_at else "never"
+    state = "active" if row.active else "restored"
+    term = f" terminate={row.signal}" if row.terminate else ""
+    reason = f" reason={row.reason!r}" if row.reason else ""
+    return f"{row.target}\t{state}{term}\texpires={expires}\tby={row.revoked_by}{reason}"
+
+
+@main_group.command("revoke")
+@click.argument("ids", nargs=-1)
+@click.option("--terminate", is_flag=True, help="Also kill the task if it is running.")
+@click.option("--signal", "sig", default=None, help="Signal for --terminate (default SIGTERM).")
+@click.option("--expires", default=None, help="Lifetime: seconds, 30m, 12h, 7d or never (default: revstore_default_expires).")
+@click.option("--reason", default=None, help="Free text kept with the revocation.")
+@click.option("--root", is_flag=True, help="IDS are workflow root ids: revoke every task of those workflows.")
+@click.option("--stamp", "stamps", multiple=True, metavar="HEADER=VALUE", help="Revoke by stamped header (repeatable).")
+@pass_ctx
+@user_errors
+def revoke_cmd(ctx: Context, ids: tuple[str, ...], terminate: bool, sig: str | None, expires: str | None,
+               reason: str | None, root: bool, stamps: tuple[str, ...]) -> None:
+    """Write revocations to the table; workers apply them on their next sync."""
+    targets = _targets(ids, root, stamps)
+    if not targets:
+        raise ConfigurationError("revstore: nothing to revoke; give task ids or --stamp HEADER=VALUE")
+    if sig is not None and not terminate:
+        raise ConfigurationError("revstore: --signal only makes sense with --terminate")
+    lifetime = DEFAULT if expires is None else _config.parse_duration(expires)
+    result = ctx.store.add(targets, terminate=terminate, signal=sig, reason=reason, expires=lifetime)
+    click.echo(f"revstore: revoked {len(targets)} ({result.changed} new or changed)")
+
+
+@main_group.command("restore")
+@click.argument("ids", nargs=-1, required=True)
+@click.option("--root", is_flag=True, help="IDS are workflow root ids.")
+@click.option("--stamp", "stamps", multiple=True, metavar="HEADER=VALUE", help="Un-revoke a stamped header value.")
+@pass_ctx
+@user_errors
+def restore_cmd(ctx: Context, ids: tuple[str, ...], root: bool, stamps: tuple[str, ...]) -> None:
+    """Un-revoke: the tasks may run again once workers sync."""
+    result = ctx.store.remove(_targets(ids, root, stamps))
+    click.echo(f"revstore: restored {result.changed}")
+
+
+@main_group.command("list")
+@click.option("--kind", type=click.Choice(["task", "stamp", "root"]), default=None)
+@click.option("--terminate", "only_terminate", is_flag=True, help="Only revocations that terminate.")
+@click.option("--limit", type=click.IntRange(min=1), default=None)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@pass_ctx
+@user_errors
+def list_cmd(ctx: Context, kind: str | None, only_terminate: bool, limit: int | None, as_json: bool) -> None:
+    """List unexpired revocations, oldest first."""
+    for row in ctx.store.iter_active(kind, limit=limit):  # type: ignore[arg-type]
+        if only_terminate and not row.terminate:
+            continue
+        click.echo(json.dumps(row.as_dict()) if as_json else _describe(row))
+
+
+@main_group.command("show")
+@click.argument("task_id")
+@click.option("--root", is_flag=True)
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+@user_errors
+def show_cmd(ctx: Context, task_id: str, root: bool, as_json: bool) -> None:
+    """Show one revocation (exit 1 when there is none)."""
+    row = ctx.store.get(Target.root(task_id) if root else Target.task(task_id))
+    if row is None:
+        raise UserError(f"revstore: {task_id} is not revoked")
+    click.echo(json.dumps(row.as_dict()) if as_json else _describe(row))
+
+
+@main_group.command("purge-expired")
+@click.option("--batch", type=click.IntRange(min=1), default=_config.DEFAULT_CLEANUP_BATCH, show_default=True)
+@pass_ctx
+@user_errors
+def purge_cmd(ctx: Context, batch: int) -> None:
+    """Delete expired revocations and old un-revoke tombstones now."""
+    click.echo(f"revstore: deleted {ctx.store.purge_expired(batch)} expired rows")
+
+
+@main_group.command("stats")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+@user_errors
+def stats_cmd(ctx: Context, as_json: bool) -> None:
+    """Counts of revocations by kind, awaiting cleanup, and tombstones."""
+    stats = ctx.store.stats()
+    if as_json:
+        click.echo(json.dumps(stats))
+        return
+    for key, value in stats.items():
+        if isinstance(value, dict):
+            value = ", ".join(f"{k}={v}" for k, v in value.items())
+        click.echo(f"{key}: {value}")
+
+
+@main_group.command("demo")
+@click.option("--workdir", default=None, help="Where to keep the demo's SQLite file and broker folders.")
+@user_errors
+def demo_cmd(workdir: str | None) -> None:
+    """Show revocations surviving SIGKILL and reaching an offline worker (SQLite, no server)."""
+    from .demo import run_demo
+
+    sys.exit(run_demo(workdir))
+
+
+celery_command = main_group
+
+
+def main() -> None:
+    main_group(prog_name="revstore")

@@ -1,0 +1,231 @@
+"""Settings: names, defaults, validation and URL handling.
+
+Settings follow Celery's lowercase style and can live in the Celery app
+config (``app.conf.revstore_url``), in the environment (``REVSTORE_URL``) or
+on the command line.  Resolution order, strongest first: explicit argument,
+Celery setting, environment variable, default.  Only this module knows that
+order, so the CLI, the bootstep and the client API cannot disagree.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+from .errors import ConfigurationError
+
+#: Revocations live a week unless the revoker says otherwise.  A week is far
+#: longer than Celery's in-memory default (3 h) because the table, not worker
+#: memory, bounds the cost, and it outlasts broker redelivery windows (Redis
+#: visibility_timeout 1 h, SQS 12 h) and a weekend outage.  Revocations of
+#: tasks with a later ETA are extended past that ETA by the worker that holds
+#: the task (see ``bootstep``).
+DEFAULT_EXPIRES = 7 * 24 * 3600.0
+
+#: How often a worker pulls changes when it cannot listen for notifications.
+DEFAULT_SYNC_INTERVAL = 5.0
+
+#: How often (seconds) one worker deletes expired rows, and how many per
+#: statement: small batches keep each DELETE short so writers never stall.
+DEFAULT_CLEANUP_INTERVAL = 300.0
+DEFAULT_CLEANUP_BATCH = 5000
+
+#: How long an un-revoke (tombstone) is kept so that running workers see it.
+DEFAULT_TOMBSTONE_TTL = 24 * 3600.0
+
+DEFAULT_TABLE_PREFIX = "revstore_"
+
+_PREFIX_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,30}$")
+_SCHEMA_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+
+# setting name -> environment variable
+ENV = {
+    "revstore_url": "REVSTORE_URL",
+    "revstore_schema": "REVSTORE_SCHEMA",
+    "revstore_table_prefix": "REVSTORE_TABLE_PREFIX",
+    "revstore_sync_interval": "REVSTORE_SYNC_INTERVAL",
+    "revstore_default_expires": "REVSTORE_DEFAULT_EXPIRES",
+    "revstore_cleanup_interval": "REVSTORE_CLEANUP_INTERVAL",
+    "revstore_cleanup_batch": "REVSTORE_CLEANUP_BATCH",
+    "revstore_tombstone_ttl": "REVSTORE_TOMBSTONE_TTL",
+    "revstore_start_without_db": "REVSTORE_START_WITHOUT_DB",
+    "revstore_listen": "REVSTORE_LISTEN",
+}
+
+
+def mask_url(url: str | URL | None) -> str:
+    """Render a database URL with its password replaced by ``***``."""
+    if url is None:
+        return "<none>"
+    try:
+        parsed = url if isinstance(url, URL) else make_url(str(url))
+    except Exception:
+        # Unparseable: hide anything that looks like user:password@.
+        return re.sub(r"//([^:/@]*):[^@]*@", r"//\1:***@", str(url))
+    return parsed.render_as_string(hide_password=True)
+
+
+def normalize_url(raw: str) -> URL:
+    """Parse a URL and pick the driver revstore supports for its backend.
+
+    ``postgresql://`` and ``postgres://`` mean psycopg 3, since psycopg2 is
+    not a dependency; ``mysql://`` means PyMySQL.
+    """
+    raw = raw.strip()
+    if raw.startswith("postgres://"):
+        raw = "postgresql://" + raw[len("postgres://"):]
+    try:
+        url = make_url(raw)
+    except ArgumentError:
+        raise ConfigurationError(
+            f"revstore: cannot parse database URL {mask_url(raw)!s}; "
+            "use e.g. postgresql://user@host/db or sqlite:///path/revstore.sqlite3"
+        ) from None
+    backend = url.get_backend_name()
+    if backend == "postgresql" and url.drivername == "postgresql":
+        url = url.set(drivername="postgresql+psycopg")
+    elif backend in ("mysql", "mariadb") and "+" not in url.drivername:
+        url = url.set(drivername=f"{backend}+pymysql")
+    if backend not in ("postgresql", "sqlite", "mysql", "mariadb"):
+        raise ConfigurationError(
+            f"revstore: unsupported database {backend!r} in {mask_url(url)}; "
+            "use a postgresql:// or sqlite:/// URL"
+        )
+    return url
+
+
+def _as_float(name: str, value: Any, *, minimum: float = 0.0, allow_none: bool = False) -> float | None:
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "never")):
+        if allow_none:
+            return None
+        raise ConfigurationError(f"revstore: setting {name} needs a number of seconds")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ConfigurationError(
+            f"revstore: setting {name}={value!r} is not a number of seconds; set e.g. {name}=30"
+        ) from None
+    if not number >= minimum or number != number or number in (float("inf"),):
+        raise ConfigurationError(f"revstore: setting {name}={value!r} must be a finite number >= {minimum}")
+    return number
+
+
+def _as_bool(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise ConfigurationError(f"revstore: setting {name}={value!r} is not a boolean; use true or false")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Validated revstore settings, shared by the worker, CLI and client."""
+
+    url: URL | None
+    schema: str | None = None
+    table_prefix: str = DEFAULT_TABLE_PREFIX
+    sync_interval: float = DEFAULT_SYNC_INTERVAL
+    default_expires: float | None = DEFAULT_EXPIRES
+    cleanup_interval: float = DEFAULT_CLEANUP_INTERVAL
+    cleanup_batch: int = DEFAULT_CLEANUP_BATCH
+    tombstone_ttl: float = DEFAULT_TOMBSTONE_TTL
+    start_without_db: bool = False
+    listen: bool = True
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def enabled(self) -> bool:
+        return self.url is not None
+
+    @property
+    def masked_url(self) -> str:
+        return mask_url(self.url)
+
+    def __repr__(self) -> str:  # never leak the password through repr()
+        return f"Settings(url={self.masked_url!r}, schema={self.schema!r}, table_prefix={self.table_prefix!r})"
+
+
+def _lookup(name: str, explicit: Mapping[str, Any], conf: Mapping[str, Any] | None, environ: Mapping[str, str]) -> Any:
+    if explicit.get(name) is not None:
+        return explicit[name]
+    if conf is not None:
+        try:
+            value = conf.get(name)
+        except Exception:
+            value = None
+        if value is not None:
+            return value
+    return environ.get(ENV[name])
+
+
+def load_settings(
+    conf: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+    **explicit: Any,
+) -> Settings:
+    """Resolve and validate every setting; raise ConfigurationError on bad input."""
+    environ = os.environ if environ is None else environ
+    get = lambda name: _lookup(name, explicit, conf, environ)  # noqa: E731
+
+    raw_url = get("revstore_url")
+    url = normalize_url(str(raw_url)) if raw_url not in (None, "") else None
+
+    schema = get("revstore_schema") or None
+    if schema is not None and not _SCHEMA_RE.match(str(schema)):
+        raise ConfigurationError(f"revstore: revstore_schema={schema!r} must be a plain SQL identifier")
+    if schema is not None and url is not None and url.get_backend_name() == "sqlite":
+        raise ConfigurationError("revstore: revstore_schema is for PostgreSQL; leave it unset with SQLite")
+
+    prefix = get("revstore_table_prefix")
+    prefix = DEFAULT_TABLE_PREFIX if prefix is None else str(prefix)
+    if prefix and not _PREFIX_RE.match(prefix):
+        raise ConfigurationError(f"revstore: revstore_table_prefix={prefix!r} must be letters, digits and _")
+
+    def num(name: str, default: float, minimum: float = 0.0) -> float:
+        value = get(name)
+        return default if value is None else _as_float(name, value, minimum=minimum)  # type: ignore[return-value]
+
+    expires_raw = get("revstore_default_expires")
+    default_expires = DEFAULT_EXPIRES if expires_raw is None else _as_float(
+        "revstore_default_expires", expires_raw, minimum=1.0, allow_none=True)
+
+    batch = num("revstore_cleanup_batch", DEFAULT_CLEANUP_BATCH, 1)
+    listen_raw = get("revstore_listen")
+    start_raw = get("revstore_start_without_db")
+    return Settings(
+        url=url,
+        schema=schema,
+        table_prefix=prefix,
+        sync_interval=num("revstore_sync_interval", DEFAULT_SYNC_INTERVAL, 0.05),
+        default_expires=default_expires,
+        cleanup_interval=num("revstore_cleanup_interval", DEFAULT_CLEANUP_INTERVAL, 1.0),
+        cleanup_batch=int(batch),
+        tombstone_ttl=num("revstore_tombstone_ttl", DEFAULT_TOMBSTONE_TTL, 1.0),
+        start_without_db=False if start_raw is None else _as_bool("revstore_start_without_db", start_raw),
+        listen=True if listen_raw is None else _as_bool("revstore_listen", listen_raw),
+    )
+
+
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str) -> float | None:
+    """Parse ``90``, ``30m``, ``12h``, ``7d`` or ``never`` into seconds (None = never)."""
+    if text.strip().lower() in ("never", "none", "forever"):
+        return None
+    match = _DURATION_RE.match(text)
+    if not match or float(match.group(1)) <= 0:
+        raise ConfigurationError(
+            f"revstore: cannot read duration {text!r}; use seconds or a unit (30m, 12h, 7d) or 'never'"
+        )
+    return float(match.group(1)) * _UNITS[match.group(2).lower()]

@@ -1,0 +1,102 @@
+"""Alembic, driven from code: the CLI's ``db`` commands and the schema check.
+
+The migration scripts ship inside the wheel as ``revstore/migrations``; in a
+checkout they are the top-level ``migrations/`` directory.  revstore keeps its
+own version table (``<prefix>alembic_version``) so it can share a database
+with an application that already uses Alembic.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from alembic.util.exc import CommandError
+
+from .config import mask_url
+from .errors import RevstoreError, SchemaError
+from .store import RevocationStore
+
+
+def migrations_dir() -> Path:
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "migrations", here.parent / "migrations"):
+        if (candidate / "env.py").is_file():
+            return candidate
+    raise RevstoreError("revstore: migration scripts not found; reinstall revstore")
+
+
+def alembic_config(store: RevocationStore, *, output: io.StringIO | None = None) -> Config:
+    cfg = Config(output_buffer=output) if output is not None else Config()
+    cfg.set_main_option("script_location", str(migrations_dir()))
+    cfg.attributes["revstore_store"] = store
+    return cfg
+
+
+def head_revision() -> str:
+    script = ScriptDirectory(str(migrations_dir()))
+    head = script.get_current_head()
+    assert head is not None
+    return head
+
+
+def current_revision(store: RevocationStore) -> str | None:
+    tables = store.tables
+    conn = store._connect()
+    try:
+        ctx = MigrationContext.configure(
+            conn, opts={"version_table": tables.version_table, "version_table_schema": tables.schema}
+        )
+        return ctx.get_current_revision()
+    finally:
+        conn.close()
+
+
+def check_schema(store: RevocationStore) -> str:
+    """Raise SchemaError unless the database is at this revstore's head revision."""
+    current = current_revision(store)
+    head = head_revision()
+    if current == head:
+        return current
+    where = mask_url(store.url)
+    if current is None:
+        raise SchemaError(f"revstore: {where} has no revstore schema; run `revstore db upgrade` as a database admin")
+    script = ScriptDirectory(str(migrations_dir()))
+    try:
+        script.get_revision(current)
+    except Exception:
+        raise SchemaError(
+            f"revstore: {where} has schema revision {current}, newer than this revstore knows (head {head}); "
+            "upgrade the revstore package"
+        ) from None
+    raise SchemaError(f"revstore: {where} is at schema revision {current}, not {head}; run `revstore db upgrade`")
+
+
+def _run(fn, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+    try:
+        fn(*args, **kwargs)
+    except CommandError as exc:
+        raise RevstoreError(f"revstore: {exc}") from None
+
+
+def upgrade(store: RevocationStore, revision: str = "head") -> None:
+    _run(command.upgrade, alembic_config(store), revision)
+
+
+def downgrade(store: RevocationStore, revision: str) -> None:
+    _run(command.downgrade, alembic_config(store), revision)
+
+
+def offline_sql(store: RevocationStore, revision: str = "head", downgrade_from: str | None = None) -> str:
+    """The DDL an upgrade (or a downgrade ``from:to``) would run, for DBAs."""
+    out = io.StringIO()
+    cfg = alembic_config(store, output=out)
+    if downgrade_from is not None:
+        _run(command.downgrade, cfg, f"{downgrade_from}:{revision}", sql=True)
+    else:
+        _run(command.upgrade, cfg, revision, sql=True)
+    return out.getvalue()

@@ -1,0 +1,102 @@
+"""The revocation tables, as SQLAlchemy Core metadata.
+
+One table holds every kind of revocation so that a worker needs one query to
+learn what changed:
+
+* ``kind='task'``: a task id (``value``), what ``control.revoke`` revokes;
+* ``kind='stamp'``: a stamped header (``header``) and one JSON-encoded value,
+  what ``control.revoke_by_stamped_headers`` revokes;
+* ``kind='root'``: a workflow root id: every task whose ``root_id`` is it.
+
+``version`` is the change marker.  Every write transaction first bumps the
+single row of the clock table and stamps the rows it writes with the new
+value.  Because the bump takes the clock row's lock until commit, versions
+become visible in commit order, so "rows with version > what I last saw" never
+skips a row that commits late (see ``docs/design.md``).  An un-revoke keeps the
+row as a tombstone (``active = false``) so running workers learn of it; the
+cleanup deletes tombstones after ``revstore_tombstone_ttl``.
+
+The migrations in ``migrations/versions`` are the source of truth for DDL;
+this module must describe the head revision exactly (a test compares them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+    false,
+    true,
+)
+from sqlalchemy.sql import func
+
+KINDS = ("task", "stamp", "root")
+
+#: Longest id, header or stamp value accepted: Celery ids are 36 characters;
+#: 255 leaves room for custom ids and fits every database's indexed VARCHAR.
+MAX_KEY_LENGTH = 255
+MAX_REASON_LENGTH = 1000
+
+#: Alembic's version table gets the prefix too, so revstore can share a
+#: database whose application already uses ``alembic_version``.
+VERSION_TABLE_SUFFIX = "alembic_version"
+
+
+@dataclass(frozen=True)
+class Tables:
+    """The tables of one revstore installation (one prefix, one schema)."""
+
+    metadata: MetaData
+    revocations: Table
+    clock: Table
+    prefix: str
+    schema: str | None
+
+    @property
+    def version_table(self) -> str:
+        return f"{self.prefix}{VERSION_TABLE_SUFFIX}"
+
+
+def build_tables(prefix: str = "revstore_", schema: str | None = None) -> Tables:
+    """Describe the tables for a table-name prefix and PostgreSQL schema."""
+    metadata = MetaData(schema=schema)
+    revocations = Table(
+        f"{prefix}revocations",
+        metadata,
+        Column("kind", String(8), nullable=False),
+        Column("header", String(MAX_KEY_LENGTH), nullable=False, server_default=""),
+        Column("value", String(MAX_KEY_LENGTH), nullable=False),
+        Column("terminate", Boolean, nullable=False, server_default=false()),
+        Column("signal", String(16), nullable=True),
+        Column("reason", Text, nullable=True),
+        Column("revoked_by", String(MAX_KEY_LENGTH), nullable=True),
+        Column("revoked_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+        Column("expires_at", DateTime(timezone=True), nullable=True),
+        Column("version", BigInteger, nullable=False),
+        Column("active", Boolean, nullable=False, server_default=true()),
+        PrimaryKeyConstraint("kind", "header", "value", name=f"{prefix}revocations_pk"),
+        Index(f"{prefix}revocations_version_ix", "version"),
+        Index(f"{prefix}revocations_expires_ix", "expires_at"),
+    )
+    clock = Table(
+        f"{prefix}clock",
+        metadata,
+        Column("id", Integer, primary_key=True, autoincrement=False),
+        # last version handed out
+        Column("version", BigInteger, nullable=False),
+        # highest version of a tombstone the cleanup deleted: a reader whose
+        # marker is older may have missed an un-revoke and must reload.
+        Column("purged_version", BigInteger, nullable=False),
+    )
+    return Tables(metadata, revocations, clock, prefix, schema)

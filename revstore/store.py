@@ -1,0 +1,699 @@
+"""The only door to the revocation tables.
+
+Every query revstore runs is a method of :class:`RevocationStore`.  The store
+knows SQL and revocations, nothing of Celery's worker: the bootstep, the CLI
+and the client API all go through it.
+
+Time comes from the database server (``now()``), never from the caller's
+clock: workers on hosts with skewed clocks still agree on what has expired.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import signal as _signal
+import socket
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from sqlalchemy import (
+    Engine,
+    and_,
+    case,
+    create_engine,
+    event,
+    func,
+    literal,
+    literal_column,
+    or_,
+    select,
+    text,
+    tuple_,
+    update,
+)
+from sqlalchemy.engine import URL, Connection
+from sqlalchemy.exc import DBAPIError, NoSuchModuleError, OperationalError, ProgrammingError, SQLAlchemyError
+
+from . import config as _config
+from .errors import ConfigurationError, DatabaseUnavailable, InvalidInput, SchemaError
+from .schema import KINDS, MAX_KEY_LENGTH, MAX_REASON_LENGTH, Tables, build_tables
+
+Kind = Literal["task", "stamp", "root"]
+
+#: Rows per INSERT statement: large enough to amortise round trips, small
+#: enough to stay under every driver's bound-parameter limit (SQLite: 32766).
+WRITE_CHUNK = 2000
+
+#: See _upsert: how much later a re-revoke's expiry must be to rewrite the row.
+EXTEND_SLACK = timedelta(seconds=60)
+
+#: Sentinel meaning "use the store's default expiry".
+DEFAULT: Any = object()
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a revocation applies to: a task id, a workflow root or a stamp."""
+
+    kind: Kind
+    value: str
+    header: str = ""
+
+    @classmethod
+    def task(cls, task_id: str) -> Target:
+        return cls("task", task_id)
+
+    @classmethod
+    def root(cls, root_id: str) -> Target:
+        return cls("root", root_id)
+
+    @classmethod
+    def stamp(cls, header: str, value: Any) -> Target:
+        """A stamped-header value; stored JSON-encoded so 1 and "1" stay distinct."""
+        return cls("stamp", json.dumps(value, sort_keys=True, separators=(",", ":")), header)
+
+    @property
+    def stamp_value(self) -> Any:
+        return json.loads(self.value)
+
+    def __str__(self) -> str:
+        if self.kind == "task":
+            return self.value
+        if self.kind == "root":
+            return f"root:{self.value}"
+        return f"stamp:{self.header}={self.value}"
+
+
+@dataclass(frozen=True)
+class Revocation:
+    """One row, plus how long it has left by the database clock at read time."""
+
+    target: Target
+    terminate: bool
+    signal: str | None
+    reason: str | None
+    revoked_by: str | None
+    revoked_at: datetime | None
+    expires_at: datetime | None
+    version: int
+    active: bool
+    #: seconds until expiry by the database clock when read; None = never
+    remaining: float | None
+
+    @property
+    def task_id(self) -> str:
+        return self.target.value
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.target.kind,
+            "header": self.target.header,
+            "value": self.target.value,
+            "terminate": self.terminate,
+            "signal": self.signal,
+            "reason": self.reason,
+            "revoked_by": self.revoked_by,
+            "revoked_at": self.revoked_at.isoformat() if self.revoked_at else None,
+            "expires_at": self.expires_at.isoformat() if self.expires_at else None,
+            "version": self.version,
+            "active": self.active,
+        }
+
+
+@dataclass(frozen=True)
+class Changes:
+    """What :meth:`RevocationStore.changes_since` found."""
+
+    rows: list[Revocation]
+    #: pass this to the next call
+    marker: int
+    #: the cleanup deleted un-revokes this reader never saw: reload everything
+    reload_required: bool
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    #: rows inserted or changed (re-revoking with nothing new changes nothing)
+    changed: int
+    #: version stamped on the changed rows (0 when nothing was written)
+    version: int
+
+
+# --------------------------------------------------------------------------
+# input validation: reject early with a message that says what is wrong
+
+
+def validate_key(value: Any, what: str = "task id") -> str:
+    """Return ``value`` if it can be stored exactly, else raise InvalidInput."""
+    if not isinstance(value, str):
+        raise InvalidInput(f"revstore: {what} must be a string, not {type(value).__name__}")
+    if not value:
+        raise InvalidInput(f"revstore: {what} must not be empty")
+    if len(value) > MAX_KEY_LENGTH:
+        raise InvalidInput(f"revstore: {what} is {len(value)} characters; at most {MAX_KEY_LENGTH} are allowed")
+    if "\x00" in value:
+        raise InvalidInput(f"revstore: {what} {value[:40]!r} contains a NUL character")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInput(f"revstore: {what} {value[:40]!r} is not valid UTF-8") from None
+    return value
+
+
+def normalize_signal(sig: Any) -> str:
+    """Turn ``'TERM'``, ``'sigkill'``, ``9`` or ``'SIGKILL'`` into a signal name."""
+    if isinstance(sig, int) and not isinstance(sig, bool):
+        try:
+            return _signal.Signals(sig).name
+        except ValueError:
+            raise InvalidInput(f"revstore: unknown signal number {sig}") from None
+    if not isinstance(sig, str) or not sig.strip():
+        raise InvalidInput(f"revstore: signal must be a name like SIGTERM, not {sig!r}")
+    name = sig.strip().upper()
+    if name.isdigit():
+        return normalize_signal(int(name))
+    if not name.startswith("SIG"):
+        name = "SIG" + name
+    if not isinstance(getattr(_signal, name, None), _signal.Signals):
+        raise InvalidInput(f"revstore: unknown signal {sig!r}; use a name like SIGTERM or SIGKILL")
+    return name
+
+
+def as_target(item: Target | str) -> Target:
+    if isinstance(item, Target):
+        target = item
+    else:
+        target = Target.task(item)  # type: ignore[arg-type]
+    if target.kind not in KINDS:
+        raise InvalidInput(f"revstore: unknown revocation kind {target.kind!r}")
+    validate_key(target.value, {"task": "task id", "root": "root id", "stamp": "stamp value"}[target.kind])
+    if target.kind == "stamp":
+        validate_key(target.header, "stamped header name")
+    return target
+
+
+def default_revoker() -> str:
+    try:
+        user = getpass.getuser()
+    except Exception:
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"[:MAX_KEY_LENGTH]
+
+
+def _unique(targets: Iterable[Target | str]) -> list[Target]:
+    return list(dict.fromkeys(as_target(t) for t in targets))
+
+
+# --------------------------------------------------------------------------
+
+
+class RevocationStore:
+    """Reads and writes revocations; safe to share between threads."""
+
+    def __init__(
+        self,
+        url: str | URL,
+        *,
+        schema: str | None = None,
+        table_prefix: str = _config.DEFAULT_TABLE_PREFIX,
+        default_expires: float | None = _config.DEFAULT_EXPIRES,
+        tombstone_ttl: float = _config.DEFAULT_TOMBSTONE_TTL,
+        engine: Engine | None = None,
+        pool_size: int = 2,
+    ) -> None:
+        self.url = _config.normalize_url(str(url)) if not isinstance(url, URL) else url
+        self.tables: Tables = build_tables(table_prefix, schema)
+        self.default_expires = default_expires
+        self.tombstone_ttl = tombstone_ttl
+        self.engine = engine or self._make_engine(pool_size)
+        self.backend = self.engine.dialect.name
+        self._returning = bool(getattr(self.engine.dialect, "update_returning", False))
+
+    @classmethod
+    def from_settings(cls, settings: _config.Settings, **kwargs: Any) -> RevocationStore:
+        if settings.url is None:
+            raise ConfigurationError("revstore: no database URL; set revstore_url, REVSTORE_URL or pass --url")
+        return cls(
+            settings.url,
+            schema=settings.schema,
+            table_prefix=settings.table_prefix,
+            default_expires=settings.default_expires,
+            tombstone_ttl=settings.tombstone_ttl,
+            **kwargs,
+        )
+
+    # ----------------------------------------------------------------- setup
+
+    def _make_engine(self, pool_size: int) -> Engine:
+        backend = self.url.get_backend_name()
+        kwargs: dict[str, Any] = {"pool_pre_ping": True}
+        if backend == "sqlite":
+            # IMMEDIATE: a write transaction takes the write lock at its first
+            # statement, so concurrent writers queue instead of deadlocking;
+            # timeout is how long they queue.
+            kwargs["connect_args"] = {"isolation_level": "IMMEDIATE", "timeout": 30, "check_same_thread": False}
+        elif backend == "postgresql":
+            kwargs["connect_args"] = {"connect_timeout": 5, "application_name": "revstore"}
+            kwargs.update(pool_size=pool_size, max_overflow=4)
+        try:
+            engine = create_engine(self.url, **kwargs)
+        except (NoSuchModuleError, ModuleNotFoundError, ImportError) as exc:
+            hint = "pip install 'revstore[postgres]'" if backend == "postgresql" else f"install the driver for {backend}"
+            raise ConfigurationError(
+                f"revstore: no database driver for {_config.mask_url(self.url)} ({exc}); {hint}"
+            ) from None
+        if backend == "sqlite":
+            event.listen(engine, "connect", _sqlite_on_connect)
+        return engine
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    def _connect(self) -> Connection:
+        try:
+            return self.engine.connect()
+        except OperationalError as exc:
+            raise DatabaseUnavailable(
+                f"revstore: cannot connect to {_config.mask_url(self.url)}: {_short(exc)}; "
+                "check that the database is running and revstore_url is right"
+            ) from None
+
+    def _run(self, fn: Any, *, write: bool = False) -> Any:
+        """Run ``fn(conn)`` in one transaction, translating errors for users."""
+        conn = self._connect()
+        try:
+            with conn.begin():
+                return fn(conn)
+        except ProgrammingError as exc:
+            if _is_missing_table(exc):
+                raise SchemaError(
+                    f"revstore: the revstore tables are missing in {_config.mask_url(self.url)}; "
+                    "run `revstore db upgrade` as a database admin"
+                ) from None
+            raise
+        except OperationalError as exc:
+            if _is_missing_table(exc):
+                raise SchemaError(
+                    f"revstore: the revstore tables are missing in {_config.mask_url(self.url)}; "
+                    "run `revstore db upgrade` as a database admin"
+                ) from None
+            raise DatabaseUnavailable(
+                f"revstore: database error on {_config.mask_url(self.url)}: {_short(exc)}"
+            ) from None
+        finally:
+            conn.close()
+
+    # ------------------------------------------------------ SQL time helpers
+
+    def _now(self) -> Any:
+        """The database server's current time as a SQL expression."""
+        if self.backend == "sqlite":
+            # Same text format SQLAlchemy stores, so comparisons are exact.
+            return func.strftime("%Y-%m-%d %H:%M:%f000", "now")
+        return func.now()
+
+    def _db_now(self, conn: Connection) -> datetime:
+        value = conn.execute(select(self._now())).scalar_one()
+        if isinstance(value, str):
+            value = datetime.fromisoformat(value[:26])
+        return value
+
+    def _remaining(self, expires_at: datetime | None, now: datetime) -> float | None:
+        if expires_at is None:
+            return None
+        return (expires_at - now).total_seconds()
+
+    def _expiry(self, now: datetime, expires: Any) -> datetime | None:
+        seconds = self.default_expires if expires is DEFAULT else expires
+        if seconds is None:
+            return None
+        if isinstance(seconds, timedelta):
+            seconds = seconds.total_seconds()
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0 or seconds > 1e10:
+            raise InvalidInput(f"revstore: expires must be a positive number of seconds or None, not {seconds!r}")
+        return now + timedelta(seconds=float(seconds))
+
+    # --------------------------------------------------------------- writes
+
+    def _bump(self, conn: Connection) -> int:
+        """Take the clock lock and a new version: it orders commits (see schema)."""
+        clock = self.tables.clock
+        stmt = update(clock).where(clock.c.id == 1).values(version=clock.c.version + 1)
+        if self._returning:
+            version = conn.execute(stmt.returning(clock.c.version)).scalar_one_or_none()
+        else:
+            conn.execute(stmt)
+            version = conn.execute(select(clock.c.version).where(clock.c.id == 1)).scalar_one_or_none()
+        if version is None:
+            raise SchemaError("revstore: the clock row is missing; run `revstore db upgrade`")
+        return int(version)
+
+    def _notify(self, conn: Connection, version: int) -> None:
+        if self.backend == "postgresql":
+            conn.execute(select(func.pg_notify(self.channel, str(version))))
+
+    @property
+    def channel(self) -> str:
+        """The PostgreSQL NOTIFY channel writers signal on (one per installation)."""
+        return f"{self.tables.schema or 'public'}.{self.tables.prefix}changes"[:63]
+
+    def add(
+        self,
+        targets: Iterable[Target | str],
+        *,
+        terminate: bool = False,
+        signal: str | int | None = None,
+        reason: str | None = None,
+        revoked_by: str | None = None,
+        expires: float | timedelta | None = DEFAULT,
+    ) -> WriteResult:
+        """Revoke ``targets`` (task ids or :class:`Target`) in one transaction.
+
+        Idempotent: revoking again never weakens a row.  ``terminate`` stays
+        on once set, the later expiry wins, and a row that would not change
+        is not rewritten, so N workers writing the same broadcast cost one
+        write and N cheap no-ops.
+        """
+        items = _unique(targets)
+        sig = normalize_signal(signal) if signal is not None else ("SIGTERM" if terminate else None)
+        if reason is not None:
+            reason = str(reason)[:MAX_REASON_LENGTH].replace("\x00", "")
+        by = validate_key(revoked_by, "revoked_by") if revoked_by is not None else default_revoker()
+        if not items:
+            return WriteResult(0, 0)
+        # validate expires before touching the database
+        self._expiry(datetime(2000, 1, 1), expires)
+
+        def write(conn: Connection) -> WriteResult:
+            version = self._bump(conn)
+            now = self._db_now(conn)
+            expires_at = self._expiry(now, expires)
+            changed = 0
+            for start in range(0, len(items), WRITE_CHUNK):
+                rows = [
+                    {
+                        "kind": t.kind,
+                        "header": t.header,
+                        "value": t.value,
+                        "terminate": bool(terminate),
+                        "signal": sig,
+                        "reason": reason,
+                        "revoked_by": by,
+                        "revoked_at": now,
+                        "expires_at": expires_at,
+                        "version": version,
+                        "active": True,
+                    }
+                    for t in items[start : start + WRITE_CHUNK]
+                ]
+                changed += self._upsert(conn, rows, expires_at)
+            if changed:
+                self._notify(conn, version)
+            return WriteResult(changed, version if changed else 0)
+
+        return self._run(write, write=True)
+
+    def _upsert(self, conn: Connection, rows: list[dict[str, Any]], expires_at: datetime | None) -> int:
+        table = self.tables.revocations
+        if self.backend == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        elif self.backend == "sqlite":
+            from sqlalchemy.dialects.sqlite import insert  # type: ignore[assignment]
+        else:
+            raise ConfigurationError(f"revstore: writes are not supported on {self.backend} yet; use PostgreSQL or SQLite")
+        stmt = insert(table)
+        new, old = stmt.excluded, table.c
+        stronger = and_(new.terminate, ~old.terminate)
+        # A re-revoke extends the expiry only when it gains more than
+        # EXTEND_SLACK: N workers writing one broadcast a few ms apart must
+        # not each rewrite the row just to move its expiry by milliseconds.
+        if expires_at is None:
+            longer = old.expires_at.is_not(None)
+        else:
+            longer = and_(old.expires_at.is_not(None), old.expires_at < literal(expires_at - EXTEND_SLACK, old.expires_at.type))
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[old.kind, old.header, old.value],
+            set_={
+                "terminate": or_(and_(old.active, old.terminate), new.terminate),
+                "signal": case((new.terminate, new.signal), (old.active, old.signal), else_=None),
+                "reason": case((~old.active, new.reason), else_=func.coalesce(new.reason, old.reason)),
+                "revoked_by": case((~old.active, new.revoked_by), else_=old.revoked_by),
+                "revoked_at": case((~old.active, new.revoked_at), else_=old.revoked_at),
+                "expires_at": case((~old.active, new.expires_at), (longer, new.expires_at), else_=old.expires_at),
+                "version": new.version,
+                "active": True,
+            },
+            where=or_(~old.active, stronger, longer),
+        )
+        # RETURNING counts exactly the rows inserted or changed, where
+        # executemany's rowcount is unreliable across drivers.
+        return len(conn.execute(stmt.returning(old.version), rows).all())
+
+    def remove(self, targets: Iterable[Target | str], *, revoked_by: str | None = None) -> WriteResult:
+        """Un-revoke: the targets become runnable again on every worker.
+
+        The row stays as a tombstone until ``tombstone_ttl`` so running
+        workers learn of the change on their next sync.
+        """
+        items = _unique(targets)
+        by = validate_key(revoked_by, "revoked_by") if revoked_by is not None else default_revoker()
+        if not items:
+            return WriteResult(0, 0)
+        table = self.tables.revocations
+        key = tuple_(table.c.kind, table.c.header, table.c.value)
+
+        def write(conn: Connection) -> WriteResult:
+            version = self._bump(conn)
+            now = self._db_now(conn)
+            changed = 0
+            for start in range(0, len(items), WRITE_CHUNK):
+                chunk = [(t.kind, t.header, t.value) for t in items[start : start + WRITE_CHUNK]]
+                result = conn.execute(
+                    update(table)
+                    .where(key.in_(chunk), table.c.active)
+                    .values(
+                        active=False,
+                        terminate=False,
+                        signal=None,
+                        version=version,
+                        revoked_by=by,
+                        revoked_at=now,
+                        expires_at=now + timedelta(seconds=self.tombstone_ttl),
+                    )
+                )
+                changed += max(result.rowcount or 0, 0)
+            if changed:
+                self._notify(conn, version)
+            return WriteResult(changed, version if changed else 0)
+
+        return self._run(write, write=True)
+
+    def purge_expired(self, batch: int = _config.DEFAULT_CLEANUP_BATCH, max_batches: int | None = None) -> int:
+        """Delete expired rows in short transactions of at most ``batch`` rows.
+
+        Safe to run from many workers at once: on PostgreSQL each batch skips
+        rows another cleaner holds (``SKIP LOCKED``).  Deleting an expired
+        un-revoke records its version so a reader that never saw it reloads.
+        """
+        table = self.tables.revocations
+        clock = self.tables.clock
+        total = 0
+        batches = 0
+        for tombstones in (False, True):
+            while max_batches is None or batches < max_batches:
+                def delete(conn: Connection) -> int:
+                    if tombstones:
+                        # lock order clock -> rows, as writers do: no deadlock
+                        self._bump(conn)
+                    victims = (
+                        select(table.c.kind, table.c.header, table.c.value, table.c.version)
+                        .where(table.c.expires_at < self._now(), table.c.active == (not tombstones))
+                        .limit(batch)
+                        .with_for_update(skip_locked=True)
+                    )
+                    found = conn.execute(victims).all()
+                    if not found:
+                        return 0
+                    key = tuple_(table.c.kind, table.c.header, table.c.value)
+                    conn.execute(table.delete().where(key.in_([tuple(r[:3]) for r in found])))
+                    if tombstones:
+                        top = max(r[3] for r in found)
+                        conn.execute(
+                            update(clock)
+                            .where(clock.c.id == 1, clock.c.purged_version < top)
+                            .values(purged_version=top)
+                        )
+                    return len(found)
+
+                deleted = self._run(delete, write=True)
+                batches += 1
+                total += deleted
+                if deleted < batch:
+                    break
+        return total
+
+    # ---------------------------------------------------------------- reads
+
+    def _columns(self) -> list[Any]:
+        t = self.tables.revocations
+        return [
+            t.c.kind, t.c.header, t.c.value, t.c.terminate, t.c.signal, t.c.reason,
+            t.c.revoked_by, t.c.revoked_at, t.c.expires_at, t.c.version, t.c.active,
+        ]
+
+    def _row(self, row: Sequence[Any], now: datetime) -> Revocation:
+        kind, header, value, terminate, sig, reason, by, at, exp, version, active = row
+        if isinstance(now, datetime) and exp is not None and (exp.tzinfo is None) != (now.tzinfo is None):
+            exp = exp.replace(tzinfo=now.tzinfo)
+        return Revocation(
+            Target(kind, value, header), bool(terminate), sig, reason, by, at, exp,
+            int(version), bool(active), self._remaining(exp, now),
+        )
+
+    def get(self, target: Target | str) -> Revocation | None:
+        """The row for one target, tombstones and expired rows included."""
+        t = as_target(target)
+        table = self.tables.revocations
+
+        def read(conn: Connection) -> Revocation | None:
+            now = self._db_now(conn)
+            row = conn.execute(
+                select(*self._columns()).where(
+                    table.c.kind == t.kind, table.c.header == t.header, table.c.value == t.value
+                )
+            ).first()
+            return self._row(row, now) if row is not None else None
+
+        return self._run(read)
+
+    def is_revoked(self, target: Target | str) -> bool:
+        row = self.get(target)
+        return bool(row and row.active and (row.remaining is None or row.remaining > 0))
+
+    def iter_active(self, kind: Kind | None = None, *, limit: int | None = None) -> list[Revocation]:
+        """Every unexpired revocation (optionally of one kind), oldest first."""
+        table = self.tables.revocations
+
+        def read(conn: Connection) -> list[Revocation]:
+            now = self._db_now(conn)
+            stmt = select(*self._columns()).where(
+                table.c.active, or_(table.c.expires_at.is_(None), table.c.expires_at > self._now())
+            )
+            if kind is not None:
+                stmt = stmt.where(table.c.kind == kind)
+            stmt = stmt.order_by(table.c.version, table.c.value)
+            if limit is not None:
+                stmt = stmt.limit(limit)
+            return [self._row(r, now) for r in conn.execute(stmt)]
+
+        return self._run(read)
+
+    def load_active(self) -> tuple[list[tuple[str, str, str, float | None]], int]:
+        """Fast path for worker start-up: ``(kind, header, value, remaining)`` rows and a marker.
+
+        Only the four columns the worker needs, with the remaining lifetime
+        computed by the database, so a million rows cross the wire cheaply.
+        The marker is the clock read *before* the rows: every version at or
+        below it had committed, so the rows include all of them; anything
+        newer that the load also saw comes again from ``changes_since``,
+        which is harmless because applying a row twice changes nothing.
+        """
+        table, clock = self.tables.revocations, self.tables.clock
+        if self.backend == "sqlite":
+            remaining = (func.julianday(table.c.expires_at) - func.julianday("now")) * 86400.0
+        else:
+            remaining = func.extract("epoch", table.c.expires_at - func.now())
+        stmt = select(table.c.kind, table.c.header, table.c.value, remaining).where(
+            table.c.active, or_(table.c.expires_at.is_(None), table.c.expires_at > self._now())
+        )
+
+        def read(conn: Connection) -> tuple[list[tuple[str, str, str, float | None]], int]:
+            marker = int(conn.execute(select(clock.c.version).where(clock.c.id == 1)).scalar_one())
+            rows = [(k, h, v, None if r is None else float(r)) for k, h, v, r in conn.execute(stmt)]
+            return rows, marker
+
+        return self._run(read)
+
+    def changes_since(self, marker: int) -> Changes:
+        """Rows written (revoked or un-revoked) after ``marker``, in version order."""
+        table, clock = self.tables.revocations, self.tables.clock
+
+        def read(conn: Connection) -> Changes:
+            now = self._db_now(conn)
+            rows = conn.execute(
+                select(*self._columns()).where(table.c.version > marker).order_by(table.c.version)
+            ).all()
+            # read after the rows: a cleanup that deleted an unseen tombstone
+            # before our read has already recorded it here (see purge_expired)
+            purged = conn.execute(select(clock.c.purged_version).where(clock.c.id == 1)).scalar_one()
+            new_marker = max([marker] + [int(r[9]) for r in rows])
+            return Changes([self._row(r, now) for r in rows], new_marker, int(purged) > marker)
+
+        return self._run(read)
+
+    def current_version(self) -> int:
+        clock = self.tables.clock
+        return int(self._run(lambda conn: conn.execute(select(clock.c.version).where(clock.c.id == 1)).scalar_one()))
+
+    def stats(self) -> dict[str, Any]:
+        """Counts for operators: active by kind, expired awaiting cleanup, tombstones."""
+        table, clock = self.tables.revocations, self.tables.clock
+
+        def read(conn: Connection) -> dict[str, Any]:
+            expired = and_(table.c.expires_at.is_not(None), table.c.expires_at <= self._now())
+            rows = conn.execute(
+                select(
+                    table.c.kind,
+                    table.c.active,
+                    func.sum(case((expired, 1), else_=0)),
+                    func.count(),
+                    func.sum(case((table.c.terminate, 1), else_=0)),
+                ).group_by(table.c.kind, table.c.active)
+            ).all()
+            out: dict[str, Any] = {
+                "database": _config.mask_url(self.url),
+                "active": {k: 0 for k in KINDS},
+                "terminate": 0,
+                "expired_awaiting_cleanup": 0,
+                "tombstones": 0,
+            }
+            for kind, active, n_expired, n, n_term in rows:
+                n_expired = int(n_expired or 0)
+                if active:
+                    out["active"][kind] = int(n) - n_expired
+                    out["terminate"] += int(n_term or 0)
+                    out["expired_awaiting_cleanup"] += n_expired
+                else:
+                    out["tombstones"] += int(n)
+            version, purged = conn.execute(select(clock.c.version, clock.c.purged_version)).one()
+            out["version"] = int(version)
+            out["purged_version"] = int(purged)
+            return out
+
+        return self._run(read)
+
+    def ping(self) -> None:
+        """Raise DatabaseUnavailable/SchemaError unless the tables can be read."""
+        clock = self.tables.clock
+        self._run(lambda conn: conn.execute(select(clock.c.version)).first())
+
+
+def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
+    cur = dbapi_connection.cursor()
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.close()
+
+
+def _short(exc: BaseException) -> str:
+    """First line of a driver error, with any URL password masked."""
+    orig = getattr(exc, "orig", None) or exc
+    text_ = str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
+    return _config.mask_url(text_) if "://" in text_ else text_
+
+
+def _is_missing_table(exc: DBAPIError) -> bool:
+    msg = str(getattr(exc, "orig", exc)).lower()
+    return "no such table" in msg or ("relation" in msg and "does not exist" in msg) or "doesn't exist" in msg

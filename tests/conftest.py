@@ -1,0 +1,72 @@
+"""Fixtures: real SQLite files and a fresh PostgreSQL schema per test.
+
+PostgreSQL at 127.0.0.1:5432 is required: if it cannot be reached the tests
+fail (``.ci/services`` starts it first); they never skip.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from revstore import migrate
+from revstore.store import RevocationStore
+
+PG_BASE = os.environ.get("REVSTORE_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("REVSTORE_TEST_REDIS", "redis://127.0.0.1:6379")
+
+
+@pytest.fixture(scope="session")
+def pg_admin_engine():  # type: ignore[no-untyped-def]
+    engine = create_engine(PG_BASE, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("select 1"))
+    except Exception as exc:  # a missing server is a failure, never a skip
+        pytest.fail(f"PostgreSQL is required at {PG_BASE}: {exc}", pytrace=False)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def pg_schema(pg_admin_engine) -> Iterator[str]:  # type: ignore[no-untyped-def]
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    yield name
+    with pg_admin_engine.connect() as conn:
+        conn.execute(text(f'DROP SCHEMA IF EXISTS "{name}" CASCADE'))
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'revstore.sqlite3'}"
+
+
+def make_store(backend: str, request: pytest.FixtureRequest, **kwargs) -> RevocationStore:  # type: ignore[no-untyped-def]
+    if backend == "sqlite":
+        store = RevocationStore(request.getfixturevalue("sqlite_url"), **kwargs)
+    else:
+        store = RevocationStore(PG_BASE, schema=request.getfixturevalue("pg_schema"), **kwargs)
+    migrate.upgrade(store)
+    request.addfinalizer(store.dispose)
+    return store
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture
+def store(backend: str, request: pytest.FixtureRequest) -> RevocationStore:
+    """A migrated store on SQLite or PostgreSQL (each test runs on both)."""
+    return make_store(backend, request)
+
+
+@pytest.fixture
+def pg_store(request: pytest.FixtureRequest) -> RevocationStore:
+    return make_store("postgresql", request)

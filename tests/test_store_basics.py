@@ -1,0 +1,68 @@
+"""The store's core promises, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from revstore.errors import InvalidInput
+from revstore.store import Target
+
+
+def test_revoke_is_idempotent_and_keeps_strongest_terminate(store) -> None:
+    store.add(["a"], terminate=True, signal="KILL", reason="first")
+    again = store.add(["a", "b"])  # weaker: must not clear terminate
+    assert again.changed == 1
+    row = store.get("a")
+    assert row.active and row.terminate and row.signal == "SIGKILL" and row.reason == "first"
+    assert store.get("b").terminate is False
+    assert store.add(["a"], terminate=True).changed == 0
+
+
+def test_restore_leaves_a_tombstone_readers_see(store) -> None:
+    store.add(["a", "b"])
+    marker = store.changes_since(0).marker
+    assert store.remove(["a"]).changed == 1
+    changes = store.changes_since(marker)
+    assert [(r.task_id, r.active) for r in changes.rows] == [("a", False)]
+    assert not store.is_revoked("a") and store.is_revoked("b")
+    assert [r.task_id for r in store.iter_active()] == ["b"]
+
+
+def test_expiry_is_decided_by_database_time(store) -> None:
+    store.add(["short"], expires=1)
+    store.add(["long"], expires=3600)
+    store.add(["never"], expires=None)
+    assert store.is_revoked("short")
+    time.sleep(1.2)
+    assert not store.is_revoked("short")
+    rows, _ = store.load_active()
+    assert sorted(v for _, _, v, _ in rows) == ["long", "never"]
+    remaining = {v: r for _, _, v, r in rows}
+    assert remaining["never"] is None and 3500 < remaining["long"] <= 3600
+    assert store.purge_expired(batch=1) == 1
+    assert store.get("short") is None and store.get("long") is not None
+
+
+def test_stamps_and_roots_are_stored_exactly(store) -> None:
+    store.add([Target.stamp("batch", 7), Target.stamp("batch", "7"), Target.root("r1")])
+    kinds = sorted(
+        [(r.target.kind, r.target.header, r.target.stamp_value if r.target.kind == "stamp" else r.target.value)
+         for r in store.iter_active()],
+        key=repr,
+    )
+    assert kinds == sorted([("root", "", "r1"), ("stamp", "batch", 7), ("stamp", "batch", "7")], key=repr)
+
+
+@pytest.mark.parametrize("bad", [None, 5, "", "x" * 256, "a\x00b", "\udcff"])
+def test_bad_ids_are_rejected_and_nothing_is_written(store, bad) -> None:
+    with pytest.raises(InvalidInput):
+        store.add(["ok", bad])
+    assert store.get("ok") is None
+
+
+def test_hostile_strings_are_stored_exactly(store) -> None:
+    ids = ["'; DROP TABLE x; --", 'quote"s', "ünïcødé ✓", "a%s%%b", "back\\slash"]
+    store.add(ids)
+    assert sorted(r.task_id for r in store.iter_active()) == sorted(ids)
