@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .errors import ConfigurationError, DatabaseUnavailable, InvalidInput, RevstoreError, SchemaError
+from .integration import install
 from .store import Revocation, RevocationStore, Target
 
 __version__ = "0.1.0"
@@ -16,4 +17,5 @@ __all__ = [
     "RevstoreError",
     "SchemaError",
     "Target",
+    "install",
 ]

@@ -73,7 +73,11 @@ class Target:
     @classmethod
     def stamp(cls, header: str, value: Any) -> Target:
         """A stamped-header value; stored JSON-encoded so 1 and "1" stay distinct."""
-        return cls("stamp", json.dumps(value, sort_keys=True, separators=(",", ":")), header)
+        try:
+            encoded = json.dumps(value, sort_keys=True, separators=(",", ":"))
+        except (TypeError, ValueError):
+            raise InvalidInput(f"revstore: stamp value {value!r:.40} is not JSON-serializable") from None
+        return cls("stamp", encoded, header)
 
     @property
     def stamp_value(self) -> Any:
@@ -369,13 +373,15 @@ class RevocationStore:
         reason: str | None = None,
         revoked_by: str | None = None,
         expires: float | timedelta | None = DEFAULT,
+        if_needed: bool = False,
     ) -> WriteResult:
         """Revoke ``targets`` (task ids or :class:`Target`) in one transaction.
 
         Idempotent: revoking again never weakens a row.  ``terminate`` stays
         on once set, the later expiry wins, and a row that would not change
-        is not rewritten, so N workers writing the same broadcast cost one
-        write and N cheap no-ops.
+        is not rewritten.  With ``if_needed`` a read first drops the targets
+        already covered, so when N workers write the same broadcast the
+        first one writes and the others only read (no clock lock taken).
         """
         items = _unique(targets)
         sig = normalize_signal(signal) if signal is not None else ("SIGTERM" if terminate else None)
@@ -386,6 +392,11 @@ class RevocationStore:
             return WriteResult(0, 0)
         # validate expires before touching the database
         self._expiry(datetime(2000, 1, 1), expires)
+        if if_needed:
+            covered = self._covered(items, bool(terminate), expires)
+            items = [t for t in items if t not in covered]
+            if not items:
+                return WriteResult(0, 0)
 
         def write(conn: Connection) -> WriteResult:
             version = self._bump(conn)
@@ -415,6 +426,28 @@ class RevocationStore:
             return WriteResult(changed, version if changed else 0)
 
         return self._run(write, write=True)
+
+    def _covered(self, items: list[Target], terminate: bool, expires: Any) -> set[Target]:
+        """The targets whose active row is already at least as strong as this write."""
+        table = self.tables.revocations
+        key = tuple_(table.c.kind, table.c.header, table.c.value)
+
+        def read(conn: Connection) -> set[Target]:
+            wanted = self._expiry(self._db_now(conn), expires)
+            found: set[Target] = set()
+            for start in range(0, len(items), WRITE_CHUNK):
+                chunk = [(t.kind, t.header, t.value) for t in items[start : start + WRITE_CHUNK]]
+                stmt = select(table.c.kind, table.c.header, table.c.value).where(key.in_(chunk), table.c.active)
+                if terminate:
+                    stmt = stmt.where(table.c.terminate)
+                if wanted is None:
+                    stmt = stmt.where(table.c.expires_at.is_(None))
+                else:
+                    stmt = stmt.where(or_(table.c.expires_at.is_(None), table.c.expires_at >= wanted - EXTEND_SLACK))
+                found.update(Target(k, v, h) for k, h, v in conn.execute(stmt))
+            return found
+
+        return self._run(read)
 
     def _upsert(self, conn: Connection, rows: list[dict[str, Any]], expires_at: datetime | None) -> int:
         table = self.tables.revocations

@@ -1,0 +1,146 @@
+"""The worker bootstep: durable, shared revocations for one worker.
+
+A consumer step, so Celery starts it after Mingle and before the event loop
+consumes the first task, and starts it again after every broker reconnect
+(when this worker may have missed broadcasts: it pulls changes at once).
+
+Without ``revstore_url`` the step is not included and the worker behaves
+exactly like stock Celery.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import bootsteps
+from celery import signals
+from celery.platforms import signals as platform_signals
+from celery.worker import state as worker_state
+
+from . import control, migrate
+from .config import Settings, load_settings
+from .errors import RevstoreError
+from .memory import WorkerMemory
+from .store import Revocation, RevocationStore
+from .sync import RevocationSync
+
+logger = logging.getLogger("revstore")
+
+#: How often the loop thread applies what the sync thread fetched.
+DRAIN_INTERVAL = 0.1
+
+
+class Revstore(bootsteps.StartStopStep):
+    """Load, write through and sync revocations with the shared table."""
+
+    label = "Revstore"
+    requires = ("celery.worker.consumer.mingle:Mingle",)
+
+    def __init__(self, c: Any, revstore_url: str | None = None, **kwargs: Any) -> None:
+        super().__init__(c, **kwargs)
+        self.sync: RevocationSync | None = None
+        self._tref: Any = None
+        try:
+            self.settings: Settings = load_settings(conf=c.app.conf, revstore_url=revstore_url)
+        except RevstoreError as exc:
+            _fatal(exc)
+        self.statedb = kwargs.get("statedb")
+
+    def include_if(self, c: Any) -> bool:
+        return self.settings.enabled
+
+    def create(self, c: Any) -> None:
+        if self.statedb:
+            logger.warning(
+                "revstore: --statedb %s is redundant with revstore and only saved at clean shutdown; "
+                "the table is the source of truth (drop --statedb; import it once with `revstore import-statedb`)",
+                self.statedb,
+            )
+        try:
+            store = RevocationStore.from_settings(self.settings)
+        except RevstoreError as exc:
+            _fatal(exc)
+        self.sync = RevocationSync(store, self.settings, WorkerMemory(), c.hostname)
+        control.activate(self.sync)
+        signals.task_received.connect(self._on_task_received, weak=False)
+        return None
+
+    def start(self, c: Any) -> None:
+        sync = self.sync
+        assert sync is not None
+        if not sync.loaded:
+            try:
+                migrate.check_schema(sync.store)
+                sync.load()
+            except RevstoreError as exc:
+                if not self.settings.start_without_db:
+                    _fatal(exc)
+                logger.error("%s; starting anyway (revstore_start_without_db) and retrying the load", exc)
+        else:
+            sync.request_sync()  # reconnected to the broker: catch up at once
+        sync.start()
+        self._tref = c.timer.call_repeatedly(DRAIN_INTERVAL, self._drain, (c,), priority=10)
+
+    def _drain(self, c: Any) -> None:
+        assert self.sync is not None
+        self.sync.drain(lambda rows: terminate_matching(rows, c.pool, self.sync.memory))  # type: ignore[union-attr]
+
+    def stop(self, c: Any) -> None:
+        if self._tref is not None:
+            self._tref.cancel()
+            self._tref = None
+
+    def shutdown(self, c: Any) -> None:
+        self.stop(c)
+        if self.sync is not None:
+            control.activate(None)
+            self.sync.close()
+            self.sync.store.dispose()
+
+    def _on_task_received(self, request: Any = None, **_: Any) -> None:
+        """Mark a task of a revoked workflow revoked before it can run."""
+        sync = self.sync
+        if sync is None or request is None or not sync.memory.roots:
+            return
+        root = getattr(request, "root_id", None)
+        if root is not None and root in sync.memory.roots:
+            sync.memory.revoked.add(request.id)
+
+
+def terminate_matching(rows: list[Revocation], pool: Any, memory: WorkerMemory) -> None:
+    """Terminate running or reserved requests that a synced revocation names."""
+    requests = worker_state.requests
+    for row in rows:
+        signum = platform_signals.signum(row.signal or "SIGTERM")
+        target = row.target
+        if target.kind == "task":
+            matches = [requests[target.value]] if target.value in requests else []
+        elif target.kind == "root":
+            matches = [r for r in list(requests.values()) if getattr(r, "root_id", None) == target.value]
+            for r in matches:
+                memory.revoked.add(r.id)
+        else:
+            value = target.stamp_value
+            matches = [
+                r for r in list(requests.values())
+                if value in _as_list((getattr(r, "stamps", None) or {}).get(target.header))
+            ]
+        for request in matches:
+            logger.info("revstore: terminating %s (%s) revoked in the table", request.id, row.signal)
+            try:
+                request.terminate(pool, signal=signum)
+            except Exception as exc:
+                logger.error("revstore: could not terminate %s: %s", request.id, exc)
+
+
+def _as_list(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple, set)) else [value]
+
+
+def _fatal(exc: BaseException) -> None:
+    """One clear line, then stop the worker: it must not take tasks blind."""
+    logger.critical("%s", exc)
+    raise SystemExit(f"{exc}")

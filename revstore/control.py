@@ -1,0 +1,146 @@
+"""Write-through for Celery's revoke control commands.
+
+Celery's handlers (``revoke``, ``terminate``, ``revoke_by_stamped_headers``)
+live in ``Panel.data``.  We wrap them instead of copying them: the wrapper
+validates the ids, queues one durable write on the worker's sync thread,
+then calls Celery's own handler unchanged (memory, terminate, backend
+REVOKED marking).  With no active sync (revstore off) the wrapper only calls
+through.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import Any
+
+from celery.utils.functional import maybe_list
+from celery.utils.time import maybe_iso8601
+from celery.worker import control as celery_control
+from celery.worker import state as worker_state
+
+from .errors import InvalidInput
+from .store import DEFAULT, Target, as_target, normalize_signal
+from .sync import PendingWrite, RevocationSync
+
+logger = logging.getLogger("revstore")
+
+#: The worker's sync, set by the bootstep; None means "call through only".
+_active: RevocationSync | None = None
+_WRAPPED_ATTR = "__revstore_wrapped__"
+
+
+def activate(sync: RevocationSync | None) -> None:
+    global _active
+    _active = sync
+    install_wrappers()
+
+
+def install_wrappers() -> None:
+    """Wrap Celery's handlers once per process (idempotent)."""
+    for name, split in (("revoke", _split_revoke), ("terminate", _split_terminate),
+                        ("revoke_by_stamped_headers", _split_stamps)):
+        handler = celery_control.Panel.data.get(name)
+        if handler is None or getattr(handler, _WRAPPED_ATTR, False):
+            continue
+        celery_control.Panel.data[name] = _wrap(handler, split)
+
+
+def _wrap(handler: Callable[..., Any], split: Callable[..., tuple[list[Target], dict[str, Any], dict[str, Any]]]) -> Callable[..., Any]:
+    @functools.wraps(handler)
+    def wrapper(state: Any, *args: Any, **kwargs: Any) -> Any:
+        sync = _active
+        if sync is None:
+            return handler(state, *args, **kwargs)
+        try:
+            targets, write, call = split(*args, **kwargs)
+        except InvalidInput as exc:
+            logger.error("%s; control message ignored", exc)
+            return {"error": str(exc)}
+        if targets:
+            sync.submit(PendingWrite(targets, revoked_by=sync.hostname[:255], **write))
+        return handler(state, **call)
+
+    setattr(wrapper, _WRAPPED_ATTR, True)
+    return wrapper
+
+
+def _valid_ids(task_id: Any) -> list[str]:
+    ids: list[str] = []
+    for item in maybe_list(task_id) or []:
+        try:
+            ids.append(as_target(item).value)
+        except InvalidInput as exc:
+            logger.error("%s; id ignored in revoke", exc)
+    return list(dict.fromkeys(ids))
+
+
+def _signal(signal: Any, terminate: bool) -> str | None:
+    if not terminate:
+        return None
+    return normalize_signal(signal) if signal else "SIGTERM"
+
+
+def _expires_for(ids: list[str], default: Any) -> Any:
+    """Keep a revocation at least until the ETA of a task this worker holds.
+
+    A task scheduled for next month must not run because its revocation
+    expired after the default week: extend past the latest held ETA.
+    """
+    latest = 0.0
+    now = datetime.now(timezone.utc)
+    for task_id in ids:
+        request = worker_state.requests.get(task_id)
+        eta = getattr(request, "eta", None) if request is not None else None
+        if not eta:
+            continue
+        try:
+            when = maybe_iso8601(eta) if isinstance(eta, str) else eta
+            if when.tzinfo is None:
+                when = when.replace(tzinfo=timezone.utc)
+            latest = max(latest, (when - now).total_seconds())
+        except Exception:
+            continue
+    if latest <= 0 or _active is None:
+        return default
+    base = _active.settings.default_expires
+    if base is None:
+        return default
+    return max(base, latest + base)
+
+
+def _split_revoke(task_id: Any = None, terminate: bool = False, signal: Any = None, **kwargs: Any):  # type: ignore[no-untyped-def]
+    ids = _valid_ids(task_id)
+    sig = _signal(signal, terminate)
+    expires = kwargs.pop("revstore_expires", DEFAULT)
+    write = {"terminate": bool(terminate), "signal": sig, "expires": _expires_for(ids, expires)}
+    call = {"task_id": ids, "terminate": terminate, "signal": signal, **kwargs}
+    return [Target.task(i) for i in ids], write, call
+
+
+def _split_terminate(signal: Any = None, task_id: Any = None, **kwargs: Any):  # type: ignore[no-untyped-def]
+    ids = _valid_ids(task_id)
+    write = {"terminate": True, "signal": _signal(signal, True), "expires": _expires_for(ids, DEFAULT)}
+    return [Target.task(i) for i in ids], write, {"signal": signal, "task_id": ids, **kwargs}
+
+
+def _split_stamps(headers: Any = None, terminate: bool = False, signal: Any = None, **kwargs: Any):  # type: ignore[no-untyped-def]
+    if isinstance(headers, list):
+        pairs = {}
+        for item in headers:
+            if not isinstance(item, str) or "=" not in item:
+                raise InvalidInput(f"revstore: stamped header {item!r} must look like header=value")
+            name, _, value = item.partition("=")
+            pairs[name] = value
+        headers = pairs
+    if not isinstance(headers, dict):
+        raise InvalidInput(f"revstore: revoke_by_stamped_headers needs a dict of headers, not {type(headers).__name__}")
+    targets = []
+    for header, values in headers.items():
+        for value in maybe_list(values) or []:
+            targets.append(as_target(Target.stamp(header, value)))
+    sig = _signal(signal, terminate)
+    write = {"terminate": bool(terminate), "signal": sig}
+    return targets, write, {"headers": headers, "terminate": terminate, "signal": signal, **kwargs}

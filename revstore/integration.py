@@ -1,0 +1,31 @@
+"""``revstore.install(app)``: the one line that opts an app in."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+_INSTALLED_ATTR = "_revstore_installed"
+
+
+def install(app: Any) -> Any:
+    """Add the revstore bootstep and the ``--revstore-url`` worker option.
+
+    Idempotent.  The step stays inert until ``revstore_url`` (or
+    ``REVSTORE_URL``, or ``--revstore-url``) names a database.
+    """
+    if getattr(app, _INSTALLED_ATTR, False):
+        return app
+    from .bootstep import Revstore
+
+    app.steps["consumer"].add(Revstore)
+    app.user_options["worker"].add(
+        click.Option(
+            ["--revstore-url"],
+            default=None,
+            help="revstore database URL (overrides the revstore_url setting).",
+        )
+    )
+    setattr(app, _INSTALLED_ATTR, True)
+    return app

@@ -1,0 +1,168 @@
+"""Applying stored revocations to a worker's in-memory state.
+
+Celery decides whether a task is revoked by looking in
+``celery.worker.state.revoked`` (a ``LimitedSet`` of ids) and
+``revoked_stamps`` (header -> values).  Request and strategy code hold
+references to those exact objects, so this module mutates them in place and
+never replaces them.  It is the only revstore module that touches them.
+
+Each entry's expiry comes from the database: the store hands over the seconds
+left by the database clock, converted here into the set's monotonic stamps
+(``stamp + set.expires`` is when the entry leaves memory), so expiry stays
+right without trusting this host's wall clock.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from celery.utils.collections import LimitedSet
+from celery.worker import state as worker_state
+
+from .store import Revocation, Target
+
+logger = logging.getLogger("revstore")
+
+#: Lifetime used for revocations that never expire (a century).
+NEVER = 100 * 365 * 24 * 3600.0
+
+#: The set's TTL when Celery's is disabled (CELERY_WORKER_REVOKE_EXPIRES=0).
+FALLBACK_SET_EXPIRES = 10800.0
+
+
+class WorkerMemory:
+    """The worker's view of what is revoked: Celery's structures plus roots."""
+
+    def __init__(self, revoked: LimitedSet | None = None, stamps: dict[str, Any] | None = None) -> None:
+        self.revoked = worker_state.revoked if revoked is None else revoked
+        self.stamps = worker_state.revoked_stamps if stamps is None else stamps
+        #: workflow root ids revoked -> monotonic deadline
+        self.roots: dict[str, float] = {}
+        #: (header, json value) -> monotonic deadline, for stamp expiry
+        self._stamp_deadlines: dict[tuple[str, str], float] = {}
+        self._stamp_heap: list[tuple[float, str, str]] = []
+
+    # ------------------------------------------------------------ set-up
+
+    def prepare(self) -> None:
+        """Lift the 50,000-entry cap: the table, not eviction, bounds the set."""
+        self.revoked.maxlen = 0
+        if not self.revoked.expires:
+            self.revoked.expires = FALLBACK_SET_EXPIRES
+
+    def _stamp(self, remaining: float | None, now: float) -> float:
+        life = NEVER if remaining is None else remaining
+        return now + life - self.revoked.expires
+
+    # ------------------------------------------------------------- loads
+
+    def load(self, rows: Iterable[tuple[str, str, str, float | None]]) -> int:
+        """Add a start-up snapshot ``(kind, header, value, remaining)``; return the count."""
+        now = time.monotonic()
+        tasks: list[tuple[str, float]] = []
+        count = 0
+        for kind, header, value, remaining in rows:
+            count += 1
+            if kind == "task":
+                tasks.append((value, self._stamp(remaining, now)))
+            else:
+                self._add_other(Target(kind, value, header), remaining, now)  # type: ignore[arg-type]
+        self._bulk_add(tasks)
+        return count
+
+    def _bulk_add(self, items: list[tuple[str, float]]) -> None:
+        lset = self.revoked
+        data, seq = getattr(lset, "_data", None), getattr(lset, "_seq", None)
+        if len(items) < 1000 or not isinstance(data, dict) or seq is None or not hasattr(lset, "_refresh_heap"):
+            for item, stamp in items:
+                lset.add(item, now=stamp)
+            return
+        # Fast path for a million rows: fill the dict and heapify once, the
+        # way LimitedSet.update(LimitedSet) does, instead of a heappush each.
+        for item, stamp in items:
+            data[item] = (stamp, next(seq), item)
+        lset._refresh_heap()
+
+    def replace(self, rows: Iterable[tuple[str, str, str, float | None]], keep: set[str]) -> None:
+        """Reload from a full snapshot: drop what the table no longer holds, except ``keep``."""
+        rows = list(rows)
+        wanted = {v for k, _, v, _ in rows if k == "task"} | keep
+        for item in [i for i in self.revoked._data if i not in wanted] if hasattr(self.revoked, "_data") else []:
+            self.revoked.discard(item)
+        for header, values in list(self.stamps.items()):
+            self.stamps[header] = []
+        self._stamp_deadlines.clear()
+        self._stamp_heap.clear()
+        self.roots.clear()
+        self.load(rows)
+
+    # ----------------------------------------------------------- changes
+
+    def apply(self, rows: Iterable[Revocation]) -> list[Revocation]:
+        """Apply changed rows; return the active ones that ask to terminate."""
+        now = time.monotonic()
+        to_terminate: list[Revocation] = []
+        for row in rows:
+            live = row.active and (row.remaining is None or row.remaining > 0)
+            target = row.target
+            if target.kind == "task":
+                if live:
+                    self.revoked.add(target.value, now=self._stamp(row.remaining, now))
+                else:
+                    self.revoked.discard(target.value)
+            elif live:
+                self._add_other(target, row.remaining, now)
+            else:
+                self._remove_other(target)
+            if live and row.terminate:
+                to_terminate.append(row)
+        return to_terminate
+
+    def _add_other(self, target: Target, remaining: float | None, now: float) -> None:
+        deadline = now + (NEVER if remaining is None else remaining)
+        if target.kind == "root":
+            self.roots[target.value] = deadline
+            return
+        value = target.stamp_value
+        current = self.stamps.get(target.header)
+        values = list(current) if isinstance(current, (list, tuple, set)) else ([] if current is None else [current])
+        if value not in values:
+            values.append(value)
+        self.stamps[target.header] = values
+        self._stamp_deadlines[(target.header, target.value)] = deadline
+        heapq.heappush(self._stamp_heap, (deadline, target.header, target.value))
+
+    def _remove_other(self, target: Target) -> None:
+        if target.kind == "root":
+            self.roots.pop(target.value, None)
+            return
+        self._stamp_deadlines.pop((target.header, target.value), None)
+        value = target.stamp_value
+        current = self.stamps.get(target.header)
+        if isinstance(current, (list, tuple, set)):
+            self.stamps[target.header] = [v for v in current if v != value]
+        elif current == value:
+            self.stamps[target.header] = []
+
+    # ------------------------------------------------------------ expiry
+
+    def purge(self) -> None:
+        """Drop entries whose database expiry has passed."""
+        now = time.monotonic()
+        self.revoked.purge(now)
+        heap = self._stamp_heap
+        while heap and heap[0][0] <= now:
+            deadline, header, value = heapq.heappop(heap)
+            if self._stamp_deadlines.get((header, value)) == deadline:
+                self._remove_other(Target("stamp", value, header))
+        for root, deadline in [(r, d) for r, d in self.roots.items() if d <= now]:
+            self.roots.pop(root, None)
+
+    # ------------------------------------------------------------- query
+
+    def is_revoked(self, task_id: str, root_id: str | None = None) -> bool:
+        return task_id in self.revoked or (root_id is not None and root_id in self.roots)
