@@ -70,3 +70,46 @@ def store(backend: str, request: pytest.FixtureRequest) -> RevocationStore:
 @pytest.fixture
 def pg_store(request: pytest.FixtureRequest) -> RevocationStore:
     return make_store("postgresql", request)
+
+
+@pytest.fixture(scope="session")
+def redis_ready() -> None:
+    import redis
+
+    try:
+        redis.Redis.from_url(REDIS_URL).ping()
+    except Exception as exc:  # a missing broker is a failure, never a skip
+        pytest.fail(f"Redis is required at {REDIS_URL}: {exc}", pytrace=False)
+
+
+@pytest.fixture
+def celery_app(redis_ready):  # type: ignore[no-untyped-def]
+    """The test app, as a client: sends tasks and control messages."""
+    import sys
+
+    tests_dir = str(Path(__file__).resolve().parent)
+    if tests_dir not in sys.path:
+        sys.path.insert(0, tests_dir)
+    import workerapp
+
+    return workerapp
+
+
+@pytest.fixture
+def cluster_factory(tmp_path, request, redis_ready):  # type: ignore[no-untyped-def]
+    """Build a Cluster of real workers on a migrated store of the given backend."""
+    from harness import Cluster
+
+    clusters: list[Cluster] = []
+
+    def make(backend: str = "postgresql", **settings):  # type: ignore[no-untyped-def]
+        store = make_store(backend, request)
+        url = store.url.render_as_string(hide_password=False)
+        cluster = Cluster(tmp_path, url, store.tables.schema, **settings)
+        cluster.store = store  # type: ignore[attr-defined]
+        clusters.append(cluster)
+        return cluster
+
+    yield make
+    for cluster in clusters:
+        cluster.close()

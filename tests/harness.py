@@ -1,0 +1,118 @@
+"""Real ``celery worker`` processes for tests: start, wait ready, SIGKILL, stop."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+TESTS = Path(__file__).resolve().parent
+CELERY = [sys.executable, "-m", "celery"]
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.1, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+@dataclass
+class Worker:
+    name: str
+    queue: str
+    env: dict[str, str]
+    log: Path
+    args: list[str] = field(default_factory=list)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def nodename(self) -> str:
+        return f"{self.name}@testhost"
+
+    def start(self, wait: bool = True) -> Worker:
+        cmd = CELERY + ["-A", "workerapp", "worker", "-P", "prefork", "-c", "2", "-n", self.nodename,
+                        "-Q", self.queue, "-l", "info", "--without-mingle", "--without-gossip", *self.args]
+        self._log_offset = self.log.stat().st_size if self.log.exists() else 0
+        with open(self.log, "ab") as fh:
+            self.proc = subprocess.Popen(cmd, cwd=TESTS, env=self.env, stdout=fh, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
+        if wait:
+            self.wait_ready()
+        return self
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def wait_ready(self, timeout: float = 45) -> None:
+        def ready() -> bool:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"worker {self.name} exited {self.proc.returncode}:\n{self.output()[-3000:]}")
+            return " ready." in self.output()[self._log_offset:]
+        wait_for(ready, timeout, what=f"worker {self.name} ready")
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group, as the OOM killer or `kill -9` would."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self, timeout: float = 20) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+
+class Cluster:
+    """The workers of one test, sharing an output folder and a database."""
+
+    def __init__(self, tmp: Path, url: str, schema: str | None, **settings: Any) -> None:
+        self.tmp = tmp
+        self.out = tmp / "out"
+        self.out.mkdir(exist_ok=True)
+        self.run_id = uuid.uuid4().hex[:8]
+        self.env = dict(os.environ)
+        self.env.update({
+            "TEST_OUT": str(self.out),
+            "REVSTORE_URL": url,
+            "PYTHONPATH": str(TESTS),
+        })
+        if schema:
+            self.env["REVSTORE_SCHEMA"] = schema
+        for key, value in settings.items():
+            self.env["TEST_" + key.upper()] = str(value)
+        self.workers: list[Worker] = []
+
+    def queue(self, name: str) -> str:
+        return f"q-{self.run_id}-{name}"
+
+    def worker(self, name: str, queue: str | None = None, args: list[str] | None = None, **env: str) -> Worker:
+        w = Worker(f"{name}-{self.run_id}", self.queue(queue or name), {**self.env, **env},
+                   self.tmp / f"{name}.log", args or [])
+        self.workers.append(w)
+        return w
+
+    def ran(self, tag: str) -> bool:
+        return (self.out / f"started-{tag}").exists()
+
+    def finished(self, tag: str) -> bool:
+        return (self.out / f"done-{tag}").exists()
+
+    def close(self) -> None:
+        for w in self.workers:
+            w.stop()

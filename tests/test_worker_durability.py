@@ -1,0 +1,169 @@
+"""Issue 3, end to end: real prefork workers, real Redis broker, real SIGKILL."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from celery.result import AsyncResult
+
+from harness import wait_for
+from revstore.store import Target
+
+REVSTORE = str(Path(sys.executable).with_name("revstore"))
+
+
+def cli(cluster, *args: str) -> str:
+    env = {k: v for k, v in cluster.env.items()}
+    out = subprocess.run([REVSTORE, *args], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def send(celery_app, queue: str, tag: str, **options) -> str:
+    task_id = options.pop("task_id", None) or f"{tag}-{uuid.uuid4().hex[:6]}"
+    celery_app.record.apply_async((tag,), options.pop("kwargs", None) or {}, queue=queue, task_id=task_id, **options)
+    return task_id
+
+
+def held_by(celery_app, worker, task_id: str) -> bool:
+    replies = celery_app.app.control.inspect([worker.nodename], timeout=1).scheduled() or {}
+    return any(entry["request"]["id"] == task_id for entry in replies.get(worker.nodename, []))
+
+
+def revoked_on(celery_app, worker) -> set[str]:
+    replies = celery_app.app.control.inspect([worker.nodename], timeout=2).revoked() or {}
+    return set(replies.get(worker.nodename, []))
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
+def test_revoked_eta_task_never_runs_after_sigkill_and_restart(cluster_factory, celery_app, backend) -> None:
+    cluster = cluster_factory(backend)
+    worker = cluster.worker("a").start()
+    revoked = send(celery_app, worker.queue, "revoked-eta", countdown=8)
+    control = send(celery_app, worker.queue, "control-eta", countdown=8)
+    wait_for(lambda: held_by(celery_app, worker, revoked) and held_by(celery_app, worker, control), 15,
+             what="the worker to hold both ETA tasks")
+
+    celery_app.app.control.revoke(revoked)
+    wait_for(lambda: cluster.store.get(revoked) is not None, 5, what="the write-through row")
+    worker.kill()  # the shelve statedb would lose the revoke here
+
+    worker.start()
+    # the un-revoked twin proves the messages came back to the restarted worker
+    wait_for(lambda: cluster.finished("control-eta"), 40, what="the control task to run after restart")
+    time.sleep(1)
+    assert not cluster.ran("revoked-eta")
+    assert AsyncResult(revoked, app=celery_app.app).state == "REVOKED"
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
+def test_offline_worker_honours_revocations_it_never_heard(cluster_factory, celery_app, backend) -> None:
+    cluster = cluster_factory(backend)
+    a = cluster.worker("a").start()
+    b = cluster.worker("b")  # offline
+    heard_by_a = send(celery_app, b.queue, "revoked-broadcast")
+    cli_only = send(celery_app, b.queue, "revoked-cli")
+    control = send(celery_app, b.queue, "control")
+
+    celery_app.app.control.revoke(heard_by_a)  # only worker A is alive to hear this
+    wait_for(lambda: cluster.store.get(heard_by_a) is not None, 5, what="A's write-through")
+    a.stop()
+    cli(cluster, "revoke", cli_only)  # no worker up at all
+
+    b.start()
+    wait_for(lambda: cluster.finished("control"), 30, what="the control task")
+    time.sleep(1)
+    assert not cluster.ran("revoked-broadcast")
+    assert not cluster.ran("revoked-cli")
+
+
+def test_two_workers_share_revocations_and_restore(cluster_factory, celery_app) -> None:
+    cluster = cluster_factory("postgresql", revstore_sync_interval=1)
+    a = cluster.worker("a").start()
+    b = cluster.worker("b").start()
+    task_id = f"shared-{uuid.uuid4().hex[:6]}"
+
+    celery_app.app.control.revoke(task_id, destination=[a.nodename])  # only A hears it
+    wait_for(lambda: task_id in revoked_on(celery_app, b), 10, what="B to learn of the revoke by sync")
+    assert task_id in revoked_on(celery_app, a)
+
+    cli(cluster, "restore", task_id)
+    wait_for(lambda: task_id not in revoked_on(celery_app, a) and task_id not in revoked_on(celery_app, b), 10,
+             what="both workers to drop the restored id")
+    send(celery_app, b.queue, "after-restore", task_id=task_id)
+    wait_for(lambda: cluster.finished("after-restore"), 20, what="the restored task to run")
+
+
+def test_terminate_written_only_to_table_kills_running_task(cluster_factory, celery_app) -> None:
+    sync_interval = 1.0
+    cluster = cluster_factory("postgresql", revstore_sync_interval=sync_interval)
+    b = cluster.worker("b").start()
+    task_id = send(celery_app, b.queue, "long", kwargs={"sleep": 30})
+    wait_for(lambda: cluster.ran("long"), 15, what="the long task to start")
+
+    started = time.monotonic()
+    cli(cluster, "revoke", task_id, "--terminate", "--signal", "SIGKILL")
+    result = AsyncResult(task_id, app=celery_app.app)
+    wait_for(lambda: result.state == "REVOKED", sync_interval + 5, what="the task to be terminated")
+    elapsed = time.monotonic() - started
+    print(f"terminate via table only: {elapsed:.2f}s")
+    assert elapsed <= sync_interval + 1.0 + 1.0  # + CLI start-up and result polling
+    time.sleep(1)
+    assert not cluster.finished("long")
+
+
+def test_stamped_header_revocations_survive_restart(cluster_factory, celery_app) -> None:
+    cluster = cluster_factory("postgresql")
+    worker = cluster.worker("a").start()
+    celery_app.app.control.revoke_by_stamped_headers({"batch": "nightly-7"}, destination=[worker.nodename])
+    wait_for(lambda: cluster.store.get(Target.stamp("batch", "nightly-7")) is not None, 5,
+             what="the stamp write-through")
+    worker.kill()
+    worker.start()
+
+    stamped = celery_app.record.s("stamped").set(queue=worker.queue)
+    stamped.stamp(batch="nightly-7")
+    stamped.apply_async()
+    send(celery_app, worker.queue, "unstamped")
+    wait_for(lambda: cluster.finished("unstamped"), 20, what="the unstamped task")
+    time.sleep(1.5)
+    assert not cluster.ran("stamped")
+
+
+def test_200k_stored_revocations_all_stay_effective(cluster_factory, celery_app) -> None:
+    cluster = cluster_factory("postgresql")
+    ids = [f"bulk-{i:06d}" for i in range(200_000)]
+    cluster.store.add(ids)
+    worker = cluster.worker("a").start()
+    sample = ids[:3] + ids[100_000:100_003] + ids[-3:]  # the oldest would be evicted first by stock
+    for task_id in sample:
+        send(celery_app, worker.queue, task_id, task_id=task_id)
+    send(celery_app, worker.queue, "control")
+    wait_for(lambda: cluster.finished("control"), 30, what="the control task")
+    time.sleep(1)
+    assert [t for t in sample if cluster.ran(t)] == []
+
+
+def test_expired_revocations_leave_table_and_memory(cluster_factory, celery_app) -> None:
+    cluster = cluster_factory("postgresql", revstore_sync_interval=1, revstore_cleanup_interval=1)
+    short, long_ = f"short-{uuid.uuid4().hex[:6]}", f"long-{uuid.uuid4().hex[:6]}"
+    cluster.store.add([short], expires=2)
+    cluster.store.add([long_])
+    worker = cluster.worker("a").start()
+    assert {short, long_} <= revoked_on(celery_app, worker)
+
+    wait_for(lambda: cluster.store.get(short) is None, 15, what="cleanup to delete the expired row")
+    held = revoked_on(celery_app, worker)
+    assert short not in held and long_ in held
+    assert cluster.store.get(long_) is not None
+
+    send(celery_app, worker.queue, "was-short", task_id=short)
+    send(celery_app, worker.queue, "still-long", task_id=long_)
+    wait_for(lambda: cluster.finished("was-short"), 20, what="the expired revocation's task to run")
+    time.sleep(1)
+    assert not cluster.ran("still-long")

@@ -1,0 +1,56 @@
+"""The Celery app the worker tests run in real ``celery worker`` processes.
+
+Configured from the environment the test harness sets, so one module serves
+every test.  Tasks leave files behind (``started-TAG``, ``done-TAG``) so a
+test can tell whether a task ran, whichever process ran it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from celery import Celery
+
+import revstore
+
+app = Celery(
+    "workerapp",
+    broker=os.environ.get("TEST_BROKER", "redis://127.0.0.1:6379/5"),
+    backend=os.environ.get("TEST_BACKEND", "redis://127.0.0.1:6379/6"),
+)
+app.conf.update(
+    task_default_queue=os.environ.get("TEST_QUEUE", "revstore-tests"),
+    worker_prefetch_multiplier=int(os.environ.get("TEST_PREFETCH", "4")),
+    # A SIGKILLed worker's unacked messages come back after a few seconds
+    # (kombu's Redis defaults take an hour and scan every ~100 s).
+    broker_transport_options={
+        "visibility_timeout": float(os.environ.get("TEST_VISIBILITY", "4")),
+        "unacked_restore_interval": 1,
+        "unacked_restore_throttle": 1,
+    },
+    task_acks_late=False,
+    worker_hijack_root_logger=True,
+    broker_connection_retry_on_startup=True,
+    result_expires=600,
+)
+for name in ("revstore_sync_interval", "revstore_cleanup_interval", "revstore_default_expires",
+             "revstore_start_without_db", "revstore_listen"):
+    value = os.environ.get("TEST_" + name.upper())
+    if value is not None:
+        app.conf[name] = value
+revstore.install(app)
+
+OUT = Path(os.environ.get("TEST_OUT", "/tmp/revstore-test-out"))
+
+
+@app.task(bind=True)
+def record(self, tag: str, sleep: float = 0.0) -> str:
+    """Record that the task started, sleep, record that it finished."""
+    (OUT / f"started-{tag}").write_text(self.request.hostname or "")
+    deadline = time.monotonic() + sleep
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+    (OUT / f"done-{tag}").write_text(self.request.hostname or "")
+    return tag
