@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from .errors import ConfigurationError, DatabaseUnavailable, InvalidInput, RevstoreError, SchemaError
+from .cancel import RevocableTask
+from .cancel import is_revoked as is_current_task_revoked
+from .client import is_revoked, restore, revoke, revoke_by_stamped_headers, revoke_root
 from .integration import install
 from .store import Revocation, RevocationStore, Target
 
@@ -17,5 +20,12 @@ __all__ = [
     "RevstoreError",
     "SchemaError",
     "Target",
+    "RevocableTask",
     "install",
+    "is_current_task_revoked",
+    "is_revoked",
+    "restore",
+    "revoke",
+    "revoke_by_stamped_headers",
+    "revoke_root",
 ]

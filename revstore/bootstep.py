@@ -18,7 +18,7 @@ from celery import signals
 from celery.platforms import signals as platform_signals
 from celery.worker import state as worker_state
 
-from . import control, migrate
+from . import cancel, control, migrate
 from .config import Settings, load_settings
 from .errors import RevstoreError
 from .memory import WorkerMemory
@@ -63,6 +63,7 @@ class Revstore(bootsteps.StartStopStep):
             _fatal(exc)
         self.sync = RevocationSync(store, self.settings, WorkerMemory(), c.hostname)
         control.activate(self.sync)
+        cancel.activate(self.sync.memory, c.hostname)  # before the pool forks its children
         signals.task_received.connect(self._on_task_received, weak=False)
         return None
 
@@ -85,6 +86,7 @@ class Revstore(bootsteps.StartStopStep):
     def _drain(self, c: Any) -> None:
         assert self.sync is not None
         self.sync.drain(lambda rows: terminate_matching(rows, c.pool, self.sync.memory))  # type: ignore[union-attr]
+        cancel.refresh_markers(worker_state.active_requests)
 
     def stop(self, c: Any) -> None:
         if self._tref is not None:
@@ -95,6 +97,7 @@ class Revstore(bootsteps.StartStopStep):
         self.stop(c)
         if self.sync is not None:
             control.activate(None)
+            cancel.deactivate()
             self.sync.close()
             self.sync.store.dispose()
 

@@ -21,6 +21,7 @@ from celery.utils.time import maybe_iso8601
 from celery.worker import control as celery_control
 from celery.worker import state as worker_state
 
+from .client import DURABLE_FLAG
 from .errors import InvalidInput
 from .store import DEFAULT, Target, as_target, normalize_signal
 from .sync import PendingWrite, RevocationSync
@@ -36,6 +37,15 @@ def activate(sync: RevocationSync | None) -> None:
     global _active
     _active = sync
     install_wrappers()
+
+
+@celery_control.control_command()
+def revstore_sync(state: Any, **kwargs: Any) -> dict[str, str]:
+    """Pull revstore changes now (sent after restores and workflow revokes)."""
+    if _active is None:
+        return {"error": "revstore is not enabled on this worker"}
+    _active.request_sync()
+    return {"ok": "sync requested"}
 
 
 def install_wrappers() -> None:
@@ -59,7 +69,9 @@ def _wrap(handler: Callable[..., Any], split: Callable[..., tuple[list[Target], 
         except InvalidInput as exc:
             logger.error("%s; control message ignored", exc)
             return {"error": str(exc)}
-        if targets:
+        # A revstore client committed the row before broadcasting: skip the write.
+        durable = bool(call.pop(DURABLE_FLAG, False))
+        if targets and not durable:
             sync.submit(PendingWrite(targets, revoked_by=sync.hostname[:255], **write))
         return handler(state, **call)
 

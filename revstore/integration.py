@@ -13,11 +13,14 @@ def install(app: Any) -> Any:
     """Add the revstore bootstep and the ``--revstore-url`` worker option.
 
     Idempotent.  The step stays inert until ``revstore_url`` (or
-    ``REVSTORE_URL``, or ``--revstore-url``) names a database.
+    ``REVSTORE_URL``, or ``--revstore-url``) names a database.  In clients
+    with ``revstore_url`` set, the stock ``app.control.revoke`` (hence
+    ``AsyncResult.revoke``) also writes the table before broadcasting.
     """
     if getattr(app, _INSTALLED_ATTR, False):
         return app
     from .bootstep import Revstore
+    from .client import patch_control
 
     app.steps["consumer"].add(Revstore)
     app.user_options["worker"].add(
@@ -27,5 +30,6 @@ def install(app: Any) -> Any:
             help="revstore database URL (overrides the revstore_url setting).",
         )
     )
+    patch_control(app)
     setattr(app, _INSTALLED_ATTR, True)
     return app

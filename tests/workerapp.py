@@ -14,6 +14,7 @@ from pathlib import Path
 from celery import Celery
 
 import revstore
+from revstore import RevocableTask
 
 app = Celery(
     "workerapp",
@@ -54,3 +55,16 @@ def record(self, tag: str, sleep: float = 0.0) -> str:
         time.sleep(0.05)
     (OUT / f"done-{tag}").write_text(self.request.hostname or "")
     return tag
+
+
+@app.task(bind=True, base=RevocableTask)
+def steps(self, tag: str, n: int = 100, step: float = 0.1) -> int:
+    """Work in n steps, checking for revocation between steps; stop cleanly."""
+    for i in range(n):
+        if self.is_revoked():
+            (OUT / f"checkpoint-{tag}").write_text(f"{i} {time.time()}")
+            self.stop_revoked()
+        (OUT / f"step-{tag}").write_text(str(i))
+        time.sleep(step)
+    (OUT / f"done-{tag}").write_text(self.request.hostname or "")
+    return n

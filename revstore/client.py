@@ -1,0 +1,222 @@
+"""Durable revoke for clients: write the table first, then broadcast.
+
+A broadcast reaches only the workers alive and connected at that moment, and
+brokers without fanout (SQS) reach none.  Writing the table first makes the
+revocation durable whatever happens to the broadcast; the broadcast is then
+only the fast path.
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .config import load_settings
+from .errors import ConfigurationError
+from .store import DEFAULT, RevocationStore, Target
+
+logger = logging.getLogger("revstore")
+
+_stores: weakref.WeakKeyDictionary[Any, tuple[Any, RevocationStore]] = weakref.WeakKeyDictionary()
+
+#: Control-message argument telling revstore workers the row is already
+#: committed, so they skip their write-through.  Stock workers ignore it.
+DURABLE_FLAG = "revstore_durable"
+
+
+@dataclass
+class RevokeReport:
+    """What :func:`revoke` did: durable write, then broadcast."""
+
+    targets: list[str]
+    #: rows inserted or strengthened (0 when all were already revoked)
+    written: int
+    broadcast: bool
+    broadcast_error: str | None = None
+    replies: list[Any] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        sent = "broadcast sent" if self.broadcast else f"not broadcast ({self.broadcast_error})"
+        return f"revoked {len(self.targets)} durably ({self.written} new or changed); {sent}"
+
+
+def store_for(app: Any) -> RevocationStore:
+    """The app's store, built from ``revstore_url`` and friends; rebuilt if they change."""
+    settings = load_settings(conf=app.conf)
+    if settings.url is None:
+        raise ConfigurationError("revstore: set revstore_url in the app config or REVSTORE_URL to revoke durably")
+    key = (settings.url, settings.schema, settings.table_prefix, settings.default_expires)
+    cached = _stores.get(app)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    if cached is not None:
+        cached[1].dispose()
+    store = RevocationStore.from_settings(settings)
+    _stores[app] = (key, store)
+    return store
+
+
+def _ids(task_ids: str | Iterable[str]) -> list[str]:
+    return [task_ids] if isinstance(task_ids, str) else list(task_ids)
+
+
+def _broadcast(app: Any, command: str, report: RevokeReport, **arguments: Any) -> RevokeReport:
+    original = getattr(app.control, "_revstore_original", {}).get(command)
+    try:
+        if original is not None:
+            original(**arguments)
+        else:
+            app.control.broadcast(command, arguments=arguments)
+        report.broadcast = True
+    except Exception as exc:  # the row is committed: the broadcast is only the fast path
+        report.broadcast_error = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        logger.warning("revstore: revocation is stored but the broadcast failed (%s); "
+                       "workers apply it at their next sync", report.broadcast_error)
+    return report
+
+
+def revoke(
+    app: Any,
+    task_ids: str | Iterable[str],
+    terminate: bool = False,
+    signal: str = "SIGTERM",
+    expires: float | None = DEFAULT,
+    reason: str | None = None,
+    broadcast: bool = True,
+) -> RevokeReport:
+    """Revoke durably, then broadcast through ``app.control`` when possible."""
+    ids = _ids(task_ids)
+    result = store_for(app).add(ids, terminate=terminate, signal=signal if terminate else None,
+                                expires=expires, reason=reason)
+    report = RevokeReport(ids, result.changed, False)
+    if not broadcast or not ids:
+        report.broadcast_error = "disabled"
+        return report
+    return _broadcast(app, "revoke", report, task_id=ids, terminate=terminate, signal=signal,
+                      **{DURABLE_FLAG: True})
+
+
+def revoke_by_stamped_headers(
+    app: Any,
+    headers: dict[str, Any],
+    terminate: bool = False,
+    signal: str = "SIGTERM",
+    expires: float | None = DEFAULT,
+    reason: str | None = None,
+    broadcast: bool = True,
+) -> RevokeReport:
+    """Revoke every task stamped with one of ``headers``' values, durably."""
+    targets = [Target.stamp(h, v) for h, values in headers.items()
+               for v in (values if isinstance(values, (list, tuple, set)) else [values])]
+    result = store_for(app).add(targets, terminate=terminate, signal=signal if terminate else None,
+                                expires=expires, reason=reason)
+    report = RevokeReport([str(t) for t in targets], result.changed, False)
+    if not broadcast:
+        report.broadcast_error = "disabled"
+        return report
+    return _broadcast(app, "revoke_by_stamped_headers", report, headers=headers, terminate=terminate,
+                      signal=signal, **{DURABLE_FLAG: True})
+
+
+def revoke_root(
+    app: Any,
+    root_ids: str | Iterable[str],
+    terminate: bool = False,
+    signal: str = "SIGTERM",
+    expires: float | None = DEFAULT,
+    reason: str | None = None,
+    broadcast: bool = True,
+) -> RevokeReport:
+    """Revoke whole workflows: every task whose ``root_id`` is one of these.
+
+    Celery has no control command for this, so workers learn it from the
+    table; the broadcast only asks them to sync now.
+    """
+    ids = _ids(root_ids)
+    result = store_for(app).add([Target.root(i) for i in ids], terminate=terminate,
+                                signal=signal if terminate else None, expires=expires, reason=reason)
+    report = RevokeReport(ids, result.changed, False)
+    if not broadcast:
+        report.broadcast_error = "disabled"
+        return report
+    return _broadcast(app, "revstore_sync", report)
+
+
+def restore(app: Any, task_ids: str | Iterable[str], broadcast: bool = True) -> int:
+    """Un-revoke: the ids may run again on every worker after its next sync."""
+    result = store_for(app).remove(_ids(task_ids))
+    if broadcast:
+        _broadcast(app, "revstore_sync", RevokeReport([], 0, False))
+    return result.changed
+
+
+def is_revoked(app: Any, task_id: str) -> bool:
+    """Ask the table (one query) whether ``task_id`` is revoked now."""
+    return store_for(app).is_revoked(task_id)
+
+
+# --------------------------------------------------------------------------
+# opt-in: make the stock calls durable for code you cannot change
+
+
+def patch_control(app: Any) -> None:
+    """Make ``app.control.revoke`` (and so ``AsyncResult.revoke``,
+    ``GroupResult.revoke``) and ``revoke_by_stamped_headers`` write through.
+
+    Active only while ``revstore_url`` is set for the client; otherwise the
+    stock calls run unchanged.  If the write fails the broadcast still goes
+    out and the error is raised after it, so the caller learns the
+    revocation is not durable.
+    """
+    control = app.control
+    if getattr(control, "_revstore_original", None):
+        return
+    originals = {"revoke": control.revoke, "revoke_by_stamped_headers": control.revoke_by_stamped_headers}
+    control._revstore_original = originals
+
+    def enabled() -> bool:
+        try:
+            return load_settings(conf=app.conf).enabled
+        except ConfigurationError:
+            return True  # let the write raise the clear error
+
+    def durable_revoke(task_id: Any, destination: Any = None, terminate: bool = False,
+                       signal: str = "SIGTERM", **kwargs: Any) -> Any:
+        if not enabled():
+            return originals["revoke"](task_id, destination=destination, terminate=terminate, signal=signal, **kwargs)
+        error: Exception | None = None
+        try:
+            store_for(app).add(_ids(task_id), terminate=terminate, signal=signal if terminate else None)
+            kwargs[DURABLE_FLAG] = True
+        except Exception as exc:
+            error = exc
+        reply = originals["revoke"](task_id, destination=destination, terminate=terminate, signal=signal, **kwargs)
+        if error is not None:
+            raise error
+        return reply
+
+    def durable_revoke_stamps(headers: Any, destination: Any = None, terminate: bool = False,
+                              signal: str = "SIGTERM", **kwargs: Any) -> Any:
+        if not enabled():
+            return originals["revoke_by_stamped_headers"](headers, destination=destination, terminate=terminate,
+                                                          signal=signal, **kwargs)
+        error: Exception | None = None
+        try:
+            pairs = headers if isinstance(headers, dict) else dict(h.split("=", 1) for h in headers)
+            targets = [Target.stamp(h, v) for h, values in pairs.items()
+                       for v in (values if isinstance(values, (list, tuple, set)) else [values])]
+            store_for(app).add(targets, terminate=terminate, signal=signal if terminate else None)
+            kwargs[DURABLE_FLAG] = True
+        except Exception as exc:
+            error = exc
+        reply = originals["revoke_by_stamped_headers"](headers, destination=destination, terminate=terminate,
+                                                       signal=signal, **kwargs)
+        if error is not None:
+            raise error
+        return reply
+
+    control.revoke = durable_revoke
+    control.revoke_by_stamped_headers = durable_revoke_stamps

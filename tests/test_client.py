@@ -1,0 +1,82 @@
+"""Issue 4: durable client revokes, graceful cancellation, workflow revokes."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+from celery import chain
+from celery.result import AsyncResult
+
+import revstore
+from harness import wait_for
+
+
+@pytest.fixture
+def client(celery_app, cluster_factory):  # type: ignore[no-untyped-def]
+    """A cluster on PostgreSQL and the client app pointed at the same table."""
+    cluster = cluster_factory("postgresql", revstore_sync_interval=1)
+    conf = celery_app.app.conf
+    conf.revstore_url = cluster.env["REVSTORE_URL"]
+    conf.revstore_schema = cluster.store.tables.schema
+    yield cluster
+    conf.revstore_url = None
+    conf.revstore_schema = None
+
+
+def test_revoke_with_no_worker_running_is_honoured_later(client, celery_app) -> None:
+    worker = client.worker("a")  # not started
+    ids = [f"{tag}-{uuid.uuid4().hex[:6]}" for tag in ("api", "stock", "control")]
+    for task_id, tag in zip(ids, ("api", "stock", "control")):
+        celery_app.record.apply_async((tag,), queue=worker.queue, task_id=task_id)
+
+    report = revstore.revoke(celery_app.app, ids[0])
+    assert report.written == 1  # durable even though nobody heard the broadcast
+    AsyncResult(ids[1], app=celery_app.app).revoke()  # the stock call, opted in by install()
+    assert client.store.is_revoked(ids[1])
+
+    worker.start()
+    wait_for(lambda: client.finished("control"), 30, what="the control task")
+    time.sleep(1)
+    assert not client.ran("api") and not client.ran("stock")
+
+
+def test_running_task_stops_cleanly_within_one_step(client, celery_app) -> None:
+    worker = client.worker("a").start()
+    result = celery_app.steps.apply_async(("graceful",), {"n": 100, "step": 0.1}, queue=worker.queue)
+    wait_for(lambda: (client.out / "step-graceful").exists(), 15, what="the task to start stepping")
+    time.sleep(0.5)
+
+    revoked_at = time.time()
+    celery_app.app.control.revoke(result.id)  # no terminate: the task decides how to stop
+    checkpoint = wait_for(lambda: (client.out / "checkpoint-graceful").exists()
+                          and (client.out / "checkpoint-graceful").read_text(), 5,
+                          what="the task to checkpoint")
+    step, stopped_at = checkpoint.split()
+    latency = float(stopped_at) - revoked_at
+    print(f"graceful stop latency: {latency * 1000:.0f} ms at step {step}")
+    assert latency < 0.1 + 0.1 + 0.3  # one step + one drain tick + scheduling slack
+    wait_for(lambda: result.state == "REVOKED", 5, what="state REVOKED")
+    assert not client.finished("graceful")
+
+
+def test_revoking_a_chain_root_stops_the_rest_everywhere_across_restart(client, celery_app) -> None:
+    a = client.worker("a").start()
+    b = client.worker("b").start()
+    record = celery_app.record
+    workflow = chain(
+        record.si("c1", 2).set(queue=a.queue),
+        record.si("c2").set(queue=b.queue),
+        record.si("c3").set(queue=a.queue),
+    ).apply_async()
+    root_id = workflow.parent.parent.id
+    wait_for(lambda: client.ran("c1"), 15, what="the first link to start")
+
+    revstore.revoke_root(celery_app.app, root_id)
+    b.kill()  # B restarts from the table alone
+    b.start()
+    wait_for(lambda: client.finished("c1"), 10, what="the running link to finish")
+    time.sleep(3)
+    assert not client.ran("c2") and not client.ran("c3")
+    assert AsyncResult(workflow.parent.id, app=celery_app.app).state == "REVOKED"
