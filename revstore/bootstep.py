@@ -80,6 +80,11 @@ class Revstore(bootsteps.StartStopStep):
                 logger.error("%s; starting anyway (revstore_start_without_db) and retrying the load", exc)
         else:
             sync.request_sync()  # reconnected to the broker: catch up at once
+        if self.settings.listen and sync.store.backend == "postgresql" and sync.listener is None:
+            from .listener import Listener
+
+            sync.listener = Listener(sync.store.url, sync.store.channel, sync.request_sync, c.hostname)
+            sync.listener.start()
         sync.start()
         self._tref = c.timer.call_repeatedly(DRAIN_INTERVAL, self._drain, (c,), priority=10)
 

@@ -29,6 +29,9 @@ DEFAULT_EXPIRES = 7 * 24 * 3600.0
 
 #: How often a worker pulls changes when it cannot listen for notifications.
 DEFAULT_SYNC_INTERVAL = 5.0
+#: The poll is only the safety net while a PostgreSQL listener is live, so
+#: unless revstore_sync_interval is set it relaxes to this.
+DEFAULT_SYNC_INTERVAL_LISTENING = 30.0
 
 #: How often (seconds) one worker deletes expired rows, and how many per
 #: statement: small batches keep each DELETE short so writers never stall.
@@ -140,7 +143,14 @@ class Settings:
     tombstone_ttl: float = DEFAULT_TOMBSTONE_TTL
     start_without_db: bool = False
     listen: bool = True
+    sync_interval_explicit: bool = False
     extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def poll_interval(self, listening: bool) -> float:
+        """Seconds between polls: relaxed while notifications arrive, unless set."""
+        if listening and not self.sync_interval_explicit:
+            return max(self.sync_interval, DEFAULT_SYNC_INTERVAL_LISTENING)
+        return self.sync_interval
 
     @property
     def enabled(self) -> bool:
@@ -212,6 +222,7 @@ def load_settings(
         tombstone_ttl=num("revstore_tombstone_ttl", DEFAULT_TOMBSTONE_TTL, 1.0),
         start_without_db=False if start_raw is None else _as_bool("revstore_start_without_db", start_raw),
         listen=True if listen_raw is None else _as_bool("revstore_listen", listen_raw),
+        sync_interval_explicit=get("revstore_sync_interval") is not None,
     )
 
 

@@ -48,6 +48,14 @@ def revstore_sync(state: Any, **kwargs: Any) -> dict[str, str]:
     return {"ok": "sync requested"}
 
 
+@celery_control.inspect_command(alias="revstore")
+def revstore_status(state: Any, **kwargs: Any) -> dict[str, Any]:
+    """revstore's view on this worker: marker, listener, pending writes."""
+    if _active is None:
+        return {"enabled": False}
+    return {"enabled": True, **_active.status()}
+
+
 def install_wrappers() -> None:
     """Wrap Celery's handlers once per process (idempotent)."""
     for name, split in (("revoke", _split_revoke), ("terminate", _split_terminate),

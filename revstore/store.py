@@ -704,9 +704,23 @@ class RevocationStore:
             version, purged = conn.execute(select(clock.c.version, clock.c.purged_version)).one()
             out["version"] = int(version)
             out["purged_version"] = int(purged)
+            if self.backend == "postgresql":
+                out["listeners"] = self._listeners(conn)
             return out
 
         return self._run(read)
+
+    def _listeners(self, conn: Connection) -> list[str]:
+        """Workers whose LISTEN connection on our channel is open right now."""
+        rows = conn.execute(
+            text(
+                "SELECT application_name FROM pg_stat_activity "
+                "WHERE datname = current_database() AND application_name LIKE 'revstore-listener%' "
+                "AND query LIKE :pattern ORDER BY application_name"
+            ),
+            {"pattern": f'%LISTEN%"{self.channel}"%'},
+        ).scalars()
+        return [name.removeprefix("revstore-listener ") for name in rows]
 
     def ping(self) -> None:
         """Raise DatabaseUnavailable/SchemaError unless the tables can be read."""

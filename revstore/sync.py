@@ -90,8 +90,15 @@ class RevocationSync:
         self._retry_at = 0.0
         self._warn = RateLimitedWarning()
         self.last_sync_ok: float | None = None
-        #: set by the listener (LISTEN/NOTIFY) when it is connected
-        self.listener_live = False
+        #: the LISTEN/NOTIFY listener, when there is one (PostgreSQL)
+        self.listener: Any = None
+
+    @property
+    def listener_live(self) -> bool:
+        return bool(self.listener is not None and self.listener.live)
+
+    def _interval(self) -> float:
+        return self.settings.poll_interval(self.listener_live)
 
     # ------------------------------------------------------- loop thread
 
@@ -133,12 +140,27 @@ class RevocationSync:
 
     def start(self) -> None:
         if self._thread is None:
-            self._sync_due = time.monotonic() + self.settings.sync_interval
+            self._sync_due = time.monotonic() + self._interval()
             self._thread = threading.Thread(target=self._run, name="revstore-sync", daemon=True)
             self._thread.start()
 
+    def status(self) -> dict[str, Any]:
+        """For `celery inspect revstore` and logs."""
+        return {
+            "database": self.store.url.render_as_string(hide_password=True),
+            "loaded": self.loaded,
+            "marker": self.marker,
+            "revoked_in_memory": len(self.memory.revoked),
+            "pending_writes": sum(len(w.targets) for w in list(self._pending)),
+            "listener_live": self.listener_live,
+            "poll_interval": self._interval(),
+            "seconds_since_last_sync": None if self.last_sync_ok is None else round(time.monotonic() - self.last_sync_ok, 3),
+        }
+
     def close(self, timeout: float = 5.0) -> None:
         """Stop the thread after one last attempt to flush queued writes."""
+        if self.listener is not None:
+            self.listener.stop()
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
@@ -166,7 +188,7 @@ class RevocationSync:
                         return
                     if now >= self._sync_due:
                         self._pull()
-                        self._sync_due = time.monotonic() + self.settings.sync_interval
+                        self._sync_due = time.monotonic() + self._interval()
                     if now >= self._cleanup_due:
                         self._cleanup()
                     self._backoff = 0.0
