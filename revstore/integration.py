@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import click
+from celery.app import utils as app_utils
 
 _INSTALLED_ATTR = "_revstore_installed"
 
@@ -31,5 +33,17 @@ def install(app: Any) -> Any:
         )
     )
     patch_control(app)
+    censor_setting()
     setattr(app, _INSTALLED_ATTR, True)
     return app
+
+
+def censor_setting() -> None:
+    """Hide ``revstore_url`` in ``celery inspect conf`` and ``celery report``.
+
+    Celery censors settings whose names match ``HIDDEN_SETTINGS``; our URL
+    may carry a password but its name matches none of the patterns, so add it.
+    """
+    hidden = app_utils.HIDDEN_SETTINGS
+    if "REVSTORE_URL" not in hidden.pattern.upper():
+        app_utils.HIDDEN_SETTINGS = re.compile(hidden.pattern + "|REVSTORE_URL", hidden.flags)
