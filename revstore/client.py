@@ -78,6 +78,40 @@ def _broadcast(app: Any, command: str, report: RevokeReport, **arguments: Any) -
     return report
 
 
+def _stamp_targets(headers: Any) -> list[Target]:
+    """``{'header': value or [values]}`` (or Celery's ``['header=value']``) as targets."""
+    pairs = headers if isinstance(headers, dict) else dict(str(h).split("=", 1) for h in headers)
+    return [Target.stamp(h, v) for h, values in pairs.items()
+            for v in (values if isinstance(values, (list, tuple, set)) else [values])]
+
+
+def _revoke_durably(
+    app: Any,
+    targets: list[Target],
+    terminate: bool,
+    signal: str,
+    expires: Any,
+    reason: str | None,
+    broadcast: bool,
+    command: str,
+    arguments: dict[str, Any] | None = None,
+) -> RevokeReport:
+    """Commit the rows, then broadcast ``command`` as the fast path.
+
+    With ``arguments`` (a stock revoke command) the broadcast carries the
+    terminate request and the flag that tells workers the row is committed.
+    """
+    result = store_for(app).add(targets, terminate=terminate, signal=signal if terminate else None,
+                                expires=expires, reason=reason)
+    report = RevokeReport([str(t) for t in targets], result.changed, False)
+    if not broadcast or not targets:
+        report.broadcast_error = "disabled" if not broadcast else "nothing to revoke"
+        return report
+    if arguments is not None:
+        arguments = {**arguments, "terminate": terminate, "signal": signal, DURABLE_FLAG: True}
+    return _broadcast(app, command, report, **(arguments or {}))
+
+
 def revoke(
     app: Any,
     task_ids: str | Iterable[str],
@@ -89,14 +123,8 @@ def revoke(
 ) -> RevokeReport:
     """Revoke durably, then broadcast through ``app.control`` when possible."""
     ids = _ids(task_ids)
-    result = store_for(app).add(ids, terminate=terminate, signal=signal if terminate else None,
-                                expires=expires, reason=reason)
-    report = RevokeReport(ids, result.changed, False)
-    if not broadcast or not ids:
-        report.broadcast_error = "disabled"
-        return report
-    return _broadcast(app, "revoke", report, task_id=ids, terminate=terminate, signal=signal,
-                      **{DURABLE_FLAG: True})
+    return _revoke_durably(app, [Target.task(i) for i in ids], terminate, signal, expires, reason, broadcast,
+                           "revoke", {"task_id": ids})
 
 
 def revoke_by_stamped_headers(
@@ -109,16 +137,8 @@ def revoke_by_stamped_headers(
     broadcast: bool = True,
 ) -> RevokeReport:
     """Revoke every task stamped with one of ``headers``' values, durably."""
-    targets = [Target.stamp(h, v) for h, values in headers.items()
-               for v in (values if isinstance(values, (list, tuple, set)) else [values])]
-    result = store_for(app).add(targets, terminate=terminate, signal=signal if terminate else None,
-                                expires=expires, reason=reason)
-    report = RevokeReport([str(t) for t in targets], result.changed, False)
-    if not broadcast:
-        report.broadcast_error = "disabled"
-        return report
-    return _broadcast(app, "revoke_by_stamped_headers", report, headers=headers, terminate=terminate,
-                      signal=signal, **{DURABLE_FLAG: True})
+    return _revoke_durably(app, _stamp_targets(headers), terminate, signal, expires, reason, broadcast,
+                           "revoke_by_stamped_headers", {"headers": headers})
 
 
 def revoke_root(
@@ -135,14 +155,8 @@ def revoke_root(
     Celery has no control command for this, so workers learn it from the
     table; the broadcast only asks them to sync now.
     """
-    ids = _ids(root_ids)
-    result = store_for(app).add([Target.root(i) for i in ids], terminate=terminate,
-                                signal=signal if terminate else None, expires=expires, reason=reason)
-    report = RevokeReport(ids, result.changed, False)
-    if not broadcast:
-        report.broadcast_error = "disabled"
-        return report
-    return _broadcast(app, "revstore_sync", report)
+    targets = [Target.root(i) for i in _ids(root_ids)]
+    return _revoke_durably(app, targets, terminate, signal, expires, reason, broadcast, "revstore_sync")
 
 
 def restore(app: Any, task_ids: str | Iterable[str], broadcast: bool = True) -> int:
@@ -183,40 +197,29 @@ def patch_control(app: Any) -> None:
         except ConfigurationError:
             return True  # let the write raise the clear error
 
-    def durable_revoke(task_id: Any, destination: Any = None, terminate: bool = False,
-                       signal: str = "SIGTERM", **kwargs: Any) -> Any:
-        if not enabled():
-            return originals["revoke"](task_id, destination=destination, terminate=terminate, signal=signal, **kwargs)
-        error: Exception | None = None
-        try:
-            store_for(app).add(_ids(task_id), terminate=terminate, signal=signal if terminate else None)
-            kwargs[DURABLE_FLAG] = True
-        except Exception as exc:
-            error = exc
-        reply = originals["revoke"](task_id, destination=destination, terminate=terminate, signal=signal, **kwargs)
-        if error is not None:
-            raise error
-        return reply
+    def write_through(name: str, targets: Any) -> Any:
+        """Wrap one stock call: write first, broadcast always, then raise a write error."""
+        original = originals[name]
 
-    def durable_revoke_stamps(headers: Any, destination: Any = None, terminate: bool = False,
-                              signal: str = "SIGTERM", **kwargs: Any) -> Any:
-        if not enabled():
-            return originals["revoke_by_stamped_headers"](headers, destination=destination, terminate=terminate,
-                                                          signal=signal, **kwargs)
-        error: Exception | None = None
-        try:
-            pairs = headers if isinstance(headers, dict) else dict(h.split("=", 1) for h in headers)
-            targets = [Target.stamp(h, v) for h, values in pairs.items()
-                       for v in (values if isinstance(values, (list, tuple, set)) else [values])]
-            store_for(app).add(targets, terminate=terminate, signal=signal if terminate else None)
-            kwargs[DURABLE_FLAG] = True
-        except Exception as exc:
-            error = exc
-        reply = originals["revoke_by_stamped_headers"](headers, destination=destination, terminate=terminate,
-                                                       signal=signal, **kwargs)
-        if error is not None:
-            raise error
-        return reply
+        def call(first: Any, destination: Any = None, terminate: bool = False, signal: str = "SIGTERM",
+                 **kwargs: Any) -> Any:
+            if not enabled():
+                return original(first, destination=destination, terminate=terminate, signal=signal, **kwargs)
+            error: Exception | None = None
+            try:
+                store_for(app).add(targets(first), terminate=terminate, signal=signal if terminate else None)
+                kwargs[DURABLE_FLAG] = True
+            except Exception as exc:
+                error = exc
+            reply = original(first, destination=destination, terminate=terminate, signal=signal, **kwargs)
+            if error is not None:
+                raise error
+            return reply
+
+        return call
+
+    durable_revoke = write_through("revoke", lambda ids: _ids(ids))
+    durable_revoke_stamps = write_through("revoke_by_stamped_headers", _stamp_targets)
 
     control.revoke = durable_revoke
     control.revoke_by_stamped_headers = durable_revoke_stamps

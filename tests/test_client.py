@@ -80,3 +80,14 @@ def test_revoking_a_chain_root_stops_the_rest_everywhere_across_restart(client, 
     time.sleep(3)
     assert not client.ran("c2") and not client.ran("c3")
     assert AsyncResult(workflow.parent.id, app=celery_app.app).state == "REVOKED"
+
+
+def test_stamp_revokes_from_clients_are_durable(client, celery_app) -> None:
+    from revstore.store import Target
+
+    report = revstore.revoke_by_stamped_headers(celery_app.app, {"batch": ["x", 7]})
+    assert report.written == 2 and report.broadcast
+    celery_app.app.control.revoke_by_stamped_headers({"tenant": "acme"})  # stock call, opted in
+    for target in (Target.stamp("batch", "x"), Target.stamp("batch", 7), Target.stamp("tenant", "acme")):
+        assert client.store.is_revoked(target)
+    assert revstore.restore(celery_app.app, ["never-revoked"]) == 0
