@@ -286,3 +286,7 @@ celery_command = main_group
 
 def main() -> None:
     main_group(prog_name="revstore")
+
+
+if __name__ == "__main__":  # python -m revstore.cli
+    main()
