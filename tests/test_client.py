@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 from celery import chain
-from celery.result import AsyncResult
+from celery.result import AsyncResult, GroupResult
 
 import revstore
 from harness import wait_for
@@ -27,19 +27,21 @@ def client(celery_app, cluster_factory):  # type: ignore[no-untyped-def]
 
 def test_revoke_with_no_worker_running_is_honoured_later(client, celery_app) -> None:
     worker = client.worker("a")  # not started
-    ids = [f"{tag}-{uuid.uuid4().hex[:6]}" for tag in ("api", "stock", "control")]
-    for task_id, tag in zip(ids, ("api", "stock", "control")):
+    tags = ("api", "stock", "group", "control")
+    ids = [f"{tag}-{uuid.uuid4().hex[:6]}" for tag in tags]
+    for task_id, tag in zip(ids, tags):
         celery_app.record.apply_async((tag,), queue=worker.queue, task_id=task_id)
 
     report = revstore.revoke(celery_app.app, ids[0])
     assert report.written == 1  # durable even though nobody heard the broadcast
-    AsyncResult(ids[1], app=celery_app.app).revoke()  # the stock call, opted in by install()
-    assert client.store.is_revoked(ids[1])
+    AsyncResult(ids[1], app=celery_app.app).revoke()  # the stock calls, opted in by install()
+    GroupResult(uuid.uuid4().hex, [AsyncResult(ids[2], app=celery_app.app)], app=celery_app.app).revoke()
+    assert client.store.is_revoked(ids[1]) and client.store.is_revoked(ids[2])
 
     worker.start()
     wait_for(lambda: client.finished("control"), 30, what="the control task")
     time.sleep(1)
-    assert not client.ran("api") and not client.ran("stock")
+    assert not client.ran("api") and not client.ran("stock") and not client.ran("group")
 
 
 def test_running_task_stops_cleanly_within_one_step(client, celery_app) -> None:
