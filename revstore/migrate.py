@@ -16,6 +16,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
+from sqlalchemy import MetaData, Table
 
 from .config import mask_url
 from .errors import RevstoreError, SchemaError
@@ -83,12 +84,29 @@ def _run(fn, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
         raise RevstoreError(f"revstore: {exc}") from None
 
 
+def _reachable(store: RevocationStore) -> None:
+    """Fail with the store's one-line DatabaseUnavailable before Alembic starts."""
+    store._connect().close()
+
+
 def upgrade(store: RevocationStore, revision: str = "head") -> None:
+    _reachable(store)
     _run(command.upgrade, alembic_config(store), revision)
 
 
 def downgrade(store: RevocationStore, revision: str) -> None:
+    """Downgrade; ``base`` also drops revstore's own version table.
+
+    Alembic leaves an empty version table behind at base.  Ours exists only
+    for revstore, so removing revstore should leave nothing of it behind (the
+    PostgreSQL schema stays: it may hold other things).
+    """
+    _reachable(store)
     _run(command.downgrade, alembic_config(store), revision)
+    if revision == "base" and current_revision(store) is None:
+        version = Table(store.tables.version_table, MetaData(schema=store.tables.schema))
+        with store.engine.begin() as conn:
+            version.drop(conn, checkfirst=True)
 
 
 def offline_sql(store: RevocationStore, revision: str = "head", downgrade_from: str | None = None) -> str:

@@ -1,0 +1,130 @@
+"""``revstore db …``: Alembic migrations run by an admin, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import create_engine, inspect, text
+
+from cli_helpers import assert_one_line_error, revstore
+from conftest import PG_BASE
+from revstore import migrate
+from revstore.schema import build_tables
+
+
+@pytest.fixture
+def db_url(backend, request) -> tuple[list[str], str]:  # type: ignore[no-untyped-def]
+    """CLI options selecting an empty database, and the plain URL."""
+    if backend == "sqlite":
+        url = request.getfixturevalue("sqlite_url")
+        return ["--url", url], url
+    schema = request.getfixturevalue("pg_schema")
+    return ["--url", PG_BASE, "--schema", schema], PG_BASE
+
+
+def table_names(url: str, schema: str | None = None) -> set[str]:
+    engine = create_engine(url)
+    try:
+        return set(inspect(engine).get_table_names(schema=schema))
+    finally:
+        engine.dispose()
+
+
+def schema_of(opts: list[str]) -> str | None:
+    return opts[opts.index("--schema") + 1] if "--schema" in opts else None
+
+
+def test_upgrade_check_downgrade_round_trip(db_url) -> None:
+    opts, url = db_url
+    schema = schema_of(opts)
+    check = revstore(*opts, "db", "check")
+    assert check.code == 1 and "db upgrade" in check.err and "Traceback" not in check.text
+    assert revstore(*opts, "db", "current").out.startswith("base")
+
+    up = revstore(*opts, "db", "upgrade")
+    assert up.code == 0, up.text
+    assert {"revstore_revocations", "revstore_clock", "revstore_alembic_version"} <= table_names(url, schema)
+    head = migrate.head_revision()
+    assert revstore(*opts, "db", "current").out.strip() == head
+    assert revstore(*opts, "db", "check").code == 0
+    assert revstore(*opts, "db", "upgrade").code == 0  # idempotent
+
+    # the table works through the CLI right after the migration
+    assert revstore(*opts, "revoke", "t-1").code == 0
+    assert "t-1" in revstore(*opts, "list").out
+
+    down = revstore(*opts, "db", "downgrade", "base")
+    assert down.code == 0, down.text
+    assert not {t for t in table_names(url, schema) if t.startswith("revstore_")}
+    assert revstore(*opts, "db", "check").code == 1
+
+
+def test_schema_module_matches_the_migrations(store) -> None:
+    """schema.py and migrations/versions must describe the same tables."""
+    tables = build_tables(store.tables.prefix, store.tables.schema)
+    with store.engine.connect() as conn:
+        wanted = {t.name for t in tables.metadata.tables.values()}
+
+        def include_name(name, type_, parent_names):  # type: ignore[no-untyped-def]
+            if type_ == "schema":
+                return name == tables.schema
+            if type_ == "table":
+                return name in wanted
+            return True
+
+        ctx = MigrationContext.configure(
+            conn, opts={"include_schemas": bool(tables.schema), "include_name": include_name}
+        )
+        diff = compare_metadata(ctx, tables.metadata)
+    assert diff == []
+
+
+def test_own_version_table_coexists_with_the_apps_alembic(pg_admin_engine, pg_schema) -> None:
+    with pg_admin_engine.connect() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{pg_schema}"'))
+        conn.execute(text(f'CREATE TABLE "{pg_schema}".alembic_version (version_num varchar(32) PRIMARY KEY)'))
+        conn.execute(text(f"INSERT INTO \"{pg_schema}\".alembic_version VALUES ('app_rev_42')"))
+    assert revstore("--url", PG_BASE, "--schema", pg_schema, "db", "upgrade").code == 0
+    assert revstore("--url", PG_BASE, "--schema", pg_schema, "db", "downgrade", "base").code == 0
+    with pg_admin_engine.connect() as conn:
+        assert conn.execute(text(f'SELECT version_num FROM "{pg_schema}".alembic_version')).scalar_one() == "app_rev_42"
+
+
+def test_table_prefix_lets_two_installations_share_a_database(sqlite_url) -> None:
+    assert revstore("--url", sqlite_url, "db", "upgrade").code == 0
+    assert revstore("--url", sqlite_url, "--prefix", "other_", "db", "upgrade").code == 0
+    assert revstore("--url", sqlite_url, "revoke", "only-in-default").code == 0
+    assert "only-in-default" not in revstore("--url", sqlite_url, "--prefix", "other_", "list").out
+    assert revstore("--url", sqlite_url, "--prefix", "other_", "db", "downgrade", "base").code == 0
+    names = table_names(sqlite_url)
+    assert "revstore_revocations" in names and not any(n.startswith("other_") for n in names)
+
+
+@pytest.mark.parametrize("dialect", ["postgresql://postgres@db.invalid:1/x", "sqlite:///nowhere/x.db"])
+def test_offline_sql_needs_no_database(dialect: str) -> None:
+    result = revstore("--url", dialect, "db", "sql")
+    assert result.code == 0, result.text
+    assert "CREATE TABLE revstore_revocations" in result.out
+    assert "revstore_alembic_version" in result.out
+    down = revstore("--url", dialect, "db", "sql", "base", "--from", "head")
+    assert down.code == 0 and "DROP TABLE revstore_revocations" in down.out
+
+
+def test_offline_sql_creates_the_schema_when_asked() -> None:
+    result = revstore("--url", "postgresql://u:secret@db.invalid/x", "--schema", "rs", "db", "sql")
+    assert 'CREATE SCHEMA IF NOT EXISTS "rs"' in result.out and "rs.revstore_revocations" in result.out
+    assert "secret" not in result.text
+
+
+def test_unmigrated_schema_is_one_clear_line(sqlite_url) -> None:
+    assert_one_line_error(revstore("--url", sqlite_url, "list"), "revstore db upgrade")
+    assert_one_line_error(revstore("--url", sqlite_url, "revoke", "x"), "revstore db upgrade")
+
+
+def test_schema_newer_than_this_revstore_is_one_clear_line(pg_store) -> None:
+    table = f'"{pg_store.tables.schema}".{pg_store.tables.version_table}'
+    with pg_store.engine.begin() as conn:
+        conn.execute(text(f"UPDATE {table} SET version_num = 'ffffffffffff'"))
+    result = revstore("--url", PG_BASE, "--schema", pg_store.tables.schema, "db", "check")
+    assert_one_line_error(result, "newer", "upgrade the revstore package")
