@@ -36,6 +36,8 @@ def user_errors(fn: F) -> F:
             return fn(*args, **kwargs)
         except RevstoreError as exc:
             raise UserError(str(exc)) from None
+        except UnicodeDecodeError as exc:
+            raise UserError(f"revstore: the input is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
         except SQLAlchemyError as exc:
             line = str(getattr(exc, "orig", exc)).strip().splitlines()
             raise UserError(f"revstore: database error: {_config.mask_url(line[0]) if line else type(exc).__name__}") from None
@@ -269,6 +271,52 @@ def stats_cmd(ctx: Context, as_json: bool) -> None:
         if isinstance(value, dict):
             value = ", ".join(f"{k}={v}" for k, v in value.items())
         click.echo(f"{key}: {value}")
+
+
+@main_group.command("import-statedb")
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--expires", default=None, help="Lifetime of the imported ids (default: revstore_default_expires).")
+@click.option("--reason", default="imported from celery --statedb", show_default=True)
+@pass_ctx
+@user_errors
+def import_statedb_cmd(ctx: Context, files: tuple[str, ...], expires: str | None, reason: str) -> None:
+    """Import the revoked ids of Celery --statedb files (stop those workers first)."""
+    from .transfer import read_statedb
+
+    lifetime = DEFAULT if expires is None else _config.parse_duration(expires)
+    ids: list[str] = []
+    for name in files:  # read every file before writing anything
+        found = read_statedb(name)
+        click.echo(f"revstore: {name}: {len(found)} revoked ids")
+        ids.extend(found)
+    result = ctx.store.add(ids, reason=reason, expires=lifetime)
+    click.echo(f"revstore: imported {len(set(ids))} ids ({result.changed} new or changed)")
+
+
+@main_group.command("export")
+@click.option("--output", "-o", type=click.File("w", encoding="utf-8"), default="-", help="File to write (default stdout).")
+@pass_ctx
+@user_errors
+def export_cmd(ctx: Context, output: Any) -> None:
+    """Write every row (tombstones included) as JSON lines, for `revstore import`."""
+    from .transfer import export_jsonl
+
+    n = export_jsonl(ctx.store.iter_rows(), output)
+    if output is not sys.stdout:
+        click.echo(f"revstore: exported {n} rows", err=True)
+
+
+@main_group.command("import")
+@click.argument("file", type=click.File("r", encoding="utf-8"))
+@pass_ctx
+@user_errors
+def import_cmd(ctx: Context, file: Any) -> None:
+    """Read `revstore export` output into this database (live rows are kept)."""
+    from .transfer import parse_jsonl
+
+    rows = list(parse_jsonl(file, getattr(file, "name", "<stdin>")))  # all valid, or nothing written
+    result = ctx.store.put_rows(rows)
+    click.echo(f"revstore: imported {len(rows)} rows ({result.changed} new or changed)")
 
 
 @main_group.command("demo")

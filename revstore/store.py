@@ -16,7 +16,7 @@ import signal as _signal
 import socket
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any, Literal
 
 from sqlalchemy import (
@@ -449,15 +449,73 @@ class RevocationStore:
 
         return self._run(read)
 
-    def _upsert(self, conn: Connection, rows: list[dict[str, Any]], expires_at: datetime | None) -> int:
-        table = self.tables.revocations
+    def _insert(self) -> Any:
+        """An INSERT that supports ON CONFLICT on this backend."""
         if self.backend == "postgresql":
             from sqlalchemy.dialects.postgresql import insert
         elif self.backend == "sqlite":
             from sqlalchemy.dialects.sqlite import insert  # type: ignore[assignment]
         else:
             raise ConfigurationError(f"revstore: writes are not supported on {self.backend} yet; use PostgreSQL or SQLite")
-        stmt = insert(table)
+        return insert(self.tables.revocations)
+
+    def put_rows(self, rows: Sequence[Revocation]) -> WriteResult:
+        """Write rows exactly as given (times, reason, revoker), for ``revstore import``.
+
+        A row already active in the table is left alone: an import never
+        weakens or shortens a live revocation.  Tombstones in the table are
+        replaced by active imported rows.  Versions are new (this database's).
+        """
+        items = list(rows)
+        for row in items:
+            as_target(row.target)
+        if not items:
+            return WriteResult(0, 0)
+
+        def when(value: datetime | None) -> datetime | None:
+            if value is None:
+                return None
+            if value.tzinfo is None:
+                value = value.replace(tzinfo=timezone.utc)
+            # SQLite keeps naive UTC text, the format its now() produces
+            return value.astimezone(timezone.utc).replace(tzinfo=None) if self.backend == "sqlite" else value
+
+        def write(conn: Connection) -> WriteResult:
+            version = self._bump(conn)
+            now = self._db_now(conn)
+            changed = 0
+            for start in range(0, len(items), WRITE_CHUNK):
+                values = [
+                    {
+                        "kind": r.target.kind, "header": r.target.header, "value": r.target.value,
+                        "terminate": r.terminate and r.active,
+                        "signal": normalize_signal(r.signal) if r.signal and r.active else None,
+                        "reason": r.reason,
+                        "revoked_by": r.revoked_by,
+                        "revoked_at": when(r.revoked_at) or now,
+                        "expires_at": when(r.expires_at),
+                        "version": version,
+                        "active": r.active,
+                    }
+                    for r in items[start : start + WRITE_CHUNK]
+                ]
+                stmt = self._insert()
+                old, new = self.tables.revocations.c, stmt.excluded
+                stmt = stmt.on_conflict_do_update(
+                    index_elements=[old.kind, old.header, old.value],
+                    set_={name: getattr(new, name) for name in values[0] if name not in ("kind", "header", "value")},
+                    where=and_(~old.active, new.active),
+                )
+                changed += len(conn.execute(stmt.returning(old.version), values).all())
+            if changed:
+                self._notify(conn, version)
+            return WriteResult(changed, version if changed else 0)
+
+        return self._run(write, write=True)
+
+    def _upsert(self, conn: Connection, rows: list[dict[str, Any]], expires_at: datetime | None) -> int:
+        table = self.tables.revocations
+        stmt = self._insert()
         new, old = stmt.excluded, table.c
         stronger = and_(new.terminate, ~old.terminate)
         # A re-revoke extends the expiry only when it gains more than
@@ -666,6 +724,30 @@ class RevocationStore:
             return Changes([self._row(r, now) for r in rows], new_marker, int(purged) > marker)
 
         return self._run(read)
+
+    def iter_rows(self, page: int = 10_000) -> Iterator[Revocation]:
+        """Every row, tombstones and expired ones too, in key order.
+
+        One short read per page (keyset pagination), so exporting millions of
+        rows holds neither a long transaction nor the whole table in memory.
+        """
+        table = self.tables.revocations
+        key = tuple_(table.c.kind, table.c.header, table.c.value)
+        after: tuple[str, str, str] | None = None
+        while True:
+            def read(conn: Connection) -> list[Revocation]:
+                now = self._db_now(conn)
+                stmt = select(*self._columns()).order_by(table.c.kind, table.c.header, table.c.value).limit(page)
+                if after is not None:
+                    stmt = stmt.where(key > tuple_(*(literal(v) for v in after)))
+                return [self._row(r, now) for r in conn.execute(stmt)]
+
+            rows = self._run(read)
+            yield from rows
+            if len(rows) < page:
+                return
+            last = rows[-1].target
+            after = (last.kind, last.header, last.value)
 
     def current_version(self) -> int:
         clock = self.tables.clock
