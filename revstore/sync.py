@@ -78,7 +78,10 @@ class RevocationSync:
         self.memory = memory
         self.hostname = hostname
         self.marker = 0
+        #: the snapshot is in memory (set on the loop thread, when applied)
         self.loaded = False
+        #: the database thread still has to fetch the first snapshot
+        self._needs_load = True
         self._pending: deque[PendingWrite] = deque()
         self._inbox: deque[Callable[[], list[Revocation]]] = deque()
         self._wake = threading.Event()
@@ -108,7 +111,7 @@ class RevocationSync:
         rows, marker = self.store.load_active()
         self.memory.prepare()
         count = self.memory.load(rows)
-        self.marker, self.loaded = marker, True
+        self.marker, self.loaded, self._needs_load = marker, True, False
         logger.info("revstore: loaded %d revocations in %.2fs from %s", count, time.monotonic() - started,
                     self.store.url.render_as_string(hide_password=True))
         return count
@@ -181,7 +184,7 @@ class RevocationSync:
             now = time.monotonic()
             if now >= self._retry_at:
                 try:
-                    if not self.loaded:
+                    if self._needs_load:
                         self._inbox.append(self._reload_job())
                     self._flush()
                     if stopping:
@@ -238,11 +241,14 @@ class RevocationSync:
 
     def _reload_job(self) -> Callable[[], list[Revocation]]:
         rows, marker = self.store.load_active()
-        self.marker, self.loaded = marker, True
+        self.marker, self._needs_load = marker, False
 
         def job() -> list[Revocation]:
             self.memory.prepare()
             self.memory.replace(rows, keep=self.pending_ids)
+            if not self.loaded:
+                logger.warning("revstore: loaded %d revocations after starting without the database", len(rows))
+            self.loaded = True
             return []
 
         return job

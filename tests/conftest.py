@@ -96,15 +96,27 @@ def celery_app(redis_ready):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
+def pg_proxy():  # type: ignore[no-untyped-def]
+    from proxy import PgProxy
+
+    proxy = PgProxy()
+    yield proxy
+    proxy.close()
+
+
+@pytest.fixture
 def cluster_factory(tmp_path, request, redis_ready):  # type: ignore[no-untyped-def]
     """Build a Cluster of real workers on a migrated store of the given backend."""
     from harness import Cluster
 
     clusters: list[Cluster] = []
 
-    def make(backend: str = "postgresql", **settings):  # type: ignore[no-untyped-def]
+    def make(backend: str = "postgresql", worker_url=None, **settings):  # type: ignore[no-untyped-def]
+        """``worker_url(url)`` may rewrite the URL the workers get (a proxy, a role)."""
         store = make_store(backend, request)
         url = store.url.render_as_string(hide_password=False)
+        if worker_url is not None:
+            url = worker_url(url)
         cluster = Cluster(tmp_path, url, store.tables.schema, **settings)
         cluster.store = store  # type: ignore[attr-defined]
         clusters.append(cluster)

@@ -1,0 +1,118 @@
+"""Issue 5: the database going away never kills a worker nor loses a revocation.
+
+Outages are made with a TCP proxy between the workers and PostgreSQL
+(``tests/proxy.py``): the real server keeps serving the other tests.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+from harness import wait_for
+from test_worker_durability import revoked_on, send
+
+PASSWORD = "Pr0xyPassw0rd"  # trust auth ignores it; it must never be printed
+
+
+def with_password(url: str) -> str:
+    return url.replace("postgres@", f"postgres:{PASSWORD}@")
+
+
+def status(celery_app, worker) -> dict:  # type: ignore[no-untyped-def]
+    replies = celery_app.app.control.inspect([worker.nodename], timeout=2)._request("revstore_status") or {}
+    return replies.get(worker.nodename) or {}
+
+
+def test_outage_while_running_keeps_revocations_and_lands_them_later(cluster_factory, celery_app, pg_proxy) -> None:
+    cluster = cluster_factory("postgresql", worker_url=lambda u: with_password(pg_proxy.url(u)),
+                              revstore_sync_interval=0.5, revstore_listen="false")
+    worker = cluster.worker("a").start()
+    eta_task = send(celery_app, worker.queue, "eta", countdown=12)
+    wait_for(lambda: cluster.store.current_version() >= 0 and status(celery_app, worker).get("loaded"), 10,
+             what="the worker to load")
+
+    pg_proxy.down()
+    outage_started = time.monotonic()
+    later = f"later-{uuid.uuid4().hex[:6]}"
+    celery_app.app.control.revoke([eta_task, later])
+    celery_app.app.control.revoke("t-term", terminate=True, signal="SIGKILL")
+    send(celery_app, worker.queue, "later", task_id=later)
+    send(celery_app, worker.queue, "during-outage")
+    wait_for(lambda: cluster.finished("during-outage"), 20, what="the worker to keep processing")
+    wait_for(lambda: status(celery_app, worker).get("pending_writes") == 3, 10, what="the writes to be queued")
+    time.sleep(max(0.0, 6 - (time.monotonic() - outage_started)))  # let the retries fail for a while
+    assert not cluster.store.get(eta_task)
+
+    pg_proxy.up()
+    wait_for(lambda: all(cluster.store.is_revoked(i) for i in (eta_task, later, "t-term")), 40,
+             what="the queued writes to land after the outage")
+    assert cluster.store.get("t-term").signal == "SIGKILL"
+    wait_for(lambda: status(celery_app, worker).get("pending_writes") == 0, 10, what="the queue to empty")
+    time.sleep(max(0.0, 13 - (time.monotonic() - outage_started)))  # past the ETA
+    assert not cluster.ran("eta") and not cluster.ran("later")
+
+    log = worker.output()
+    warnings = [line for line in log.splitlines() if "writes queued" in line]
+    assert 1 <= len(warnings) <= 3, warnings  # rate limited: one per 30 s, not one per retry
+    assert "cannot connect" in warnings[0] and "***" in warnings[0]
+    assert PASSWORD not in log
+    assert worker.proc.poll() is None
+
+
+def test_database_down_at_start_refuses_by_default(cluster_factory, celery_app, pg_proxy) -> None:
+    cluster = cluster_factory("postgresql", worker_url=lambda u: with_password(pg_proxy.url(u)))
+    pg_proxy.down()
+    worker = cluster.worker("a").start(wait=False)
+    assert worker.proc.wait(60) != 0
+    log = worker.output()
+    fatal = [line for line in log.splitlines() if "cannot connect" in line]
+    assert fatal and "revstore_url" in fatal[0] and "***" in fatal[0]
+    assert "Traceback" not in log and PASSWORD not in log
+    assert " ready." not in log
+
+
+def test_database_down_at_start_can_start_and_load_later(cluster_factory, celery_app, pg_proxy) -> None:
+    cluster = cluster_factory("postgresql", worker_url=lambda u: with_password(pg_proxy.url(u)),
+                              revstore_start_without_db="true", revstore_sync_interval=0.5)
+    revoked = f"stored-{uuid.uuid4().hex[:6]}"
+    cluster.store.add([revoked])
+    pg_proxy.down()
+    worker = cluster.worker("a").start()  # ready although the database is down
+    log = worker.output()
+    assert "starting anyway" in log and "cannot connect" in log and PASSWORD not in log
+    assert not status(celery_app, worker).get("loaded")
+
+    pg_proxy.up()
+    wait_for(lambda: status(celery_app, worker).get("loaded"), 30, what="the retried load")
+    send(celery_app, worker.queue, "stored", task_id=revoked)
+    send(celery_app, worker.queue, "control")
+    wait_for(lambda: cluster.finished("control"), 20, what="the control task")
+    time.sleep(0.5)
+    assert not cluster.ran("stored")
+
+
+def test_connection_cuts_mid_sync_skip_and_repeat_nothing(cluster_factory, celery_app, pg_proxy) -> None:
+    """Cut the worker's connections again and again while a client writes."""
+    cluster = cluster_factory("postgresql", worker_url=pg_proxy.url, revstore_sync_interval=0.2)
+    worker = cluster.worker("a").start()
+    store = cluster.store
+    expected: set[str] = set()
+    for round_ in range(15):
+        ids = [f"cut-{round_}-{i}" for i in range(40)]
+        store.add(ids, terminate=round_ % 2 == 0)
+        expected.update(ids)
+        gone = ids[::7]
+        store.remove(gone)
+        expected.difference_update(gone)
+        if round_ % 3 == 0:
+            back = [f"cut-{round_ - 3}-0"] if round_ >= 3 else []
+            if back:
+                store.add(back)
+                expected.update(back)
+        pg_proxy.cut()
+        time.sleep(0.15)
+    assert {r.task_id for r in store.iter_active()} == expected
+    wait_for(lambda: revoked_on(celery_app, worker) == expected, 30, what="memory to equal the table")
+    assert worker.proc.poll() is None
+    assert "listener lost its connection" in worker.output()  # the cuts did hit the worker
