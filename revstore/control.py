@@ -32,6 +32,13 @@ logger = logging.getLogger("revstore")
 _active: RevocationSync | None = None
 _WRAPPED_ATTR = "__revstore_wrapped__"
 
+#: Celery's revoke handler makes two or three result-backend round trips per
+#: id (get_state, mark_as_revoked) on the event loop: a million ids would
+#: stall the worker for many minutes.  Bigger batches are made effective in
+#: memory at once and handed to Celery's handler this many ids at a time,
+#: between which the worker keeps consuming.
+HANDLER_CHUNK = 2000
+
 
 def activate(sync: RevocationSync | None) -> None:
     global _active
@@ -81,10 +88,34 @@ def _wrap(handler: Callable[..., Any], split: Callable[..., tuple[list[Target], 
         durable = bool(call.pop(DURABLE_FLAG, False))
         if targets and not durable:
             sync.submit(PendingWrite(targets, revoked_by=sync.hostname[:255], **write))
+        ids = call.get("task_id")
+        if isinstance(ids, list) and len(ids) > HANDLER_CHUNK and "headers" not in call:
+            return _in_chunks(handler, state, call, ids)
         return handler(state, **call)
 
     setattr(wrapper, _WRAPPED_ATTR, True)
     return wrapper
+
+
+def _in_chunks(handler: Callable[..., Any], state: Any, call: dict[str, Any], ids: list[str]) -> dict[str, str]:
+    """Revoke ``ids`` in memory now; run Celery's handler on slices from the timer."""
+    worker_state.revoked.update(ids)
+    timer = state.consumer.timer
+
+    def run(start: int) -> None:
+        try:
+            handler(state, **{**call, "task_id": ids[start : start + HANDLER_CHUNK]})
+        except Exception as exc:  # one slice failing must not drop the rest
+            logger.error("revstore: Celery's revoke handler failed on a slice: %s", exc)
+        if start + HANDLER_CHUNK < len(ids):
+            timer.call_after(0.01, run, (start + HANDLER_CHUNK,))
+        else:
+            logger.info("revstore: Celery's revoke handling of %d ids is complete", len(ids))
+
+    timer.call_after(0, run, (0,))
+    logger.info("revstore: %d ids revoked in memory; Celery's handler runs on them %d at a time",
+                len(ids), HANDLER_CHUNK)
+    return {"ok": f"{len(ids)} tasks flagged as revoked"}
 
 
 def _valid_ids(task_id: Any) -> list[str]:
