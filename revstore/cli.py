@@ -163,6 +163,24 @@ def db_sql(ctx: Context, revision: str, from_rev: str | None) -> None:
     click.echo(migrate.offline_sql(ctx.store, revision, downgrade_from=from_rev), nl=False)
 
 
+@db.command("grants")
+@click.option("--worker-role", default="revstore_worker", show_default=True, help="Role for workers, clients and the CLI.")
+@click.option("--admin-role", default="revstore_admin", show_default=True, help="Role that runs migrations.")
+@click.option("--create-role/--no-create-role", default=True, show_default=True,
+              help="Include CREATE ROLE lines (leave out for roles that exist).")
+@pass_ctx
+@user_errors
+def db_grants(ctx: Context, worker_role: str, admin_role: str, create_role: bool) -> None:
+    """Print the PostgreSQL SQL for a migrating admin role and a DML-only worker role."""
+    from .roles import admin_sql, worker_sql
+    from .schema import build_tables
+
+    settings = ctx.settings()
+    tables = build_tables(settings.table_prefix, settings.schema)
+    admin, worker = admin_sql(tables, admin_role, create_role=create_role), worker_sql(tables, worker_role, create_role=create_role)
+    click.echo(f"{admin}\n{worker}", nl=False)
+
+
 # ----------------------------------------------------------- revocations
 
 

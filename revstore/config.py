@@ -84,7 +84,7 @@ def normalize_url(raw: str) -> URL:
         raw = "postgresql://" + raw[len("postgres://"):]
     try:
         url = make_url(raw)
-    except ArgumentError:
+    except (ArgumentError, ValueError):  # ValueError: a non-numeric port
         raise ConfigurationError(
             f"revstore: cannot parse database URL {mask_url(raw)!s}; "
             "use e.g. postgresql://user@host/db or sqlite:///path/revstore.sqlite3"

@@ -109,8 +109,6 @@ def cluster_factory(tmp_path, request, redis_ready):  # type: ignore[no-untyped-
     """Build a Cluster of real workers on a migrated store of the given backend."""
     from harness import Cluster
 
-    clusters: list[Cluster] = []
-
     def make(backend: str = "postgresql", worker_url=None, **settings):  # type: ignore[no-untyped-def]
         """``worker_url(url)`` may rewrite the URL the workers get (a proxy, a role)."""
         store = make_store(backend, request)
@@ -119,9 +117,9 @@ def cluster_factory(tmp_path, request, redis_ready):  # type: ignore[no-untyped-
             url = worker_url(url)
         cluster = Cluster(tmp_path, url, store.tables.schema, **settings)
         cluster.store = store  # type: ignore[attr-defined]
-        clusters.append(cluster)
+        # Finalizers run last-in first-out: workers stop before their
+        # database schema is dropped (else they log missing-table warnings).
+        request.addfinalizer(cluster.close)
         return cluster
 
-    yield make
-    for cluster in clusters:
-        cluster.close()
+    return make

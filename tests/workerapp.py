@@ -36,7 +36,7 @@ app.conf.update(
     broker_connection_retry_on_startup=True,
     result_expires=600,
 )
-for name in ("revstore_sync_interval", "revstore_cleanup_interval", "revstore_default_expires",
+for name in ("revstore_url", "revstore_sync_interval", "revstore_cleanup_interval", "revstore_default_expires",
              "revstore_start_without_db", "revstore_listen"):
     value = os.environ.get("TEST_" + name.upper())
     if value is not None:
