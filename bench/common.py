@@ -1,0 +1,348 @@
+"""What every benchmark shares: services, seeding, real workers, figures.
+
+The benchmarks measure real ``celery worker`` processes (prefork, Redis
+broker) on the local PostgreSQL, stock and revstore in the same run, so a
+ratio compares like with like on whatever else the machine is doing.  Each
+run works in its own PostgreSQL schema and its own queue names on Redis
+databases 9 and 10, so it can run beside the test suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import pickle
+import shelve
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+import zlib
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+from sqlalchemy import create_engine, text
+
+from revstore import migrate
+from revstore.config import ENV
+from revstore.store import RevocationStore
+
+ROOT = Path(__file__).resolve().parent.parent
+PG_URL = os.environ.get("REVSTORE_BENCH_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+REDIS_BASE = os.environ.get("REVSTORE_BENCH_REDIS", "redis://127.0.0.1:6379")
+BROKER = f"{REDIS_BASE}/9"
+BACKEND = f"{REDIS_BASE}/10"
+MILLION = 1_000_000
+
+
+# --------------------------------------------------------------- figures
+
+
+@dataclass
+class Figure:
+    """One measured figure, its stock baseline and its target."""
+
+    bench: str
+    name: str
+    value: float
+    unit: str
+    #: stock Celery's figure for the same thing in the same run (None: stock has none)
+    stock: float | None = None
+    #: how the target reads in the table, e.g. "≤ 1.5 s"
+    target: str = ""
+    #: the target was met (None: no target)
+    met: bool | None = None
+    note: str = ""
+
+    @property
+    def ratio(self) -> float | None:
+        """revstore / stock; whether higher is better depends on the unit."""
+        if self.stock in (None, 0):
+            return None
+        return self.value / self.stock  # type: ignore[operator]
+
+    def cells(self) -> list[str]:
+        met = "" if self.met is None else ("met" if self.met else "**missed**")
+        ratio = "" if self.ratio is None else f"{self.ratio:.2f}"
+        stock = "—" if self.stock is None else fmt(self.stock, self.unit)
+        return [self.name, fmt(self.value, self.unit), stock, ratio, self.target, met]
+
+
+def fmt(value: float, unit: str) -> str:
+    """A number as people read it: thousands separated, sensible decimals."""
+    if unit in ("ids/s", "rows/s", "tasks/s", "rows", "B/id"):
+        text_ = f"{value:,.0f}"
+    elif unit == "MiB":
+        text_ = f"{value:,.1f}"
+    elif unit == "ms":
+        text_ = f"{value:,.1f}" if value < 100 else f"{value:,.0f}"
+    else:
+        text_ = f"{value:,.2f}"
+    return f"{text_} {unit}"
+
+
+HEADER = ["figure", "revstore", "stock Celery", "ratio", "target", ""]
+
+
+def table(figures: Sequence[Figure]) -> str:
+    """The figures as one markdown table."""
+    lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    lines += ["| " + " | ".join(f.cells()) + " |" for f in figures]
+    return "\n".join(lines)
+
+
+def report(title: str, figures: Sequence[Figure]) -> None:
+    print(f"\n## {title}\n")
+    print(table(figures))
+    for f in figures:
+        if f.note:
+            print(f"- {f.name}: {f.note}")
+    sys.stdout.flush()
+
+
+def percentile(values: Sequence[float], pct: float) -> float:
+    """Nearest-rank percentile: p99 of 100 samples is the 99th smallest."""
+    ordered = sorted(values)
+    rank = max(1, -(-len(ordered) * pct // 100))
+    return ordered[int(rank) - 1]
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values)
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def main(title: str, run: Callable[[bool], list[Figure]]) -> list[Figure]:
+    """Command-line entry of one benchmark: ``--quick`` shrinks every size."""
+    parser = argparse.ArgumentParser(description=title)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: proves the script works, measures nothing")
+    args = parser.parse_args()
+    figures = run(args.quick)
+    report(title, figures)
+    return figures
+
+
+# --------------------------------------------------------------- database
+
+
+@contextmanager
+def fresh_store(**kwargs: Any) -> Iterator[RevocationStore]:
+    """A migrated store in a new PostgreSQL schema, dropped afterwards."""
+    schema = f"bench_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    store = RevocationStore(PG_URL, schema=schema, **kwargs)
+    try:
+        migrate.upgrade(store)
+        yield store
+    finally:
+        store.dispose()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        admin.dispose()
+
+
+def task_id(i: int) -> str:
+    """The i-th benchmark task id; PostgreSQL's ``md5(i::text)::uuid::text`` is the same."""
+    return str(uuid.UUID(hashlib.md5(str(i).encode()).hexdigest()))
+
+
+def seed(store: RevocationStore, count: int, *, start: int = 0, expired: bool = False) -> None:
+    """Insert ``count`` task revocations server-side, as one write of the store would.
+
+    Setup, not measured: one ``INSERT ... SELECT generate_series`` stamped
+    with a fresh clock version, so the rows are exactly what ``store.add``
+    writes (same columns, a version the clock handed out).  ``expired`` rows
+    expired an hour ago, for the cleanup benchmark.
+    """
+    if count <= 0:
+        return
+    prep = store.engine.dialect.identifier_preparer
+    rev, clock = prep.format_table(store.tables.revocations), prep.format_table(store.tables.clock)
+    expires = "now() - interval '1 hour'" if expired else "now() + interval '7 days'"
+    with store.engine.begin() as conn:
+        version = conn.execute(text(f"UPDATE {clock} SET version = version + 1 WHERE id = 1 RETURNING version")).scalar_one()
+        conn.execute(
+            text(
+                f"INSERT INTO {rev} (kind, header, value, terminate, revoked_by, revoked_at, expires_at, version, active) "
+                f"SELECT 'task', '', md5(i::text)::uuid::text, false, 'bench', now(), {expires}, :version, true "
+                "FROM generate_series(CAST(:first AS bigint), CAST(:last AS bigint)) AS i"
+            ),
+            {"version": version, "first": start, "last": start + count - 1},
+        )
+    with store.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(text(f"VACUUM ANALYZE {rev}"))
+
+
+def write_statedb(path: Path, count: int) -> None:
+    """A stock ``--statedb`` file holding ids ``0..count-1``, as ``Persistent.save`` writes it.
+
+    shelve key ``zrevoked`` = zlib(pickle(LimitedSet)); the set has no cap,
+    like the stock worker it is loaded into (``CELERY_WORKER_REVOKES_MAX=0``).
+    """
+    from celery.utils.collections import LimitedSet
+    from kombu.serialization import pickle_protocol
+
+    revoked = LimitedSet(maxlen=0, expires=10800)
+    now = time.monotonic()
+    revoked.update({task_id(i): now for i in range(count)})
+    with shelve.open(str(path), protocol=pickle_protocol, writeback=True) as db:
+        db.update({"__proto__": 3, "zrevoked": zlib.compress(pickle.dumps(revoked, protocol=pickle_protocol)), "clock": 0})
+
+
+# ---------------------------------------------------------------- workers
+
+
+def redis_db() -> redis.Redis:
+    return redis.Redis.from_url(BROKER)
+
+
+def cleanup_redis(prefix: str) -> None:
+    """Delete every key a run left behind (queues, counters), by its run prefix."""
+    r = redis_db()
+    for key in r.scan_iter(match=f"*{prefix}*", count=1000):
+        r.delete(key)
+
+
+@dataclass
+class Worker:
+    """One real ``celery -A bench.benchapp worker`` process group."""
+
+    name: str
+    queue: str
+    logdir: Path
+    #: None: stock Celery (revstore's step stays inert)
+    store: RevocationStore | None = None
+    statedb: Path | None = None
+    concurrency: int = 2
+    env: dict[str, str] = field(default_factory=dict)
+    proc: subprocess.Popen[bytes] | None = None
+    started_at: float = 0.0
+
+    @property
+    def log(self) -> Path:
+        return self.logdir / f"{self.name}.log"
+
+    def environment(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k not in ENV.values()}
+        env.update(PYTHONPATH=str(ROOT), BENCH_BROKER=BROKER, BENCH_BACKEND=BACKEND, BENCH_QUEUE=self.queue,
+                   BENCH_NAME=self.name, CELERY_WORKER_REVOKES_MAX="0")
+        if self.store is not None:
+            env["REVSTORE_URL"] = self.store.url.render_as_string(hide_password=False)
+            if self.store.tables.schema:
+                env["REVSTORE_SCHEMA"] = self.store.tables.schema
+        env.update(self.env)
+        return env
+
+    def start(self) -> Worker:
+        cmd = [sys.executable, "-m", "celery", "-A", "bench.benchapp", "worker", "-P", "prefork",
+               "-c", str(self.concurrency), "-n", f"{self.name}@bench", "-Q", self.queue, "-l", "info",
+               "--without-mingle", "--without-gossip", "--without-heartbeat"]
+        if self.statedb is not None:
+            cmd += ["--statedb", str(self.statedb)]
+        with open(self.log, "ab") as out:
+            self.started_at = time.time()
+            self.proc = subprocess.Popen(cmd, cwd=ROOT, env=self.environment(), stdout=out,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
+        return self
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def wait_ready(self, timeout: float = 120) -> Worker:
+        wait_for(lambda: " ready." in self.output(), timeout, f"worker {self.name} ready", self)
+        return self
+
+    def rss(self) -> tuple[float, float]:
+        """Resident and peak resident memory of the main process, MiB."""
+        assert self.proc is not None
+        fields = dict(line.split(":", 1) for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines())
+        return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+
+    def stop(self, timeout: float = 20) -> None:
+        """Warm shutdown; SIGKILL if it takes longer than ``timeout``."""
+        if not self._signal(signal.SIGTERM, timeout):
+            self._signal(signal.SIGKILL, 10)
+
+    def kill(self) -> None:
+        self._signal(signal.SIGKILL, 10)
+
+    def _signal(self, sig: int, timeout: float) -> bool:
+        """Signal the whole process group; True once it has exited (or never ran)."""
+        if self.proc is None or self.proc.poll() is not None:
+            return True
+        os.killpg(self.proc.pid, sig)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return False
+        return True
+
+    def check_alive(self) -> None:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise RuntimeError(f"worker {self.name} exited {self.proc.returncode}:\n{self.output()[-3000:]}")
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str, *workers: Worker, interval: float = 0.01) -> Any:
+    """Poll ``predicate`` until truthy; fail at once if a worker died."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        for w in workers:
+            w.check_alive()
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+class Run:
+    """One benchmark run: its id, log folder, and the workers to stop at the end."""
+
+    def __init__(self, name: str) -> None:
+        self.id = f"bench{uuid.uuid4().hex[:8]}"
+        self.logdir = Path(tempfile.mkdtemp(prefix=f"revstore-{name}-"))
+        self.workers: list[Worker] = []
+
+    def queue(self, name: str) -> str:
+        return f"{self.id}-{name}"
+
+    def key(self, name: str) -> str:
+        return f"{self.id}:{name}"
+
+    def worker(self, name: str, **kwargs: Any) -> Worker:
+        w = Worker(f"{name}-{self.id}", kwargs.pop("queue", None) or self.queue(name), self.logdir, **kwargs)
+        self.workers.append(w)
+        return w
+
+    def close(self) -> None:
+        for w in self.workers:
+            w.stop()
+        cleanup_redis(self.id)
+
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def client_app() -> Any:
+    """The bench app as a client (sends tasks, broadcasts), without revstore's URL."""
+    for key in ENV.values():  # the client must not write through: stock broadcasts stay stock
+        os.environ.pop(key, None)
+    os.environ.update(BENCH_BROKER=BROKER, BENCH_BACKEND=BACKEND)
+    from bench import benchapp
+
+    return benchapp
