@@ -6,7 +6,7 @@ What is executed, from ``docs/*.md`` and ``README.md``:
   fresh temporary folder as its working directory.  Python samples must be
   self-contained (their own SQLite file, ``memory://`` broker, or the
   placeholder URLs below);
-* every fenced ```` ```sh ```` block, in order, page by page: all the shell
+* every fenced ```` ```sh ```` block of ``docs/*.md``, in order, page by page: all the shell
   blocks of one page share one working folder and their exported variables
   (as consecutive steps of a terminal session would), each block runs in
   ``bash -euo pipefail`` and must exit 0.  Background processes a block
@@ -42,6 +42,7 @@ import signal
 import subprocess
 import sys
 import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,7 +102,9 @@ def blocks(page: Path) -> list[Block]:
 
 ALL = [b for page in PAGES for b in blocks(page)]
 PYTHON = [b for b in ALL if b.lang in ("python", "py")]
-SHELL_PAGES = sorted({b.page for b in ALL if b.lang == "sh"})
+#: README.md's shell block is ``make demo`` / ``make test`` (the suite itself):
+#: only its Python is run here; the demo has its own test.
+SHELL_PAGES = sorted({b.page for b in ALL if b.lang == "sh" and b.page.name != "README.md"})
 
 
 @pytest.fixture(scope="module")
@@ -142,33 +145,49 @@ def report(block: Block, proc: subprocess.CompletedProcess[str]) -> str:
 
 def test_the_docs_have_samples() -> None:
     """Guard the extractor itself: a regex slip must not make every test vanish."""
-    assert len(PYTHON) >= 5 and len(SHELL_PAGES) >= 2, ([b.id for b in PYTHON], SHELL_PAGES)
+    assert len(PYTHON) >= 10 and len(SHELL_PAGES) >= 3, ([b.id for b in PYTHON], SHELL_PAGES)
 
 
-@pytest.mark.parametrize("block", PYTHON, ids=lambda b: b.id)
-def test_python_sample_runs(block: Block, scratch_db: str, tmp_path: Path) -> None:
-    script = tmp_path / "sample.py"
-    script.write_text(rewrite(block.code, scratch_db), encoding="utf-8")
-    proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=sample_env(),
-                          capture_output=True, text=True, timeout=BLOCK_TIMEOUT)
-    assert proc.returncode == 0, report(block, proc)
+@pytest.fixture(scope="module")
+def samples(scratch_db: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Future]:
+    """Start every sample at once (they are independent): the suite takes as long as the slowest page."""
+    pool = ThreadPoolExecutor(max_workers=8)
+    futures: dict[str, Future] = {}
+    for page in SHELL_PAGES:
+        futures[page.name] = pool.submit(run_page, page, scratch_db, tmp_path_factory.mktemp(page.stem))
+    for block in PYTHON:
+        futures[block.id] = pool.submit(run_python, block, scratch_db, tmp_path_factory.mktemp("py"))
+    yield futures
+    pool.shutdown(wait=True)
 
 
-@pytest.mark.parametrize("page", SHELL_PAGES, ids=lambda p: p.name)
-def test_shell_samples_run_in_order(page: Path, scratch_db: str, tmp_path: Path) -> None:
-    state = tmp_path / ".exported"
+def run_python(block: Block, db: str, folder: Path) -> str | None:
+    """None when the sample ran cleanly, else what to show."""
+    script = folder / "sample.py"
+    script.write_text(rewrite(block.code, db), encoding="utf-8")
+    try:
+        proc = subprocess.run([sys.executable, str(script)], cwd=folder, env=sample_env(),
+                              capture_output=True, text=True, timeout=BLOCK_TIMEOUT)
+    except subprocess.TimeoutExpired as exc:
+        return f"sample {block.id} timed out after {BLOCK_TIMEOUT}s\n{block.code}{exc.stdout}{exc.stderr}"
+    return None if proc.returncode == 0 else report(block, proc)
+
+
+def run_page(page: Path, db: str, folder: Path) -> str | None:
+    """Run a page's shell blocks in order in ``folder``; None, or the first failure."""
+    state = folder / ".exported"
     groups: list[int] = []
     env = sample_env()
     try:
         for block in blocks(page):
-            code = rewrite(block.code, scratch_db)
+            code = rewrite(block.code, db)
             if block.file:
-                (tmp_path / block.file).write_text(code, encoding="utf-8")
+                (folder / block.file).write_text(code, encoding="utf-8")
             if block.lang != "sh":
                 continue
             wrapped = (f'if [ -f "{state}" ]; then source "{state}"; fi\n'
                        f"{code}\nexport -p > \"{state}\"\n")
-            proc = subprocess.Popen(["bash", "-euo", "pipefail", "-c", wrapped], cwd=tmp_path, env=env,
+            proc = subprocess.Popen(["bash", "-euo", "pipefail", "-c", wrapped], cwd=folder, env=env,
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                     start_new_session=True)
             groups.append(proc.pid)
@@ -178,11 +197,24 @@ def test_shell_samples_run_in_order(page: Path, scratch_db: str, tmp_path: Path)
                 _kill(proc.pid)
                 out, err = proc.communicate()
                 err += f"\n(timed out after {BLOCK_TIMEOUT}s)"
-            done = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
-            assert proc.returncode == 0, report(block, done)
+            if proc.returncode != 0:
+                return report(block, subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
+        return None
     finally:
         for pgid in groups:  # workers a block started in the background
             _kill(pgid)
+
+
+@pytest.mark.parametrize("block", PYTHON, ids=lambda b: b.id)
+def test_python_sample_runs(block: Block, samples: dict[str, Future]) -> None:
+    failure = samples[block.id].result()
+    assert failure is None, failure
+
+
+@pytest.mark.parametrize("page", SHELL_PAGES, ids=lambda p: p.name)
+def test_shell_samples_run_in_order(page: Path, samples: dict[str, Future]) -> None:
+    failure = samples[page.name].result()
+    assert failure is None, failure
 
 
 def _kill(pgid: int) -> None:
@@ -190,3 +222,15 @@ def _kill(pgid: int) -> None:
         os.killpg(pgid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def test_role_sql_in_the_docs_is_what_db_grants_prints() -> None:
+    """The operations guide's role blocks must not drift from ``revstore db grants``."""
+    from revstore.roles import ADMIN_MARK, WORKER_MARK, admin_sql, worker_sql
+    from revstore.schema import build_tables
+
+    sql = {b.code.splitlines()[0].split(" (")[0]: b.code for b in ALL
+           if b.lang == "sql" and b.code.startswith("-- revstore:")}
+    tables = build_tables("revstore_", None)
+    assert sql.get(ADMIN_MARK) == admin_sql(tables), sql.get(ADMIN_MARK)
+    assert sql.get(WORKER_MARK) == worker_sql(tables), sql.get(WORKER_MARK)
