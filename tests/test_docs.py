@@ -234,3 +234,32 @@ def test_role_sql_in_the_docs_is_what_db_grants_prints() -> None:
     tables = build_tables("revstore_", None)
     assert sql.get(ADMIN_MARK) == admin_sql(tables), sql.get(ADMIN_MARK)
     assert sql.get(WORKER_MARK) == worker_sql(tables), sql.get(WORKER_MARK)
+
+
+def test_configuration_page_lists_every_setting_and_command() -> None:
+    """A new setting or CLI command must come with its documentation."""
+    import click
+
+    from revstore.cli import main_group
+    from revstore.config import ENV
+
+    page = (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
+    missing = [name for pair in ENV.items() for name in pair if f"`{name}`" not in page]
+    commands: list[str] = []
+    for name, command in main_group.commands.items():
+        if isinstance(command, click.Group):
+            commands += [f"{name} {sub}" for sub in command.commands]
+        else:
+            commands.append(name)
+    missing += [c for c in commands if f"| `{c}" not in page]
+    assert not missing, f"docs/configuration.md does not document: {missing}"
+
+
+def test_a_broken_sample_fails(tmp_path: Path) -> None:
+    """The runner must report failures, not swallow them."""
+    page = tmp_path / "broken.md"
+    page.write_text("```python\nraise SystemExit(3)\n```\n\n```sh\ntrue\n```\n\n```sh\nfalse\necho never\n```\n")
+    python, first, second = blocks(page)
+    assert "exited 3" in (run_python(python, "unused", tmp_path) or "")
+    failure = run_page(page, "unused", tmp_path) or ""
+    assert f"{page.name}:9" in failure and "never" not in failure.split("--- stdout")[1]
