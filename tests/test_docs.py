@@ -27,7 +27,8 @@ Placeholders: samples are written for a reader's machine, and rewritten here:
 
 * ``@localhost/app`` (a PostgreSQL URL) becomes a scratch database created
   for this run on the local server (``REVSTORE_TEST_PG``), dropped after;
-* ``redis://localhost:6379/0`` becomes a Redis database no other test uses.
+* ``redis://localhost:6379/0`` becomes a Redis database (10 to 15) that no
+  other test and no concurrent run of these samples uses.
 
 ``REVSTORE_*`` and ``CELERY_*`` variables are removed from the environment,
 and the virtualenv's ``bin`` is first on ``PATH`` (``revstore``, ``celery``,
@@ -54,8 +55,10 @@ ROOT = Path(__file__).resolve().parent.parent
 PAGES = sorted((ROOT / "docs").glob("*.md")) + [ROOT / "README.md"]
 PG_BASE = os.environ.get("REVSTORE_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 REDIS_HOST = os.environ.get("REVSTORE_TEST_REDIS", "redis://127.0.0.1:6379").rstrip("/")
-#: Redis database of the docs' samples (the worker tests use 5 and 6).
-REDIS_DB = os.environ.get("REVSTORE_DOCS_REDIS_DB", str(10 + uuid.uuid4().int % 6))
+#: Redis databases the docs' samples may use (the worker tests use 5 and 6):
+#: each run takes one no concurrent run holds, see :func:`redis_db`.
+REDIS_DBS = range(10, 16)
+REDIS_DB = "10"
 BLOCK_TIMEOUT = 45
 
 FENCE = re.compile(r"^(?P<indent>[ ]*)(?P<fence>```+|~~~+)[ ]*(?P<info>[^\n`]*)$")
@@ -149,7 +152,36 @@ def test_the_docs_have_samples() -> None:
 
 
 @pytest.fixture(scope="module")
-def samples(scratch_db: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Future]:
+def redis_db() -> str:
+    """A Redis database no concurrent run of these samples uses (a lock key in it)."""
+    import redis
+
+    global REDIS_DB
+    token = uuid.uuid4().hex
+    for db in REDIS_DBS:
+        client = redis.Redis.from_url(f"{REDIS_HOST}/{db}")
+        try:
+            if client.set("revstore-docs-samples", token, nx=True, ex=600):
+                break
+        except Exception as exc:  # a missing broker is a failure, never a skip
+            pytest.fail(f"Redis is required at {REDIS_HOST}: {exc}", pytrace=False)
+    else:
+        pytest.fail(f"every Redis database in {list(REDIS_DBS)} is held by another run of the docs samples")
+    for key in client.scan_iter():  # a failed earlier run's queued messages
+        if key != b"revstore-docs-samples":
+            client.delete(key)
+    REDIS_DB = str(db)
+    yield REDIS_DB
+    if client.get("revstore-docs-samples") == token.encode():
+        for key in client.scan_iter():  # kombu's bindings; the lock last
+            if key != b"revstore-docs-samples":
+                client.delete(key)
+        client.delete("revstore-docs-samples")
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def samples(scratch_db: str, redis_db: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Future]:
     """Start every sample at once (they are independent): the suite takes as long as the slowest page."""
     pool = ThreadPoolExecutor(max_workers=8)
     futures: dict[str, Future] = {}
