@@ -27,8 +27,11 @@ from .sync import RevocationSync
 
 logger = logging.getLogger("revstore")
 
-#: How often the loop thread applies what the sync thread fetched.
-DRAIN_INTERVAL = 0.1
+#: How often the loop thread applies what the sync thread fetched: it bounds
+#: how long a notified change waits before the worker holds it (a 0.1 s tick
+#: put the p99 of table-to-4-workers over 100 ms).  An idle tick costs tens
+#: of microseconds, well under 0.5% of a core at this rate.
+DRAIN_INTERVAL = 0.02
 
 
 class Revstore(bootsteps.StartStopStep):

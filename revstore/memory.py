@@ -17,13 +17,13 @@ from __future__ import annotations
 import heapq
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from celery.utils.collections import LimitedSet
 from celery.worker import state as worker_state
 
-from .store import Revocation, Target
+from .store import Revocation, Snapshot, Target, gc_paused
 
 logger = logging.getLogger("revstore")
 
@@ -60,37 +60,33 @@ class WorkerMemory:
 
     # ------------------------------------------------------------- loads
 
-    def load(self, rows: Iterable[tuple[str, str, str, float | None]]) -> int:
-        """Add a start-up snapshot ``(kind, header, value, remaining)``; return the count."""
+    def load(self, snapshot: Snapshot) -> int:
+        """Add a start-up snapshot; return the count."""
         now = time.monotonic()
-        tasks: list[tuple[str, float]] = []
-        count = 0
-        for kind, header, value, remaining in rows:
-            count += 1
-            if kind == "task":
-                tasks.append((value, self._stamp(remaining, now)))
-            else:
-                self._add_other(Target(kind, value, header), remaining, now)  # type: ignore[arg-type]
-        self._bulk_add(tasks)
-        return count
+        for kind, header, value, remaining in snapshot.others:
+            self._add_other(Target(kind, value, header), remaining, now)  # type: ignore[arg-type]
+        with gc_paused():
+            self._bulk_add(snapshot.task_ids, snapshot.task_remaining, now - self.revoked.expires)
+        return len(snapshot)
 
-    def _bulk_add(self, items: list[tuple[str, float]]) -> None:
+    def _bulk_add(self, ids: list[str], remaining: Sequence[float], base: float) -> None:
+        """Add ids whose stamps are ``base + remaining`` (``inf`` stays: never expires)."""
         lset = self.revoked
         data, seq = getattr(lset, "_data", None), getattr(lset, "_seq", None)
-        if len(items) < 1000 or not isinstance(data, dict) or seq is None or not hasattr(lset, "_refresh_heap"):
-            for item, stamp in items:
+        stamps = map(base.__add__, remaining)
+        if len(ids) < 1000 or not isinstance(data, dict) or seq is None or not hasattr(lset, "_refresh_heap"):
+            for item, stamp in zip(ids, stamps):
                 lset.add(item, now=stamp)
             return
         # Fast path for a million rows: fill the dict and heapify once, the
-        # way LimitedSet.update(LimitedSet) does, instead of a heappush each.
-        for item, stamp in items:
-            data[item] = (stamp, next(seq), item)
+        # way LimitedSet.update(LimitedSet) does, instead of a heappush each;
+        # zip builds the (stamp, seq, item) entries without Python-level calls.
+        data.update(zip(ids, zip(stamps, seq, ids)))
         lset._refresh_heap()
 
-    def replace(self, rows: Iterable[tuple[str, str, str, float | None]], keep: set[str]) -> None:
+    def replace(self, snapshot: Snapshot, keep: set[str]) -> None:
         """Reload from a full snapshot: drop what the table no longer holds, except ``keep``."""
-        rows = list(rows)
-        wanted = {v for k, _, v, _ in rows if k == "task"} | keep
+        wanted = set(snapshot.task_ids) | keep
         for item in [i for i in self.revoked._data if i not in wanted] if hasattr(self.revoked, "_data") else []:
             self.revoked.discard(item)
         for header, values in list(self.stamps.items()):
@@ -98,7 +94,7 @@ class WorkerMemory:
         self._stamp_deadlines.clear()
         self._stamp_heap.clear()
         self.roots.clear()
-        self.load(rows)
+        self.load(snapshot)
 
     # ----------------------------------------------------------- changes
 
