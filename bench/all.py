@@ -120,7 +120,7 @@ def document(figures: list[Figure], info: dict[str, str], seconds: float, load: 
         "",
         "Reproduce (after the README's setup; PostgreSQL and Redis local):",
         "",
-        "```sh",
+        "```text",
         COMMAND,
         ".venv/bin/python -m bench.startup   # one benchmark: startup, hotpath, write_path, propagation, memory, cleanup",
         "```",

@@ -20,7 +20,7 @@ import revstore
 BROKER = os.environ.get("BENCH_BROKER", "redis://127.0.0.1:6379/9")
 PROBE_PREFIX = "probe-"
 
-app = Celery("benchapp", broker=BROKER, backend=os.environ.get("BENCH_BACKEND", "redis://127.0.0.1:6379/10"))
+app = Celery("benchapp", broker=BROKER, backend=os.environ.get("BENCH_BACKEND", "redis://127.0.0.1:6379/8"))
 app.conf.update(
     task_default_queue=os.environ.get("BENCH_QUEUE", "revstore-bench"),
     task_ignore_result=True,
