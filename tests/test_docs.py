@@ -13,7 +13,9 @@ What is executed, from ``docs/*.md`` and ``README.md``:
   starts (a worker with ``&``) are killed when the page is done.
 
 Not executed, by convention: ```` ```text ````, ```` ```console ````,
-```` ```sql ```` (the role blocks are run by the reliability tests),
+```` ```sql ```` (the role blocks, whose first line is ``-- revstore: worker role``
+or ``-- revstore: admin role``, are compared here with what ``revstore db grants``
+prints; the least-privilege tests run that SQL),
 ```` ```toml ```` and every other language.  Use ```` ```text ```` for output
 and for commands that need infrastructure we do not have here
 (``pip install``, systemd units, a real production host).
@@ -32,7 +34,12 @@ Placeholders: samples are written for a reader's machine, and rewritten here:
 
 ``REVSTORE_*`` and ``CELERY_*`` variables are removed from the environment,
 and the virtualenv's ``bin`` is first on ``PATH`` (``revstore``, ``celery``,
-``python``).
+``python``).  Pages and Python samples are independent, so they all start at
+once and the test takes as long as the slowest page (the quick start).
+
+Also checked: ``docs/configuration.md`` names every setting, environment
+variable and CLI command, and ``mkdocs build --strict`` (run by ``make test``)
+fails on a broken link or a page missing from ``nav``.
 """
 
 from __future__ import annotations
