@@ -39,7 +39,8 @@ once and the test takes as long as the slowest page (the quick start).
 
 Also checked: ``docs/configuration.md`` names every setting, environment
 variable and CLI command, and ``mkdocs build --strict`` (run by ``make test``)
-fails on a broken link or a page missing from ``nav``.
+fails on a broken link or a page missing from ``nav`` (run here too, see
+:func:`test_mkdocs_strict_build_passes`).
 """
 
 from __future__ import annotations
@@ -302,3 +303,17 @@ def test_a_broken_sample_fails(tmp_path: Path) -> None:
     assert "exited 3" in (run_python(python, "unused", tmp_path) or "")
     failure = run_page(page, "unused", tmp_path) or ""
     assert f"{page.name}:9" in failure and "never" not in failure.split("--- stdout")[1]
+
+
+def test_mkdocs_strict_build_passes(tmp_path: Path) -> None:
+    """The site builds with no warning: no broken link or anchor, every page in nav.
+
+    Run here as well as by ``make test``, because ``mkdocs build --strict
+    --quiet`` (the Makefile's line) hides the warnings strict mode counts,
+    and then passes whatever they are.
+    """
+    proc = subprocess.run([str(Path(sys.executable).with_name("mkdocs")), "build", "--strict",
+                           "--site-dir", str(tmp_path / "site")], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    warnings = [line for line in proc.stderr.splitlines() if "WARNING" in line or "Aborted" in line]
+    assert proc.returncode == 0 and not warnings, proc.stderr[-4000:]
