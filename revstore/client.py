@@ -23,7 +23,8 @@ logger = logging.getLogger("revstore")
 _stores: weakref.WeakKeyDictionary[Any, tuple[Any, RevocationStore]] = weakref.WeakKeyDictionary()
 
 #: Control-message argument telling revstore workers the row is already
-#: committed, so they skip their write-through.  Stock workers ignore it.
+#: committed (its value: the clock version of that write), so they skip
+#: their write-through.  Stock workers ignore it.
 DURABLE_FLAG = "revstore_durable"
 
 
@@ -108,7 +109,7 @@ def _revoke_durably(
         report.broadcast_error = "disabled" if not broadcast else "nothing to revoke"
         return report
     if arguments is not None:
-        arguments = {**arguments, "terminate": terminate, "signal": signal, DURABLE_FLAG: True}
+        arguments = {**arguments, "terminate": terminate, "signal": signal, DURABLE_FLAG: result.version}
     return _broadcast(app, command, report, **(arguments or {}))
 
 
@@ -207,8 +208,8 @@ def patch_control(app: Any) -> None:
                 return original(first, destination=destination, terminate=terminate, signal=signal, **kwargs)
             error: Exception | None = None
             try:
-                store_for(app).add(targets(first), terminate=terminate, signal=signal if terminate else None)
-                kwargs[DURABLE_FLAG] = True
+                written = store_for(app).add(targets(first), terminate=terminate, signal=signal if terminate else None)
+                kwargs[DURABLE_FLAG] = written.version
             except Exception as exc:
                 error = exc
             reply = original(first, destination=destination, terminate=terminate, signal=signal, **kwargs)

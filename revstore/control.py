@@ -84,14 +84,21 @@ def _wrap(handler: Callable[..., Any], split: Callable[..., tuple[list[Target], 
         except InvalidInput as exc:
             logger.error("%s; control message ignored", exc)
             return {"error": str(exc)}
-        # A revstore client committed the row before broadcasting: skip the write.
-        durable = bool(call.pop(DURABLE_FLAG, False))
+        # A revstore client committed the rows before broadcasting (the flag is
+        # the clock version it wrote at, or True from older clients): skip the write.
+        durable = call.pop(DURABLE_FLAG, None)
         if targets and not durable:
             sync.submit(PendingWrite(targets, revoked_by=sync.hostname[:255], **write))
         ids = call.get("task_id")
         if isinstance(ids, list) and len(ids) > HANDLER_CHUNK and "headers" not in call:
-            return _in_chunks(handler, state, call, ids)
-        return handler(state, **call)
+            result = _in_chunks(handler, state, call, ids)
+        else:
+            result = handler(state, **call)
+        if type(durable) is int and targets and sync.loaded and durable <= sync.marker:
+            # This worker synced past the write before the broadcast arrived
+            # (NOTIFY beats the broker): a restore may have followed it.
+            sync.recheck(targets)
+        return result
 
     setattr(wrapper, _WRAPPED_ATTR, True)
     return wrapper

@@ -105,18 +105,34 @@ class WorkerMemory:
         for row in rows:
             live = row.active and (row.remaining is None or row.remaining > 0)
             target = row.target
-            if target.kind == "task":
-                if live:
-                    self.revoked.add(target.value, now=self._stamp(row.remaining, now))
-                else:
-                    self.revoked.discard(target.value)
-            elif live:
-                self._add_other(target, row.remaining, now)
+            if not live:
+                self.forget(target)
+            elif target.kind == "task":
+                self.revoked.add(target.value, now=self._stamp(row.remaining, now))
             else:
-                self._remove_other(target)
+                self._add_other(target, row.remaining, now)
             if live and row.terminate:
                 to_terminate.append(row)
         return to_terminate
+
+    def reconcile(self, targets: Iterable[Target], rows: dict[Target, Revocation]) -> None:
+        """Make memory match the table for ``targets``; a target without a row is not revoked.
+
+        For a broadcast that arrived after this worker had already synced a
+        newer state of its targets (a revoke then a restore): Celery's
+        handler has put the stale revocation back in memory.
+        """
+        for target in targets:
+            if target not in rows:
+                self.forget(target)
+        self.apply(rows[t] for t in targets if t in rows)
+
+    def forget(self, target: Target) -> None:
+        """Drop one revocation from memory (un-revoked or expired)."""
+        if target.kind == "task":
+            self.revoked.discard(target.value)
+        else:
+            self._remove_other(target)
 
     def _add_other(self, target: Target, remaining: float | None, now: float) -> None:
         deadline = now + (NEVER if remaining is None else remaining)

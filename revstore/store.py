@@ -193,7 +193,8 @@ def gc_paused() -> Iterator[None]:
 class WriteResult:
     #: rows inserted or changed (re-revoking with nothing new changes nothing)
     changed: int
-    #: version stamped on the changed rows (0 when nothing was written)
+    #: the clock version the write ran at: the table held what was written
+    #: as of this version, even when nothing changed (0 when no transaction ran)
     version: int
 
 
@@ -468,7 +469,7 @@ class RevocationStore:
                 changed += self._upsert(conn, chunk, shared, expires_at)
             if changed:
                 self._notify(conn, version)
-            return WriteResult(changed, version if changed else 0)
+            return WriteResult(changed, version)
 
         return self._run(write, write=True)
 
@@ -730,18 +731,22 @@ class RevocationStore:
     def get(self, target: Target | str) -> Revocation | None:
         """The row for one target, tombstones and expired rows included."""
         t = as_target(target)
-        table = self.tables.revocations
+        return self.get_many([t]).get(t)
 
-        def read(conn: Connection) -> Revocation | None:
+    def get_many(self, targets: Iterable[Target | str]) -> dict[Target, Revocation]:
+        """The rows of many targets (tombstones and expired rows included); absent ones are left out."""
+        items = _unique(targets)
+
+        def read(conn: Connection) -> dict[Target, Revocation]:
             now = self._db_now(conn)
-            row = conn.execute(
-                select(*self._columns()).where(
-                    table.c.kind == t.kind, table.c.header == t.header, table.c.value == t.value
-                )
-            ).first()
-            return self._row(row, now) if row is not None else None
+            found: dict[Target, Revocation] = {}
+            for chunk in self._key_chunks(items):
+                for row in conn.execute(select(*self._columns()).where(self._key_in(chunk))):
+                    revocation = self._row(row, now)
+                    found[revocation.target] = revocation
+            return found
 
-        return self._run(read)
+        return self._run(read) if items else {}
 
     def is_revoked(self, target: Target | str) -> bool:
         row = self.get(target)

@@ -84,6 +84,7 @@ class RevocationSync:
         self._needs_load = True
         self._pending: deque[PendingWrite] = deque()
         self._inbox: deque[Callable[[], list[Revocation]]] = deque()
+        self._recheck: deque[list[Target]] = deque()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -119,6 +120,15 @@ class RevocationSync:
     def submit(self, write: PendingWrite) -> None:
         """Queue a write for the database thread; returns at once."""
         self._pending.append(write)
+        self._wake.set()
+
+    def recheck(self, targets: list[Target]) -> None:
+        """Re-read ``targets`` from the table and make memory match; returns at once.
+
+        For a durable broadcast older than what this worker has synced: the
+        table, not the late message, decides.
+        """
+        self._recheck.append(targets)
         self._wake.set()
 
     def request_sync(self) -> None:
@@ -189,6 +199,7 @@ class RevocationSync:
                     self._flush()
                     if stopping:
                         return
+                    self._reread()
                     if now >= self._sync_due:
                         self._pull()
                         self._sync_due = time.monotonic() + self._interval()
@@ -226,6 +237,13 @@ class RevocationSync:
             for w in batch:
                 self._pending.remove(w)
             logger.debug("revstore: committed %d revocations in %.3fs", len(targets), time.monotonic() - started)
+
+    def _reread(self) -> None:
+        while self._recheck:
+            targets = self._recheck[0]
+            rows = self.store.get_many(targets)
+            self._recheck.popleft()
+            self._inbox.append(lambda: self.memory.reconcile(targets, rows) or [])
 
     def _pull(self) -> None:
         changes: Changes = self.store.changes_since(self.marker)
