@@ -19,7 +19,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	bash .ci/services
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
-	$(BIN)/mkdocs build --strict --quiet --site-dir /tmp/revstore-site-$$$$
+	$(BIN)/mkdocs build --strict --site-dir /tmp/revstore-site-$$$$
 
 bench: $(STAMP)
 	bash .ci/services

@@ -88,10 +88,10 @@ pass_ctx = click.make_pass_decorator(Context)
 
 
 @click.group(name="revstore", context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--url", envvar="REVSTORE_URL", help="Database URL (default: $REVSTORE_URL or the app's revstore_url).")
+@click.option("--url", help="Database URL (default: the -A app's revstore_url, then $REVSTORE_URL).")
 @click.option("-A", "--app", "app_name", help="Celery app to read revstore_url and other settings from.")
-@click.option("--schema", envvar="REVSTORE_SCHEMA", help="PostgreSQL schema holding the tables.")
-@click.option("--prefix", envvar="REVSTORE_TABLE_PREFIX", help="Table name prefix (default revstore_).")
+@click.option("--schema", help="PostgreSQL schema holding the tables (default: the app's, then $REVSTORE_SCHEMA).")
+@click.option("--prefix", help="Table name prefix (default: the app's, then $REVSTORE_TABLE_PREFIX, then revstore_).")
 @click.pass_context
 def main_group(ctx: click.Context, url: str | None, app_name: str | None, schema: str | None, prefix: str | None) -> None:
     """Durable, shared Celery task revocations."""

@@ -17,10 +17,11 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
 from sqlalchemy import MetaData, Table
+from sqlalchemy.exc import DBAPIError
 
 from .config import mask_url
 from .errors import RevstoreError, SchemaError
-from .store import RevocationStore
+from .store import RevocationStore, short_error
 
 
 def migrations_dir() -> Path:
@@ -53,6 +54,11 @@ def current_revision(store: RevocationStore) -> str | None:
             conn, opts={"version_table": tables.version_table, "version_table_schema": tables.schema}
         )
         return ctx.get_current_revision()
+    except DBAPIError as exc:  # most often a role without SELECT on the version table
+        raise SchemaError(
+            f"revstore: cannot read the schema version in {mask_url(store.url)}: {short_error(exc)}; "
+            f"the role needs SELECT on {tables.version_table} (see `revstore db grants`)"
+        ) from None
     finally:
         conn.close()
 

@@ -333,7 +333,7 @@ class RevocationStore:
             return self.engine.connect()
         except OperationalError as exc:
             raise DatabaseUnavailable(
-                f"revstore: cannot connect to {_config.mask_url(self.url)}: {_short(exc)}; "
+                f"revstore: cannot connect to {_config.mask_url(self.url)}: {short_error(exc)}; "
                 "check that the database is running and revstore_url is right"
             ) from None
 
@@ -357,7 +357,7 @@ class RevocationStore:
                     "run `revstore db upgrade` as a database admin"
                 ) from None
             raise DatabaseUnavailable(
-                f"revstore: database error on {_config.mask_url(self.url)}: {_short(exc)}"
+                f"revstore: database error on {_config.mask_url(self.url)}: {short_error(exc)}"
             ) from None
         finally:
             conn.close()
@@ -975,7 +975,7 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
     cur.close()
 
 
-def _short(exc: BaseException) -> str:
+def short_error(exc: BaseException) -> str:
     """First line of a driver error, with any URL password masked."""
     orig = getattr(exc, "orig", None) or exc
     text_ = str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__

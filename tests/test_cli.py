@@ -66,8 +66,11 @@ def test_url_from_a_celery_app(tmp_path, request) -> None:
     (tmp_path / "proj.py").write_text(
         f"from celery import Celery\napp = Celery('proj')\napp.conf.revstore_url = {url!r}\n"
     )
-    assert revstore("-A", "proj", "revoke", "from-app", cwd=str(tmp_path)).code == 0
+    # the app's setting beats a REVSTORE_URL left in the shell (it names an unmigrated file here)
+    stray = {"REVSTORE_URL": f"sqlite:///{tmp_path / 'stray.sqlite3'}"}
+    assert revstore("-A", "proj", "revoke", "from-app", cwd=str(tmp_path), env=stray).code == 0
     assert store.is_revoked("from-app")
+    assert revstore("list", cwd=str(tmp_path), env=stray).code != 0  # without -A the environment is used
     # and as a celery subcommand, through the celery.commands entry point
     proc = subprocess.run(
         [sys.executable, "-m", "celery", "-A", "proj", "revstore", "list"],

@@ -67,3 +67,18 @@ def test_worker_with_dml_only_role_loads_writes_syncs_and_cleans(
     assert not cluster.ran("stored") and not cluster.ran("eta")
     log = worker.output()
     assert "permission denied" not in log.lower() and "Traceback" not in log
+
+
+def test_a_role_missing_a_grant_is_one_clear_line_not_a_traceback(
+    cluster_factory, pg_admin_engine, worker_role: str
+) -> None:
+    cluster = cluster_factory("postgresql", worker_url=lambda u: u.replace("postgres@", f"{worker_role}@"))
+    grants = [line for line in worker_sql(cluster.store.tables, worker_role).splitlines()
+              if "alembic_version" not in line]
+    with pg_admin_engine.connect() as conn:
+        conn.execute(text("\n".join(grants)))
+    worker = cluster.worker("a").start(wait=False)
+    assert worker.proc is not None and worker.proc.wait(60) != 0
+    log = worker.output()
+    assert "the role needs SELECT on revstore_alembic_version" in log and "revstore db grants" in log
+    assert "Traceback" not in log
