@@ -93,8 +93,14 @@ class Revstore(bootsteps.StartStopStep):
 
     def _drain(self, c: Any) -> None:
         assert self.sync is not None
-        self.sync.drain(lambda rows: terminate_matching(rows, c.pool, self.sync.memory))  # type: ignore[union-attr]
+        self.sync.drain(lambda rows: self._applied(rows, c))
         cancel.refresh_markers(worker_state.active_requests)
+
+    def _applied(self, rows: list[Revocation], c: Any) -> None:
+        """Revocations the sync just put in memory: terminate, and outlive held ETAs."""
+        assert self.sync is not None
+        terminate_matching([r for r in rows if r.terminate], c.pool, self.sync.memory)
+        control.hold_past_etas(self.sync, {r.task_id: r.remaining for r in rows if r.target.kind == "task"})
 
     def stop(self, c: Any) -> None:
         if self._tref is not None:

@@ -197,8 +197,8 @@ def load_settings(
 
     prefix = get("revstore_table_prefix")
     prefix = DEFAULT_TABLE_PREFIX if prefix is None else str(prefix)
-    if prefix and not _PREFIX_RE.match(prefix):
-        raise ConfigurationError(f"revstore: revstore_table_prefix={prefix!r} must be letters, digits and _")
+    if not _PREFIX_RE.match(prefix):  # empty would make revstore's version table the app's alembic_version
+        raise ConfigurationError(f"revstore: revstore_table_prefix={prefix!r} must be letters, digits and _, not empty")
 
     def num(name: str, default: float, minimum: float = 0.0) -> float:
         value = get(name)

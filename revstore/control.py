@@ -94,6 +94,8 @@ def _wrap(handler: Callable[..., Any], split: Callable[..., tuple[list[Target], 
             result = _in_chunks(handler, state, call, ids)
         else:
             result = handler(state, **call)
+        if durable and ids:
+            hold_past_etas(sync, dict.fromkeys(ids))  # the client could not know the ETA
         if type(durable) is int and targets and sync.loaded and durable <= sync.marker:
             # This worker synced past the write before the broadcast arrived
             # (NOTIFY beats the broker): a restore may have followed it.
@@ -167,6 +169,25 @@ def _expires_for(ids: list[str], default: Any) -> Any:
     if base is None:
         return default
     return max(base, latest + base)
+
+
+def hold_past_etas(sync: RevocationSync, remaining: dict[str, float | None]) -> None:
+    """Keep revocations of tasks this worker holds alive until past their ETA.
+
+    ``remaining`` maps task ids to their revocation's seconds left (None:
+    unknown).  A revocation written by a client or the CLI gets the default
+    expiry, which knows nothing of a task scheduled for next month: the
+    worker holding that task extends the row (never reviving a restored one).
+    """
+    held = [i for i in remaining if getattr(worker_state.requests.get(i), "eta", None)]
+    if not held:
+        return
+    expires = _expires_for(held, DEFAULT)
+    if expires is DEFAULT:
+        return
+    short = [i for i in held if remaining[i] is None or remaining[i] < expires]
+    if short:
+        sync.extend([Target.task(i) for i in short], expires)
 
 
 def _split_revoke(task_id: Any = None, terminate: bool = False, signal: Any = None, **kwargs: Any):  # type: ignore[no-untyped-def]

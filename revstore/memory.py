@@ -67,6 +67,9 @@ class WorkerMemory:
             self._add_other(Target(kind, value, header), remaining, now)  # type: ignore[arg-type]
         with gc_paused():
             self._bulk_add(snapshot.task_ids, snapshot.task_remaining, now - self.revoked.expires)
+        import os, gc
+        if os.environ.get("XFREEZE"):
+            gc.freeze()
         return len(snapshot)
 
     def _bulk_add(self, ids: list[str], remaining: Sequence[float], base: float) -> None:
@@ -99,9 +102,9 @@ class WorkerMemory:
     # ----------------------------------------------------------- changes
 
     def apply(self, rows: Iterable[Revocation]) -> list[Revocation]:
-        """Apply changed rows; return the active ones that ask to terminate."""
+        """Apply changed rows; return the live (active, unexpired) ones."""
         now = time.monotonic()
-        to_terminate: list[Revocation] = []
+        applied: list[Revocation] = []
         for row in rows:
             live = row.active and (row.remaining is None or row.remaining > 0)
             target = row.target
@@ -111,9 +114,9 @@ class WorkerMemory:
                 self.revoked.add(target.value, now=self._stamp(row.remaining, now))
             else:
                 self._add_other(target, row.remaining, now)
-            if live and row.terminate:
-                to_terminate.append(row)
-        return to_terminate
+            if live:
+                applied.append(row)
+        return applied
 
     def reconcile(self, targets: Iterable[Target], rows: dict[Target, Revocation]) -> None:
         """Make memory match the table for ``targets``; a target without a row is not revoked.

@@ -196,6 +196,9 @@ class WriteResult:
     #: the clock version the write ran at: the table held what was written
     #: as of this version, even when nothing changed (0 when no transaction ran)
     version: int
+    #: targets the write left as they were although the table did not cover
+    #: them (a newer un-revoke, see ``add(decided_ago=...)``, or a race)
+    unwritten: int = 0
 
 
 # --------------------------------------------------------------------------
@@ -426,6 +429,7 @@ class RevocationStore:
         revoked_by: str | None = None,
         expires: float | timedelta | None = DEFAULT,
         if_needed: bool = False,
+        decided_ago: float | None = None,
     ) -> WriteResult:
         """Revoke ``targets`` (task ids or :class:`Target`) in one transaction.
 
@@ -434,6 +438,11 @@ class RevocationStore:
         is not rewritten.  With ``if_needed`` a read first drops the targets
         already covered, so when N workers write the same broadcast the
         first one writes and the others only read (no clock lock taken).
+
+        ``decided_ago``: the revoke was heard this many seconds ago (a
+        worker's queued write-through).  An un-revoke made since then wins:
+        the write does not bring back a target restored after it was heard,
+        so a slow worker's copy of an old broadcast cannot undo a restore.
         """
         items = _unique(targets)
         sig = normalize_signal(signal) if signal is not None else ("SIGTERM" if terminate else None)
@@ -464,12 +473,13 @@ class RevocationStore:
                 "version": version,
                 "active": True,
             }
+            heard = None if decided_ago is None else now - timedelta(seconds=max(0.0, decided_ago))
             changed = 0
             for chunk in self._key_chunks(items):
-                changed += self._upsert(conn, chunk, shared, expires_at)
+                changed += self._upsert(conn, chunk, shared, expires_at, heard)
             if changed:
                 self._notify(conn, version)
-            return WriteResult(changed, version)
+            return WriteResult(changed, version, len(items) - changed)
 
         return self._run(write, write=True)
 
@@ -586,8 +596,12 @@ class RevocationStore:
 
         return self._run(write, write=True)
 
-    def _upsert(self, conn: Connection, items: list[Target], shared: dict[str, Any], expires_at: datetime | None) -> int:
-        """Insert or strengthen ``items``, every row with the ``shared`` column values."""
+    def _upsert(self, conn: Connection, items: list[Target], shared: dict[str, Any], expires_at: datetime | None,
+                heard: datetime | None = None) -> int:
+        """Insert or strengthen ``items``, every row with the ``shared`` column values.
+
+        A tombstone is revived unless it was written after ``heard``.
+        """
         table = self.tables.revocations
         stmt = self._insert()
         params: Any = None
@@ -621,7 +635,10 @@ class RevocationStore:
                 "version": new.version,
                 "active": True,
             },
-            where=or_(~old.active, stronger, longer),
+            where=or_(
+                ~old.active if heard is None else and_(~old.active, old.revoked_at < literal(heard, old.revoked_at.type)),
+                and_(old.active, or_(stronger, longer)),
+            ),
         )
         # RETURNING counts exactly the rows inserted or changed, where
         # executemany's rowcount is unreliable across drivers.
@@ -633,8 +650,36 @@ class RevocationStore:
         The row stays as a tombstone until ``tombstone_ttl`` so running
         workers learn of the change on their next sync.
         """
-        items = _unique(targets)
         by = validate_key(revoked_by, "revoked_by") if revoked_by is not None else default_revoker()
+        return self._update_active(targets, lambda version, now: {
+            "active": False, "terminate": False, "signal": None, "version": version, "revoked_by": by,
+            "revoked_at": now, "expires_at": now + timedelta(seconds=self.tombstone_ttl),
+        })
+
+    def extend(self, targets: Iterable[Target | str], expires: float) -> WriteResult:
+        """Keep active revocations at least ``expires`` seconds from now (database time).
+
+        For a worker holding a task whose ETA is later than its revocation's
+        expiry.  Unlike :meth:`add` it never revives a restored target, and it
+        leaves rows that already last long enough (within EXTEND_SLACK) alone.
+        """
+        self._expiry(datetime(2000, 1, 1), expires)  # validate before touching the database
+        table = self.tables.revocations
+
+        def shorter(now: datetime) -> Any:
+            until = self._expiry(now, expires)
+            return and_(table.c.expires_at.is_not(None), table.c.expires_at < until - EXTEND_SLACK)
+
+        return self._update_active(
+            targets, lambda version, now: {"expires_at": self._expiry(now, expires), "version": version}, shorter)
+
+    def _update_active(self, targets: Iterable[Target | str], values: Any, where: Any = None) -> WriteResult:
+        """Change active rows of ``targets`` in one versioned transaction.
+
+        ``values(version, now)`` gives the new column values; ``where(now)``
+        narrows the rows further.
+        """
+        items = _unique(targets)
         if not items:
             return WriteResult(0, 0)
         table = self.tables.revocations
@@ -644,19 +689,10 @@ class RevocationStore:
             now = self._db_now(conn)
             changed = 0
             for chunk in self._key_chunks(items):
-                result = conn.execute(
-                    update(table)
-                    .where(self._key_in(chunk), table.c.active)
-                    .values(
-                        active=False,
-                        terminate=False,
-                        signal=None,
-                        version=version,
-                        revoked_by=by,
-                        revoked_at=now,
-                        expires_at=now + timedelta(seconds=self.tombstone_ttl),
-                    )
-                )
+                stmt = update(table).where(self._key_in(chunk), table.c.active)
+                if where is not None:
+                    stmt = stmt.where(where(now))
+                result = conn.execute(stmt.values(**values(version, now)))
                 changed += max(result.rowcount or 0, 0)
             if changed:
                 self._notify(conn, version)

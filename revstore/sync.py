@@ -85,6 +85,7 @@ class RevocationSync:
         self._pending: deque[PendingWrite] = deque()
         self._inbox: deque[Callable[[], list[Revocation]]] = deque()
         self._recheck: deque[list[Target]] = deque()
+        self._extend: deque[tuple[list[Target], float]] = deque()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -129,6 +130,11 @@ class RevocationSync:
         table, not the late message, decides.
         """
         self._recheck.append(targets)
+        self._wake.set()
+
+    def extend(self, targets: list[Target], expires: float) -> None:
+        """Queue keeping ``targets``' revocations for ``expires`` seconds more; returns at once."""
+        self._extend.append((targets, expires))
         self._wake.set()
 
     def request_sync(self) -> None:
@@ -200,6 +206,9 @@ class RevocationSync:
                     if stopping:
                         return
                     self._reread()
+                    while self._extend:
+                        self.store.extend(*self._extend[0])
+                        self._extend.popleft()
                     if now >= self._sync_due:
                         self._pull()
                         self._sync_due = time.monotonic() + self._interval()
@@ -225,7 +234,7 @@ class RevocationSync:
             batch = [w for w in list(self._pending) if w.key() == first.key()]
             targets = list(dict.fromkeys(t for w in batch for t in w.targets))
             started = time.monotonic()
-            self.store.add(
+            result = self.store.add(
                 targets,
                 terminate=first.terminate,
                 signal=first.signal,
@@ -233,9 +242,14 @@ class RevocationSync:
                 reason=first.reason,
                 revoked_by=first.revoked_by,
                 if_needed=True,
+                decided_ago=started - max(w.queued_at for w in batch),
             )
             for w in batch:
                 self._pending.remove(w)
+            if result.unwritten:
+                # restored since this worker heard the revoke: Celery's handler
+                # put them in memory, the table says they may run
+                self.recheck(targets)
             logger.debug("revstore: committed %d revocations in %.3fs", len(targets), time.monotonic() - started)
 
     def _reread(self) -> None:

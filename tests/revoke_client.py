@@ -32,6 +32,14 @@ def main(mode: str, first: int, end: int, restore_mod: int, mine_from: int, mine
             revstore.revoke(app, batch)
         else:
             app.control.revoke(batch)
+    # Control messages reach each worker in order: once every worker answered
+    # this ping, every worker has heard this client's revokes.  A restore
+    # after that is newer than all of them and must win over any write-through
+    # still queued in a worker.
+    deadline = time.monotonic() + 240
+    while len(app.control.ping(timeout=5)) < int(os.environ.get("TEST_WORKERS", "4")):
+        if time.monotonic() > deadline:
+            sys.exit("not every worker answered a ping")
     # un-revoke part of what only this client touched, once its revokes are in the table
     gone = [f"c-{i:06d}" for i in range(mine_from, mine_to) if i % 10 == restore_mod]
     store = RevocationStore(url, schema=schema)

@@ -116,3 +116,28 @@ def test_a_durable_broadcast_that_arrives_after_a_restore_does_not_revive_it(cli
     assert task_id not in revoked_on(celery_app, worker)
     celery_app.record.apply_async(("late",), queue=worker.queue, task_id=task_id)
     wait_for(lambda: client.finished("late"), 20, what="the restored task to run")
+
+
+def test_revocations_outlive_the_eta_of_tasks_a_worker_holds(client, celery_app) -> None:
+    """A 20 s default expiry must not let a task due in 5 minutes run: the worker
+    holding it extends the row, whichever path the revocation took."""
+    from test_worker_durability import held_by
+
+    worker = client.worker("a").start()
+    ids = {tag: celery_app.record.apply_async((tag,), queue=worker.queue, countdown=300).id
+           for tag in ("table-only", "client", "restored")}
+    wait_for(lambda: all(held_by(celery_app, worker, i) for i in ids.values()), 15, what="the worker to hold the ETA tasks")
+
+    client.store.add([ids["table-only"]], expires=20)  # the CLI's path: no broadcast
+    revstore.revoke(celery_app.app, ids["client"], expires=20)  # durable, then broadcast
+    client.store.add([ids["restored"]], expires=20)
+    client.store.remove([ids["restored"]])
+
+    def remaining(tag: str) -> float:
+        row = client.store.get(ids[tag])
+        return row.remaining if row is not None and row.active else 0.0
+
+    wait_for(lambda: remaining("table-only") > 300 and remaining("client") > 300, 15,
+             what="the worker to extend both revocations past the ETA")
+    time.sleep(1.5)
+    assert not client.store.get(ids["restored"]).active  # an extension never revives a restore

@@ -41,6 +41,7 @@ def test_postgres_urls_use_psycopg3() -> None:
         ({"revstore_default_expires": "-1"}, "revstore_default_expires"),
         ({"revstore_start_without_db": "maybe"}, "boolean"),
         ({"revstore_table_prefix": "drop table;"}, "revstore_table_prefix"),
+        ({"revstore_table_prefix": ""}, "not empty"),
         ({"revstore_url": "sqlite:///x.db", "revstore_schema": "s"}, "PostgreSQL"),
     ],
 )

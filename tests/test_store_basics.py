@@ -66,3 +66,18 @@ def test_hostile_strings_are_stored_exactly(store) -> None:
     ids = ["'; DROP TABLE x; --", 'quote"s', "ünïcødé ✓", "a%s%%b", "back\\slash"]
     store.add(ids)
     assert sorted(r.task_id for r in store.iter_active()) == sorted(ids)
+
+
+def test_a_late_write_through_does_not_undo_a_newer_restore(store) -> None:
+    """A slow worker's copy of an old broadcast must not bring back what was restored since."""
+    import time
+
+    store.add(["x"])
+    heard = time.monotonic()  # a worker hears the revoke here, and is slow to write it
+    time.sleep(0.3)
+    store.remove(["x"])
+    late = store.add(["x"], if_needed=True, decided_ago=time.monotonic() - heard)
+    assert late.changed == 0 and late.unwritten == 1
+    assert not store.is_revoked("x")
+    fresh = store.add(["x"], if_needed=True, decided_ago=0.0)  # a revoke heard after the restore
+    assert fresh.changed == 1 and store.is_revoked("x")
