@@ -29,50 +29,58 @@ COMMAND = "make bench        # or: .venv/bin/python -m bench.all"
 #: What limits each figure, from profiling these runs (py-spy, cProfile).
 BOUNDS = """\
 - **Start-up.** Stock unpickles a `LimitedSet` (one `add()`, with a heap
-  push, per id) and then copies it into the worker's set id by id.  revstore
+  push, per id), then copies it id by id into the worker's set.  revstore
   has PostgreSQL pack the task ids into one newline-joined string and the
-  remaining lifetimes into one array of 8-byte floats (3 Python objects on
-  the wire instead of 3 million; about 0.6 s for a million), then fills
+  remaining lifetimes into one string of 8-byte floats (3 Python objects on
+  the wire instead of 3 million: about 0.6 s for a million), then fills
   Celery's set in one pass of C-level iteration and one heapify (about
-  0.7 s) with the cyclic garbage collector paused.  What is left is the
-  1,000,000 `str` objects, the set's own entries and its dict: the same work
-  stock does at the end of its load.  Everything else in a worker's start
-  (imports, forking the pool, the broker connection) is the same for both.
-- **Hot path.** revstore adds nothing per task: Celery checks the same
-  `LimitedSet` it always does.  The worker's only extra work is a 0.1 s
-  timer on the event loop and an idle database thread.  Differences within
-  a few per cent are run-to-run noise on a shared 2-core machine (the best
-  of several alternating rounds is kept to damp it).
+  0.7 s), with the cyclic garbage collector paused meanwhile (it made the
+  load 2-3 times slower).  What is left is building the million `str`
+  objects and the set's entries, which stock does too.  A worker's other
+  start-up work (imports, forking the pool, the broker) is the same for
+  both; with nothing to load the two start alike, within the noise.
+- **Hot path.** revstore adds no per-task work: Celery checks the same
+  `LimitedSet` it always does (a dict lookup, whatever its size).  The
+  worker's extras are a 0.1 s timer on the event loop (each tick is a whole
+  loop iteration, about 0.5 ms of the main process: a 20 ms tick cost about
+  2.5% of throughput) and idle database and listener threads.  The figure
+  is bound by the main process moving messages through Redis and the pool;
+  rounds of the same configuration differ by 10-20% on this shared machine,
+  more than any difference between the two.
 - **Write path.** A durable revoke is one transaction: take the clock row,
-  upsert the rows, `pg_notify`, commit, so single ids are bound by the
-  commit's WAL flush and round trips (a few ms each).  Large batches are
-  bound by PostgreSQL inserting rows into a table with three indexes: the
-  ids travel as three arrays in one short statement per 50,000 (a
-  multi-row `VALUES` list was 5 times slower, most of it psycopg re-parsing
-  a statement with 11 parameters per row).  Stock's figure is only a
-  broadcast, stored nowhere.
-- **Broadcast to commit.** Redis pub/sub to the worker, the worker's
-  database thread waking, an "already stored?" read, then the write
-  transaction.  Stock's figure is the round trip of a revoke with a reply,
-  which stores nothing.
+  upsert, `pg_notify`, commit.  Single ids are bound by round trips and the
+  commit's WAL flush.  Large batches are bound by PostgreSQL inserting rows
+  into a table with three indexes: the keys travel as one JSON parameter
+  (a multi-row `VALUES` list, 11 parameters per row, was 5 times slower:
+  psycopg re-parsed the long statement each time), and PostgreSQL counts
+  the written rows instead of returning one per key.  Stock's figure is a
+  broadcast alone, stored nowhere.
+- **Broadcast to commit.** Redis pub/sub to the worker, its database
+  thread waking, an "already stored?" read (the first of N workers writes,
+  the others only read), then the write transaction.  Stock's figure is
+  the round trip of a revoke with a reply, which stores nothing.
 - **Propagation.** Listening: PostgreSQL delivers the notification at
-  commit, the worker's database thread pulls the changed rows (one indexed
-  query on `version`), and the event loop applies them at its next drain
-  tick.  Polling: half the poll interval on average, the full interval at
-  worst.  Stock has no propagation without a broadcast.
-- **Idle sync.** One index probe on `version > marker` (nothing newer) plus
-  the clock row: independent of the table's size.
+  commit, each worker's database thread pulls the changed rows (one
+  indexed query on `version`) and wakes the event loop through a pipe, and
+  the loop applies them at once.  Before the pipe, rows waited for the
+  next 0.1 s drain tick and the p99 to all 4 workers was over 100 ms.
+  Polling: half the poll interval on average, the whole interval at worst.
+  Stock has no propagation without a broadcast.
+- **Idle sync.** An index probe on `version > marker` that finds nothing,
+  the clock row and the database time: independent of the table's size.
 - **Memory.** Both hold the same `LimitedSet` entries (a 3-tuple, a float
-  stamp and an int per id) plus the id strings.  Stock's load leaves a
-  second, discarded set's worth of fragmented heap behind; revstore's
-  packed load creates almost no temporary per-row objects, and closes the
-  connection whose buffer held the whole snapshot.
-- **Cleanup.** Each batch is a short transaction: select up to 5,000
-  expired keys with `FOR UPDATE SKIP LOCKED` and delete them by key, so
-  writers (which touch other keys) never wait on it and several cleaners
-  can run at once.  Throughput is bound by PostgreSQL deleting index
-  entries; stock's in-memory purge is far faster but stock has nothing
-  durable to clean.
+  stamp and an int per id, a dict slot, a heap slot) and the id strings
+  (about 85 bytes each).  Stock's load also builds and drops a second set,
+  which leaves a fragmented heap behind; revstore's packed load creates
+  almost no temporary per-row objects and closes the connection whose
+  input buffer held the whole snapshot.
+- **Cleanup.** Each batch is one short transaction: lock up to 5,000
+  expired rows, oldest first, with `FOR UPDATE SKIP LOCKED` and delete
+  them by `ctid`.  Writers touch other rows and never wait on it; several
+  cleaners can run at once.  Deleting by key instead made PostgreSQL
+  hash-join the whole table for every batch (0.3 s per batch at a million
+  rows, 7 times slower overall).  Stock's figure is `LimitedSet.purge` in
+  memory: it has nothing durable to clean.
 """
 
 
@@ -110,7 +118,8 @@ def document(figures: list[Figure], info: dict[str, str], seconds: float, load: 
     notes = [f"- {f.name}: {f.note}" for f in figures if f.note]
     missed = [f for f in figures if f.met is False]
     verdict = ("Every target is met." if not missed else
-               "Missed: " + "; ".join(f"{f.name} ({f.cells()[1]}, target {f.target})" for f in missed) + ".")
+               "Missed: " + "; ".join(f"{f.name} ({f.cells()[1]}, target {f.target})" for f in missed)
+               + ".  Why, and what bounds them, is below.")
     return "\n".join([
         "# Benchmarks",
         "",
@@ -135,7 +144,7 @@ def document(figures: list[Figure], info: dict[str, str], seconds: float, load: 
         "",
         "Ratio is revstore ÷ stock: for times lower is better, for rates higher is better.",
         "",
-        table(figures),
+        table(figures, with_bench=True),
         "",
         verdict,
         "",

@@ -65,9 +65,9 @@ class Figure:
     @property
     def ratio(self) -> float | None:
         """revstore / stock; whether higher is better depends on the unit."""
-        if self.stock in (None, 0):
-            return None
-        return self.value / self.stock  # type: ignore[operator]
+        if self.stock is None or self.stock <= 0 or self.value < 0:
+            return None  # a difference within the noise has no meaningful ratio
+        return self.value / self.stock
 
     def cells(self) -> list[str]:
         met = "" if self.met is None else ("met" if self.met else "**missed**")
@@ -92,10 +92,11 @@ def fmt(value: float, unit: str) -> str:
 HEADER = ["figure", "revstore", "stock Celery", "ratio", "target", ""]
 
 
-def table(figures: Sequence[Figure]) -> str:
-    """The figures as one markdown table."""
-    lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
-    lines += ["| " + " | ".join(f.cells()) + " |" for f in figures]
+def table(figures: Sequence[Figure], with_bench: bool = False) -> str:
+    """The figures as one markdown table; ``with_bench`` adds which benchmark measured each."""
+    header = (["benchmark"] if with_bench else []) + HEADER
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(([f"`{f.bench}`"] if with_bench else []) + f.cells()) + " |" for f in figures]
     return "\n".join(lines)
 
 

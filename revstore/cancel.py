@@ -8,7 +8,7 @@ child answers ``is_revoked()`` with one ``stat`` call: no database round
 trip, no message, microseconds per call.  Staleness is bounded by how fast
 the main process learns of the revocation (at once for a broadcast, within
 the sync interval or a notification for one written to the table only) plus
-one drain tick (20 ms).  Thread and solo pools run tasks in the main
+one drain tick (at once after a sync, 0.1 s otherwise).  Thread and solo pools run tasks in the main
 process and read its memory directly.
 """
 

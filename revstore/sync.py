@@ -97,6 +97,10 @@ class RevocationSync:
         self.last_sync_ok: float | None = None
         #: the LISTEN/NOTIFY listener, when there is one (PostgreSQL)
         self.listener: Any = None
+        #: called (from the database thread) when there is something to
+        #: apply, so the loop thread can drain at once instead of at its
+        #: next timer tick; set by the bootstep
+        self.wake_loop: Callable[[], None] | None = None
 
     @property
     def listener_live(self) -> bool:
@@ -151,6 +155,12 @@ class RevocationSync:
                 terminate(rows)
         self.memory.purge()
 
+    def _post(self, job: Callable[[], list[Revocation]]) -> None:
+        """Hand a job to the loop thread and wake it."""
+        self._inbox.append(job)
+        if self.wake_loop is not None:
+            self.wake_loop()
+
     @property
     def pending_ids(self) -> set[str]:
         return {t.value for w in list(self._pending) for t in w.targets if t.kind == "task"}
@@ -201,7 +211,7 @@ class RevocationSync:
             if now >= self._retry_at:
                 try:
                     if self._needs_load:
-                        self._inbox.append(self._reload_job())
+                        self._post(self._reload_job())
                     self._flush()
                     if stopping:
                         return
@@ -257,18 +267,18 @@ class RevocationSync:
             targets = self._recheck[0]
             rows = self.store.get_many(targets)
             self._recheck.popleft()
-            self._inbox.append(lambda: self.memory.reconcile(targets, rows) or [])
+            self._post(lambda: self.memory.reconcile(targets, rows) or [])
 
     def _pull(self) -> None:
         changes: Changes = self.store.changes_since(self.marker)
         self.last_sync_ok = time.monotonic()
         if changes.reload_required:
             logger.warning("revstore: missed un-revokes that were already cleaned up; reloading everything")
-            self._inbox.append(self._reload_job())
+            self._post(self._reload_job())
             return
         if changes.rows:
             rows = changes.rows
-            self._inbox.append(lambda: self.memory.apply(rows))
+            self._post(lambda: self.memory.apply(rows))
         self.marker = changes.marker
 
     def _reload_job(self) -> Callable[[], list[Revocation]]:
