@@ -46,7 +46,8 @@ BOUNDS = """\
   2.5% of throughput) and idle database and listener threads.  The figure
   is bound by the main process moving messages through Redis and the pool;
   rounds of the same configuration differ by 10-20% on this shared machine,
-  more than any difference between the two.
+  more than any difference between the two, so the table shows the median
+  of alternating rounds (the note lists each).
 - **Write path.** A durable revoke is one transaction: take the clock row,
   upsert, `pg_notify`, commit.  Single ids are bound by round trips and the
   commit's WAL flush.  Large batches are bound by PostgreSQL inserting rows
