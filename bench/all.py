@@ -38,16 +38,18 @@ BOUNDS = """\
   load 2-3 times slower).  What is left is building the million `str`
   objects and the set's entries, which stock does too.  A worker's other
   start-up work (imports, forking the pool, the broker) is the same for
-  both; with nothing to load the two start alike, within the noise.
+  both; with nothing to load revstore adds its schema check and first
+  connection (about 0.1 s).
 - **Hot path.** revstore adds no per-task work: Celery checks the same
   `LimitedSet` it always does (a dict lookup, whatever its size).  The
   worker's extras are a 0.1 s timer on the event loop (each tick is a whole
   loop iteration, about 0.5 ms of the main process: a 20 ms tick cost about
   2.5% of throughput) and idle database and listener threads.  The figure
-  is bound by the main process moving messages through Redis and the pool;
-  rounds of the same configuration differ by 10-20% on this shared machine,
-  more than any difference between the two, so the table shows the median
-  of alternating rounds (the note lists each).
+  is bound by the main process moving messages through Redis and the pool.
+  Run one after the other, rounds of one configuration differed by 10-20%
+  on this shared machine, more than any difference between the two; so the
+  two workers run side by side and their rates are read at the same
+  moments (the note lists each round's ratio).
 - **Write path.** A durable revoke is one transaction: take the clock row,
   upsert, `pg_notify`, commit.  Single ids are bound by round trips and the
   commit's WAL flush.  Large batches are bound by PostgreSQL inserting rows
@@ -77,8 +79,11 @@ BOUNDS = """\
   input buffer held the whole snapshot.
 - **Cleanup.** Each batch is one short transaction: lock up to 5,000
   expired rows, oldest first, with `FOR UPDATE SKIP LOCKED` and delete
-  them by `ctid`.  Writers touch other rows and never wait on it; several
-  cleaners can run at once.  Deleting by key instead made PostgreSQL
+  them by `ctid`.  Writers touch other rows and never wait on its locks;
+  several cleaners can run at once.  Run flat out as here, it still slows
+  other commits (they share the WAL flush: see the writer's p99 before and
+  during); a worker's cleanup runs at most 20 batches (100,000 rows) per
+  `revstore_cleanup_interval`, a few tenths of a second of it.  Deleting by key instead made PostgreSQL
   hash-join the whole table for every batch (0.3 s per batch at a million
   rows, 7 times slower overall).  Stock's figure is `LimitedSet.purge` in
   memory: it has nothing durable to clean.

@@ -179,13 +179,20 @@ def gc_paused() -> Iterator[None]:
 
     Each collection during the load traverses every object built so far:
     the load creates no cycles, and pausing it makes the load several times
-    faster.
+    faster.  On the way out the new objects go straight to the oldest
+    generation (freeze then unfreeze moves lists, traversing nothing), so
+    the next young collections do not walk a million long-lived objects
+    either (0.25 s more at start-up otherwise).  Skipped if the application
+    froze objects itself: unfreezing would release those too.
     """
     was_enabled = gc.isenabled()
     gc.disable()
     try:
         yield
     finally:
+        if gc.get_freeze_count() == 0:
+            gc.freeze()
+            gc.unfreeze()
         if was_enabled:
             gc.enable()
 
