@@ -179,7 +179,8 @@ def hold_past_etas(sync: RevocationSync, remaining: dict[str, float | None]) -> 
     expiry, which knows nothing of a task scheduled for next month: the
     worker holding that task extends the row (never reviving a restored one).
     """
-    held = [i for i in remaining if getattr(worker_state.requests.get(i), "eta", None)]
+    # iterate the few requests held, not the (possibly million) applied ids
+    held = [i for i, request in list(worker_state.requests.items()) if i in remaining and getattr(request, "eta", None)]
     if not held:
         return
     expires = _expires_for(held, DEFAULT)

@@ -267,7 +267,8 @@ class RevocationSync:
             targets = self._recheck[0]
             rows = self.store.get_many(targets)
             self._recheck.popleft()
-            self._post(lambda: self.memory.reconcile(targets, rows) or [])
+            # bind this iteration's values: the job runs later, on the loop thread
+            self._post(lambda targets=targets, rows=rows: self.memory.reconcile(targets, rows) or [])
 
     def _pull(self) -> None:
         changes: Changes = self.store.changes_since(self.marker)
