@@ -875,8 +875,10 @@ class RevocationStore:
         with gc_paused():
             return self._run(read)
 
-    def _raw_sql(self, stmt: Any) -> str:
-        return str(stmt.compile(dialect=self.engine.dialect, compile_kwargs={"literal_binds": True}))
+    def _raw_sql(self, stmt: Any) -> tuple[str, dict[str, Any]]:
+        """``stmt`` as SQL text and its bound parameters, for a driver cursor."""
+        compiled = stmt.compile(dialect=self.engine.dialect)
+        return str(compiled), dict(compiled.params)
 
     def _packed(self, conn: Connection, stmt: Any) -> tuple[list[str], array] | None:
         """``(value, remaining)`` rows of ``stmt`` aggregated server-side; None: stream them instead.
@@ -896,7 +898,7 @@ class RevocationStore:
         cursor = conn.connection.driver_connection.cursor(binary=True)  # type: ignore[union-attr]
         savepoint = conn.begin_nested()
         try:
-            cursor.execute(self._raw_sql(packed))
+            cursor.execute(*self._raw_sql(packed))
             count, joined, left = cursor.fetchone()
         except self.engine.dialect.loaded_dbapi.Error:
             savepoint.rollback()
@@ -904,14 +906,14 @@ class RevocationStore:
         finally:
             cursor.close()
         savepoint.commit()
+        ids = joined.split("\n") if count else []
+        if len(ids) != count:
+            return None
         # libpq keeps its input buffer as large as the largest message (the
         # whole snapshot): close this connection after use, not pool it.
         conn.detach()
         if not count:
             return [], array("d")
-        ids = joined.split("\n")
-        if len(ids) != count:
-            return None
         remaining_ = array("d", bytes(left))
         if sys.byteorder == "little":
             remaining_.byteswap()
@@ -924,7 +926,7 @@ class RevocationStore:
             return
         cursor = conn.connection.driver_connection.cursor(name="revstore_load", binary=True)  # type: ignore[union-attr]
         try:
-            cursor.execute(self._raw_sql(stmt))
+            cursor.execute(*self._raw_sql(stmt))
             while part := cursor.fetchmany(chunk):
                 yield part
         finally:

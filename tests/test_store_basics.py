@@ -81,3 +81,11 @@ def test_a_late_write_through_does_not_undo_a_newer_restore(store) -> None:
     assert not store.is_revoked("x")
     fresh = store.add(["x"], if_needed=True, decided_ago=0.0)  # a revoke heard after the restore
     assert fresh.changed == 1 and store.is_revoked("x")
+
+
+def test_start_up_load_holds_ids_with_newlines(store) -> None:
+    """The packed start-up load joins ids with newlines; such ids must still load exactly."""
+    ids = [f"plain-{i}" for i in range(50)] + ["new\nline", "\n"]
+    store.add(ids)
+    snapshot, _ = store.load_active()
+    assert sorted(snapshot.task_ids) == sorted(ids)
