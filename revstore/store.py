@@ -660,14 +660,50 @@ class RevocationStore:
     def remove(self, targets: Iterable[Target | str], *, revoked_by: str | None = None) -> WriteResult:
         """Un-revoke: the targets become runnable again on every worker.
 
-        The row stays as a tombstone until ``tombstone_ttl`` so running
-        workers learn of the change on their next sync.
+        Each target gets a tombstone dated now (database time), whether or
+        not it had a row: a revoke heard before this restore but committed
+        after it (a worker's queued or spooled write-through, see
+        ``add(decided_ago=...)``) then finds the tombstone and loses.  The
+        tombstone stays until ``tombstone_ttl`` so running workers learn of
+        the change on their next sync.  ``changed`` counts the targets that
+        were revoked.
         """
         by = validate_key(revoked_by, "revoked_by") if revoked_by is not None else default_revoker()
-        return self._update_active(targets, lambda version, now: {
-            "active": False, "terminate": False, "signal": None, "version": version, "revoked_by": by,
-            "revoked_at": now, "expires_at": now + timedelta(seconds=self.tombstone_ttl),
-        })
+        items = _unique(targets)
+        if not items:
+            return WriteResult(0, 0)
+        table = self.tables.revocations
+
+        def write(conn: Connection) -> WriteResult:
+            version = self._bump(conn)
+            now = self._db_now(conn)
+            shared = {
+                "terminate": False, "signal": None, "reason": None, "revoked_by": by, "revoked_at": now,
+                "expires_at": now + timedelta(seconds=self.tombstone_ttl), "version": version, "active": False,
+            }
+            was_active = 0
+            for chunk in self._key_chunks(items):
+                was_active += int(conn.execute(
+                    select(func.count()).select_from(table).where(self._key_in(chunk), table.c.active)
+                ).scalar_one())
+                stmt = self._insert()
+                params: Any = None
+                if self.backend == "postgresql":
+                    keys = self._keys(chunk)
+                    values = [cast(literal(v, table.c[name].type), table.c[name].type) for name, v in shared.items()]
+                    stmt = stmt.from_select(["kind", "header", "value", *shared], select(*keys.c, *values))
+                else:
+                    params = [{"kind": t.kind, "header": t.header, "value": t.value, **shared} for t in chunk]
+                new = stmt.excluded
+                stmt = stmt.on_conflict_do_update(
+                    index_elements=[table.c.kind, table.c.header, table.c.value],
+                    set_={name: getattr(new, name) for name in shared if name != "reason"},
+                )
+                conn.execute(stmt, params) if params is not None else conn.execute(stmt)
+            self._notify(conn, version)
+            return WriteResult(was_active, version)
+
+        return self._run(write, write=True)
 
     def extend(self, targets: Iterable[Target | str], expires: float) -> WriteResult:
         """Keep active revocations at least ``expires`` seconds from now (database time).
