@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Mapping
 
 from sqlalchemy.engine import URL, make_url
@@ -43,6 +44,18 @@ DEFAULT_TOMBSTONE_TTL = 24 * 3600.0
 
 DEFAULT_TABLE_PREFIX = "revstore_"
 
+#: A worker may start from its local snapshot while the database is down
+#: only if the snapshot was in step with the table this recently: as long
+#: as tombstones are kept, so a catch-up from its marker never has to
+#: guess which un-revokes it missed.
+DEFAULT_SNAPSHOT_MAX_AGE = DEFAULT_TOMBSTONE_TTL
+
+
+def default_state_dir(environ: Mapping[str, str]) -> Path:
+    """``$XDG_STATE_HOME/revstore``, else ``~/.local/state/revstore``: per user, on disk, not in /tmp."""
+    base = environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return Path(base) / "revstore"
+
 _PREFIX_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,30}$")
 _SCHEMA_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
@@ -58,6 +71,8 @@ ENV = {
     "revstore_tombstone_ttl": "REVSTORE_TOMBSTONE_TTL",
     "revstore_start_without_db": "REVSTORE_START_WITHOUT_DB",
     "revstore_listen": "REVSTORE_LISTEN",
+    "revstore_state_dir": "REVSTORE_STATE_DIR",
+    "revstore_snapshot_max_age": "REVSTORE_SNAPSHOT_MAX_AGE",
 }
 
 
@@ -144,6 +159,11 @@ class Settings:
     start_without_db: bool = False
     listen: bool = True
     sync_interval_explicit: bool = False
+    #: the worker's spool and snapshot folder; None: keep nothing locally
+    state_dir: Path | None = None
+    #: set explicitly (a folder that cannot be written is then fatal)
+    state_dir_explicit: bool = False
+    snapshot_max_age: float = DEFAULT_SNAPSHOT_MAX_AGE
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def poll_interval(self, listening: bool) -> float:
@@ -211,6 +231,13 @@ def load_settings(
     batch = num("revstore_cleanup_batch", DEFAULT_CLEANUP_BATCH, 1)
     listen_raw = get("revstore_listen")
     start_raw = get("revstore_start_without_db")
+    state_raw = get("revstore_state_dir")
+    if state_raw is None:
+        state_dir: Path | None = default_state_dir(environ)
+    elif str(state_raw).strip().lower() in ("", "none", "off"):
+        state_dir = None
+    else:
+        state_dir = Path(os.path.expanduser(str(state_raw))).absolute()
     return Settings(
         url=url,
         schema=schema,
@@ -223,6 +250,9 @@ def load_settings(
         start_without_db=False if start_raw is None else _as_bool("revstore_start_without_db", start_raw),
         listen=True if listen_raw is None else _as_bool("revstore_listen", listen_raw),
         sync_interval_explicit=get("revstore_sync_interval") is not None,
+        state_dir=state_dir,
+        state_dir_explicit=state_raw is not None,
+        snapshot_max_age=num("revstore_snapshot_max_age", DEFAULT_SNAPSHOT_MAX_AGE),
     )
 
 

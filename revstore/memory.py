@@ -60,16 +60,18 @@ class WorkerMemory:
 
     # ------------------------------------------------------------- loads
 
-    def load(self, snapshot: Snapshot) -> int:
-        """Add a start-up snapshot; return the count."""
+    def load(self, snapshot: Snapshot, shift: float = 0.0) -> int:
+        """Add a start-up snapshot; return the count.
+
+        Lifetimes are ``remaining + shift``: a local snapshot holds deadlines
+        on the database clock and passes minus the database's time as shift.
+        """
         now = time.monotonic()
         for kind, header, value, remaining in snapshot.others:
-            self._add_other(Target(kind, value, header), remaining, now)  # type: ignore[arg-type]
+            left = None if remaining is None else remaining + shift
+            self._add_other(Target(kind, value, header), left, now)  # type: ignore[arg-type]
         with gc_paused():
-            self._bulk_add(snapshot.task_ids, snapshot.task_remaining, now - self.revoked.expires)
-        import os, gc
-        if os.environ.get("XFREEZE"):
-            gc.freeze()
+            self._bulk_add(snapshot.task_ids, snapshot.task_remaining, now - self.revoked.expires + shift)
         return len(snapshot)
 
     def _bulk_add(self, ids: list[str], remaining: Sequence[float], base: float) -> None:
@@ -87,7 +89,7 @@ class WorkerMemory:
         data.update(zip(ids, zip(stamps, seq, ids)))
         lset._refresh_heap()
 
-    def replace(self, snapshot: Snapshot, keep: set[str]) -> None:
+    def replace(self, snapshot: Snapshot, keep: set[str], shift: float = 0.0) -> None:
         """Reload from a full snapshot: drop what the table no longer holds, except ``keep``."""
         wanted = set(snapshot.task_ids) | keep
         for item in [i for i in self.revoked._data if i not in wanted] if hasattr(self.revoked, "_data") else []:
@@ -97,7 +99,7 @@ class WorkerMemory:
         self._stamp_deadlines.clear()
         self._stamp_heap.clear()
         self.roots.clear()
-        self.load(snapshot)
+        self.load(snapshot, shift)
 
     # ----------------------------------------------------------- changes
 

@@ -1064,6 +1064,11 @@ class RevocationStore:
         ).scalars()
         return [name.removeprefix("revstore-listener ") for name in rows]
 
+    def db_now(self) -> datetime:
+        """The database server's current time, timezone-aware (a worker's clock anchor)."""
+        value = self._run(self._db_now)
+        return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
     def ping(self) -> None:
         """Raise DatabaseUnavailable/SchemaError unless the tables can be read."""
         clock = self.tables.clock
