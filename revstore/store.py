@@ -438,6 +438,7 @@ class RevocationStore:
         expires: float | timedelta | None = DEFAULT,
         if_needed: bool = False,
         decided_ago: float | None = None,
+        heard_at: datetime | None = None,
     ) -> WriteResult:
         """Revoke ``targets`` (task ids or :class:`Target`) in one transaction.
 
@@ -451,6 +452,9 @@ class RevocationStore:
         worker's queued write-through).  An un-revoke made since then wins:
         the write does not bring back a target restored after it was heard,
         so a slow worker's copy of an old broadcast cannot undo a restore.
+        ``heard_at`` says the same as a database time (a worker's spool,
+        replayed long after, or a write that waited for a reconnect: an age
+        would count the wait for the connection as well).
         """
         items = _unique(targets)
         sig = normalize_signal(signal) if signal is not None else ("SIGTERM" if terminate else None)
@@ -482,6 +486,10 @@ class RevocationStore:
                 "active": True,
             }
             heard = None if decided_ago is None else now - timedelta(seconds=max(0.0, decided_ago))
+            if heard_at is not None:
+                heard = heard_at.astimezone(timezone.utc)
+                if isinstance(now, datetime) and now.tzinfo is None:  # SQLite keeps naive UTC
+                    heard = heard.replace(tzinfo=None)
             changed = 0
             for chunk in self._key_chunks(items):
                 changed += self._upsert(conn, chunk, shared, expires_at, heard)

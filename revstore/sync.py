@@ -19,7 +19,8 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any
 
 from .config import Settings
@@ -399,7 +400,7 @@ class RevocationSync:
                     reason=first.reason,
                     revoked_by=first.revoked_by,
                     if_needed=True,
-                    decided_ago=age,
+                    heard_at=datetime.fromtimestamp(max(w.heard or 0.0 for w in batch), timezone.utc),
                 )
             for w in batch:
                 self._pending.remove(w)
