@@ -201,11 +201,15 @@ class RevocationSync:
         if self.state is None:
             return None
         try:
-            return self.state.snapshot.read()
+            local = self.state.snapshot.read()
         except StateDamaged as exc:
             kept = self.state.snapshot.set_aside()
             logger.error("%s; set aside as %s, not used", exc, kept)
             return None
+        if local is not None and local.damaged:
+            logger.error("revstore: snapshot journal %s ends in %d unreadable bytes (a write cut short); using the "
+                         "snapshot as of marker %d", self.state.snapshot.journal_path, local.damaged, local.marker)
+        return local
 
     def _load_local(self, local: SnapshotRead, db_now: float) -> int:
         self.memory.prepare()
