@@ -285,18 +285,24 @@ class SnapshotFiles:
         except FileNotFoundError:
             journal = b""
         # a record only makes sense after every one before it: stop at damage
-        records, read.damaged = read_frames(journal, stop_at_damage=True)
+        records, _ = read_frames(journal, stop_at_damage=True)
+        good = 0
         for payload in records:
             try:
                 record = json.loads(payload)
-                if record["generation"] != self.generation:
-                    continue  # left from before the last rewrite of the base
-                changes = [(Target(k, v, h), d, bool(a)) for k, h, v, d, a in record["rows"]]
+                if record["generation"] == self.generation:  # else: from before the base was last rewritten
+                    changes = [(Target(k, v, h), d, bool(a)) for k, h, v, d, a in record["rows"]]
+                    read.changes += changes
+                    read.marker, read.db_time = int(record["marker"]), float(record["db_time"])
+                    read.wall_time = float(record["wall_time"])
             except (ValueError, KeyError, TypeError):
-                read.damaged += len(payload)
                 break
-            read.changes += changes
-            read.marker, read.db_time, read.wall_time = int(record["marker"]), record["db_time"], record["wall_time"]
+            good += _HEADER.size + len(payload)
+        read.damaged = len(journal) - good
+        if read.damaged:
+            # later records must follow the last good one, not the garbage
+            with open(self.journal_path, "r+b") as fh:
+                fh.truncate(good)
         return read
 
     # ----------------------------------------------------------- write

@@ -35,6 +35,8 @@ logger = logging.getLogger("revstore")
 BACKOFF_MIN, BACKOFF_MAX = 0.5, 30.0
 #: At most one "database unavailable" warning per this many seconds.
 WARN_EVERY = 30.0
+#: Queued writes heard within this many seconds of each other share a transaction.
+MERGE_WINDOW = 0.05
 
 
 @dataclass
@@ -387,10 +389,16 @@ class RevocationSync:
         """Commit queued writes, grouped so a burst becomes few transactions."""
         while self._pending:
             first = self._pending[0]
-            batch = [w for w in list(self._pending) if w.key() == first.key()]
+            # one transaction for writes heard close together: the store takes one
+            # "heard" time for all of them, the earliest, so a restore made after a
+            # revoke was heard always wins (one made up to MERGE_WINDOW before may too)
+            heard = first.heard or 0.0
+            batch = [w for w in list(self._pending)
+                     if w.key() == first.key() and abs((w.heard or 0.0) - heard) <= MERGE_WINDOW]
             targets = list(dict.fromkeys(t for w in batch for t in w.targets))
             started = time.monotonic()
-            age = self.clock.now() - max(w.heard or 0.0 for w in batch)
+            heard = min(w.heard or 0.0 for w in batch)
+            age = self.clock.now() - heard
             expires = first.expires
             if age > EXTEND_SLACK.total_seconds():  # replayed from the spool: expiry counts from when it was heard
                 expires = first.lifetime(self.settings.default_expires, age)
@@ -404,7 +412,7 @@ class RevocationSync:
                     reason=first.reason,
                     revoked_by=first.revoked_by,
                     if_needed=True,
-                    heard_at=datetime.fromtimestamp(max(w.heard or 0.0 for w in batch), timezone.utc),
+                    heard_at=datetime.fromtimestamp(heard, timezone.utc),
                 )
             for w in batch:
                 self._pending.remove(w)
