@@ -20,7 +20,7 @@ from typing import Any
 
 from sqlalchemy import create_engine, text
 
-from bench import cleanup, hotpath, memory, propagation, startup, write_path
+from bench import cleanup, hotpath, memory, propagation, snapshot_start, startup, write_path
 from bench.common import PG_URL, ROOT, Figure, redis_db, report, table
 
 DOC = ROOT / "docs" / "benchmarks.md"
@@ -180,6 +180,7 @@ def main() -> None:
     steps: list[tuple[str, Callable[[], list[Figure]]]] = [
         (startup.TITLE, lambda: startup.run(args.quick, keep=samples)),
         (memory.TITLE, lambda: memory.run(args.quick, samples=samples)),
+        (snapshot_start.TITLE, lambda: snapshot_start.run(args.quick)),
         (hotpath.TITLE, lambda: hotpath.run(args.quick)),
         (write_path.TITLE, lambda: write_path.run(args.quick)),
         (propagation.TITLE, lambda: propagation.run(args.quick)),
