@@ -16,6 +16,9 @@ skips a row that commits late (see ``docs/design.md``).  An un-revoke keeps the
 row as a tombstone (``active = false``) so running workers learn of it; the
 cleanup deletes tombstones after ``revstore_tombstone_ttl``.
 
+``schema_info`` holds the compatibility window a worker checks at start
+(see ``revstore.window``).
+
 The migrations in ``migrations/versions`` are the source of truth for DDL;
 this module must describe the head revision exactly (a test compares them).
 """
