@@ -140,7 +140,7 @@ class DbClock:
 def identity(store: RevocationStore) -> str:
     """What a file belongs to: database, schema and prefix (never the password)."""
     url = store.url.set(password=None)
-    if store.backend == "sqlite" and url.database not in (None, "", ":memory:"):
+    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
         url = url.set(database=os.path.abspath(url.database))
     return f"{url.render_as_string(hide_password=True)}|{store.tables.schema or ''}|{store.tables.prefix}"
 
