@@ -60,14 +60,25 @@ class PendingWrite:
 
     def record(self) -> dict[str, Any]:
         """As a spool record: plain JSON, read back by :meth:`from_record` after a crash."""
-        return {"t": [[t.kind, t.header, t.value] for t in self.targets], "term": self.terminate,
-                "sig": self.signal, "exp": "default" if self.expires is DEFAULT else self.expires,
-                "reason": self.reason, "by": self.revoked_by, "heard": self.heard}
+        record: dict[str, Any] = {"term": self.terminate, "sig": self.signal, "reason": self.reason,
+                                  "exp": "default" if self.expires is DEFAULT else self.expires,
+                                  "by": self.revoked_by, "heard": self.heard}
+        if all(t.kind == "task" for t in self.targets):
+            # task ids (never containing NUL) as one string: a million-id revoke
+            # is spooled on the event loop, and a list of lists costs seconds
+            record["ids"] = "\x00".join(t.value for t in self.targets)
+        else:
+            record["t"] = [[t.kind, t.header, t.value] for t in self.targets]
+        return record
 
     @classmethod
     def from_record(cls, record: dict[str, Any], seq: int) -> PendingWrite:
         expires = record.get("exp", "default")
-        return cls([Target(k, v, h) for k, h, v in record["t"]], bool(record.get("term")), record.get("sig"),
+        if "ids" in record:
+            targets = [Target("task", i) for i in record["ids"].split("\x00")]
+        else:
+            targets = [Target(k, v, h) for k, h, v in record["t"]]
+        return cls(targets, bool(record.get("term")), record.get("sig"),
                    DEFAULT if expires == "default" else expires, record.get("reason"), record.get("by"),
                    float(record["heard"]), seq)
 
