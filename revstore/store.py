@@ -122,6 +122,10 @@ class Revocation:
     def task_id(self) -> str:
         return self.target.value
 
+    def page_key(self) -> tuple[int, str, str, str]:
+        """Where the next page starts in :meth:`RevocationStore.search`."""
+        return (self.version, self.target.kind, self.target.header, self.target.value)
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "kind": self.target.kind,
@@ -1027,6 +1031,87 @@ class RevocationStore:
             {"pattern": f'%LISTEN%"{self.channel}"%'},
         ).scalars()
         return [name.removeprefix("revstore-listener ") for name in rows]
+
+    def search(
+        self,
+        text_: str | None = None,
+        *,
+        kind: Kind | None = None,
+        active: bool | None = True,
+        terminate: bool | None = None,
+        expiring_within: float | None = None,
+        after: tuple[int, str, str, str] | None = None,
+        limit: int = 50,
+    ) -> list[Revocation]:
+        """One page of rows for a browsing operator, newest write first.
+
+        ``text_`` matches an exact key or a key prefix, or a substring of the
+        reason or the revoker.  ``active`` True keeps unexpired revocations,
+        False keeps un-revoke tombstones, None keeps every row.  Pages are
+        keyset-paginated on ``(version, kind, header, value)`` (``after`` is
+        the last row's :meth:`Revocation.page_key`): an ``OFFSET`` deep into
+        a million rows would read and discard every row before it.
+        """
+        table = self.tables.revocations
+        now = self._now()
+        stmt = select(*self._columns())
+        if text_:
+            stmt = stmt.where(or_(
+                table.c.value == text_,
+                table.c.value.startswith(text_, autoescape=True),
+                table.c.reason.contains(text_, autoescape=True),
+                table.c.revoked_by.contains(text_, autoescape=True),
+            ))
+        if kind is not None:
+            stmt = stmt.where(table.c.kind == kind)
+        if active is True:
+            stmt = stmt.where(table.c.active, or_(table.c.expires_at.is_(None), table.c.expires_at > now))
+        elif active is False:
+            stmt = stmt.where(~table.c.active)
+        if terminate is not None:
+            stmt = stmt.where(table.c.terminate == terminate)
+        if expiring_within is not None:
+            horizon = self._now_plus(expiring_within)
+            stmt = stmt.where(table.c.expires_at > now, table.c.expires_at <= horizon)
+        key = tuple_(table.c.version, table.c.kind, table.c.header, table.c.value)
+        if after is not None:
+            stmt = stmt.where(key < tuple_(*(literal(v) for v in after)))
+        stmt = stmt.order_by(table.c.version.desc(), table.c.kind.desc(), table.c.header.desc(),
+                             table.c.value.desc()).limit(limit)
+
+        def read(conn: Connection) -> list[Revocation]:
+            db_now = self._db_now(conn)
+            return [self._row(r, db_now) for r in conn.execute(stmt)]
+
+        return self._run(read)
+
+    def _now_plus(self, seconds: float) -> Any:
+        """The database time ``seconds`` from now, as a SQL expression (bound, never inlined)."""
+        if self.backend == "sqlite":
+            return func.strftime("%Y-%m-%d %H:%M:%f000", "now", bindparam("shift", f"{float(seconds):+} seconds"))
+        return func.now() + bindparam("shift", timedelta(seconds=float(seconds)))
+
+    def overview(self, expiring_within: float = 3600.0, days: int = 14) -> dict[str, Any]:
+        """What an operator's front page shows: :meth:`stats`, what expires soon, and writes per day."""
+        table = self.tables.revocations
+        out = self.stats()
+
+        def read(conn: Connection) -> None:
+            now = self._now()
+            out["expiring_soon"] = int(conn.execute(
+                select(func.count()).where(table.c.active, table.c.expires_at > now,
+                                           table.c.expires_at <= self._now_plus(expiring_within))
+            ).scalar_one())
+            day = func.date(table.c.revoked_at)
+            since = self._now_plus(-days * 86400.0)
+            out["per_day"] = [
+                (str(d), int(n)) for d, n in conn.execute(
+                    select(day, func.count()).where(table.c.revoked_at >= since).group_by(day).order_by(day))
+            ]
+            out["expiring_within"] = expiring_within
+
+        self._run(read)
+        return out
 
     def ping(self) -> None:
         """Raise DatabaseUnavailable/SchemaError unless the tables can be read."""
