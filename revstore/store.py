@@ -122,9 +122,9 @@ class Revocation:
     def task_id(self) -> str:
         return self.target.value
 
-    def page_key(self) -> tuple[int, str, str, str]:
+    def page_key(self) -> tuple[str, str, str]:
         """Where the next page starts in :meth:`RevocationStore.search`."""
-        return (self.version, self.target.kind, self.target.header, self.target.value)
+        return (self.target.kind, self.target.header, self.target.value)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -1040,48 +1040,52 @@ class RevocationStore:
         active: bool | None = True,
         terminate: bool | None = None,
         expiring_within: float | None = None,
-        after: tuple[int, str, str, str] | None = None,
+        after: tuple[str, str, str] | None = None,
         limit: int = 50,
     ) -> list[Revocation]:
-        """One page of rows for a browsing operator, newest write first.
+        """One page of rows for a browsing operator, in key order.
 
-        ``text_`` matches an exact key or a key prefix, or a substring of the
-        reason or the revoker.  ``active`` True keeps unexpired revocations,
-        False keeps un-revoke tombstones, None keeps every row.  Pages are
-        keyset-paginated on ``(version, kind, header, value)`` (``after`` is
-        the last row's :meth:`Revocation.page_key`): an ``OFFSET`` deep into
-        a million rows would read and discard every row before it.
+        ``text_`` matches a task or root id by prefix (an exact id included),
+        or a substring of the reason or the revoker.  ``active`` True keeps
+        unexpired revocations, False keeps un-revoke tombstones, None keeps
+        every row.  Pages follow the primary key (``after`` is the last row's
+        :meth:`Revocation.page_key`): a page deep in a million rows costs what
+        the first does, where an ``OFFSET`` would read every row before it.
         """
         table = self.tables.revocations
-        now = self._now()
+        key = tuple_(table.c.kind, table.c.header, table.c.value)
         stmt = select(*self._columns())
-        if text_:
-            stmt = stmt.where(or_(
-                table.c.value == text_,
-                table.c.value.startswith(text_, autoescape=True),
-                table.c.reason.contains(text_, autoescape=True),
-                table.c.revoked_by.contains(text_, autoescape=True),
-            ))
         if kind is not None:
             stmt = stmt.where(table.c.kind == kind)
         if active is True:
-            stmt = stmt.where(table.c.active, or_(table.c.expires_at.is_(None), table.c.expires_at > now))
+            stmt = stmt.where(table.c.active, or_(table.c.expires_at.is_(None), table.c.expires_at > self._now()))
         elif active is False:
             stmt = stmt.where(~table.c.active)
         if terminate is not None:
             stmt = stmt.where(table.c.terminate == terminate)
         if expiring_within is not None:
-            horizon = self._now_plus(expiring_within)
-            stmt = stmt.where(table.c.expires_at > now, table.c.expires_at <= horizon)
-        key = tuple_(table.c.version, table.c.kind, table.c.header, table.c.value)
+            stmt = stmt.where(table.c.expires_at > self._now(), table.c.expires_at <= self._now_plus(expiring_within))
         if after is not None:
-            stmt = stmt.where(key < tuple_(*(literal(v) for v in after)))
-        stmt = stmt.order_by(table.c.version.desc(), table.c.kind.desc(), table.c.header.desc(),
-                             table.c.value.desc()).limit(limit)
+            stmt = stmt.where(key > tuple_(*(literal(v) for v in after)))
+        in_key_order = [table.c.kind, table.c.header, table.c.value]
+        if text_:
+            # Two index-friendly reads instead of one OR: ids by a primary-key
+            # range; reasons and revokers by a scan that sorts only its
+            # matches ("kind || ''" keeps the planner from walking the whole
+            # key index in order, testing every row, to find a few).
+            ids = stmt.where(table.c.kind.in_(("task", "root")), table.c.header == "",
+                             table.c.value >= text_, table.c.value < text_ + "\U0010ffff")
+            words = stmt.where(or_(table.c.reason.contains(text_, autoescape=True),
+                                   table.c.revoked_by.contains(text_, autoescape=True)))
+            reads = [ids.order_by(*in_key_order).limit(limit),
+                     words.order_by(table.c.kind.concat(""), table.c.header, table.c.value).limit(limit)]
+        else:
+            reads = [stmt.order_by(*in_key_order).limit(limit)]
 
         def read(conn: Connection) -> list[Revocation]:
             db_now = self._db_now(conn)
-            return [self._row(r, db_now) for r in conn.execute(stmt)]
+            found = {r.target: r for q in reads for r in (self._row(row, db_now) for row in conn.execute(q))}
+            return sorted(found.values(), key=Revocation.page_key)[:limit]
 
         return self._run(read)
 

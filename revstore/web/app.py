@@ -306,17 +306,17 @@ def _detail_link(target: Target) -> str:
     return "/revocation?" + urlencode(query)
 
 
-def _encode_cursor(key: tuple[int, str, str, str]) -> str:
+def _encode_cursor(key: tuple[str, str, str]) -> str:
     return base64.urlsafe_b64encode(json.dumps(list(key)).encode()).decode()
 
 
-def _decode_cursor(text: str | None) -> tuple[int, str, str, str] | None:
+def _decode_cursor(text: str | None) -> tuple[str, str, str] | None:
     """The page cursor from the URL; a tampered one just starts from the first page."""
     if not text:
         return None
     try:
-        version, kind, header, value = json.loads(base64.urlsafe_b64decode(text.encode()))
-        return int(version), str(kind), str(header), str(value)
+        kind, header, value = json.loads(base64.urlsafe_b64decode(text.encode()))
+        return str(kind), str(header), str(value)
     except (ValueError, TypeError, binascii.Error):
         return None
 
