@@ -7,7 +7,6 @@ checkout's workers, on one PostgreSQL schema and one Redis broker.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import time
 import uuid
@@ -131,5 +130,38 @@ def test_fleet_rolls_from_the_previous_release_without_refusal_or_lost_revocatio
         assert all(store.get(i) is not None and store.get(i).active for i in ids.values())  # type: ignore[union-attr]
         check = new_cli(*opts, "db", "check")
         assert check.code == 0 and check.out.startswith("revstore: compatible"), check.text
+    finally:
+        store.dispose()
+
+
+def refusal(worker: Worker) -> str:
+    """The worker exits non-zero, saying why in one CRITICAL line and no traceback."""
+    assert worker.proc is not None and worker.proc.wait(60) != 0
+    log = worker.output()
+    critical = [line for line in log.splitlines() if "CRITICAL" in line]
+    assert len(critical) == 1 and "Traceback" not in log, log[-3000:]
+    return critical[0]
+
+
+@pytest.mark.timeout(300)
+def test_workers_start_inside_the_window_and_refuse_outside_it(
+    legacy: Release, fleet: Cluster, pg_schema: str, later_release
+) -> None:  # type: ignore[no-untyped-def]
+    """0.3.0's expand step keeps 0.1.0 and 0.2.0 starting; its contract step ends both."""
+    store = RevocationStore(PG_BASE, schema=pg_schema)
+    try:
+        migrate.upgrade(store)  # up to 0.3.0's expand step (the scripts here include 0.3.0's)
+        old = fleet.worker("old", release=legacy).start()
+        new = fleet.worker("new").start()  # schema 0901 is unknown to it: its window decides
+        assert "older than the schema's release" in new_cli("--url", PG_BASE, "--schema", pg_schema,
+                                                            "db", "check").out
+        migrate.contract(store)
+        for w in (old, new):
+            w.kill()
+            w.start(wait=False)
+        assert "newer than this revstore knows" in refusal(old) and "upgrade the revstore package" in old.output()
+        line = refusal(new)
+        assert f"newer than this revstore {revstore.__version__} can run against: it needs revstore 0.3.0" in line
+        assert line.endswith("upgrade the revstore package")
     finally:
         store.dispose()

@@ -7,7 +7,6 @@ steps, so the contract path is exercised although 0.2.0 ships none.
 
 from __future__ import annotations
 
-import shutil
 import tomllib
 from pathlib import Path
 
@@ -40,51 +39,6 @@ def test_every_migration_declares_a_window_that_follows_the_rules() -> None:
             assert not (before.phase == "contract" and step.phase == "expand"), step
     assert release_key(steps[-1].release) <= release_key(revstore.__version__)
     assert tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"] == revstore.__version__
-
-
-LATER = '''"""A later release's {phase} step (test only)."""
-import sqlalchemy as sa
-from alembic import context, op
-
-revision = "{rev}"
-down_revision = "{down}"
-branch_labels = None
-depends_on = None
-phase = "{phase}"
-release = "0.3.0"
-oldest_release = "{oldest}"
-
-
-def _name():
-    tables = context.config.attributes["revstore_tables"]
-    return tables.prefix + "later", tables.schema
-
-
-def upgrade():
-    name, schema = _name()
-    {up}
-
-
-def downgrade():
-    name, schema = _name()
-    {down_body}
-'''
-
-
-@pytest.fixture
-def later_release(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """This package's migrations plus 0.3.0's: an expand step, then a contract step."""
-    scripts = tmp_path / "migrations"
-    shutil.copytree(migrate.migrations_dir(), scripts, ignore=shutil.ignore_patterns("__pycache__"))
-    head = migrate.head_revision()
-    create = 'op.create_table(name, sa.Column("id", sa.Integer, primary_key=True), schema=schema)'
-    drop = "op.drop_table(name, schema=schema)"
-    (scripts / "versions" / "0901_later_expand.py").write_text(LATER.format(
-        rev="0901", down=head, phase="expand", oldest=migrate.chain().head.oldest_release, up=create, down_body=drop))
-    (scripts / "versions" / "0902_later_contract.py").write_text(LATER.format(
-        rev="0902", down="0901", phase="contract", oldest="0.3.0", up=drop, down_body=create))
-    monkeypatch.setattr(migrate, "migrations_dir", lambda: scripts)
-    return scripts
 
 
 def legacy_revision(store: RevocationStore) -> str:
