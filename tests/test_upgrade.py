@@ -18,7 +18,7 @@ from celery import Celery
 
 import revstore
 from cli_helpers import revstore as new_cli
-from conftest import PG_BASE
+from conftest import LATER_RELEASE, PG_BASE
 from harness import Cluster, Worker, wait_for
 from releases import Release, build, previous_version
 from revstore import migrate
@@ -147,13 +147,13 @@ def refusal(worker: Worker) -> str:
 def test_workers_start_inside_the_window_and_refuse_outside_it(
     legacy: Release, fleet: Cluster, pg_schema: str, later_release
 ) -> None:  # type: ignore[no-untyped-def]
-    """0.3.0's expand step keeps 0.1.0 and 0.2.0 starting; its contract step ends both."""
+    """The next release's expand step keeps 0.1.0 and this release starting; its contract step ends both."""
     store = RevocationStore(PG_BASE, schema=pg_schema)
     try:
-        migrate.upgrade(store)  # up to 0.3.0's expand step (the scripts here include 0.3.0's)
+        migrate.upgrade(store)  # up to the next release's expand step (the scripts here include it)
         old = fleet.worker("old", release=legacy).start()
         new = fleet.worker("new").start()  # schema 0901 is unknown to it: its window decides
-        assert "older than the schema's release" in new_cli("--url", PG_BASE, "--schema", pg_schema,
+        assert "has no script for it" in new_cli("--url", PG_BASE, "--schema", pg_schema,
                                                             "db", "check").out
         migrate.contract(store)
         for w in (old, new):
@@ -161,7 +161,7 @@ def test_workers_start_inside_the_window_and_refuse_outside_it(
             w.start(wait=False)
         assert "newer than this revstore knows" in refusal(old) and "upgrade the revstore package" in old.output()
         line = refusal(new)
-        assert f"newer than this revstore {revstore.__version__} can run against: it needs revstore 0.3.0" in line
+        assert f"than this revstore {revstore.__version__} can run against: it needs revstore {LATER_RELEASE}" in line
         assert line.endswith("upgrade the revstore package")
     finally:
         store.dispose()
