@@ -17,6 +17,7 @@ from typing import Any, Mapping
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
+from . import backends
 from .errors import ConfigurationError
 
 #: Revocations live a week unless the revoker says otherwise.  A week is far
@@ -58,6 +59,9 @@ ENV = {
     "revstore_tombstone_ttl": "REVSTORE_TOMBSTONE_TTL",
     "revstore_start_without_db": "REVSTORE_START_WITHOUT_DB",
     "revstore_listen": "REVSTORE_LISTEN",
+    "revstore_web_token": "REVSTORE_WEB_TOKEN",
+    "revstore_web_user": "REVSTORE_WEB_USER",
+    "revstore_web_password": "REVSTORE_WEB_PASSWORD",
 }
 
 
@@ -90,15 +94,14 @@ def normalize_url(raw: str) -> URL:
             "use e.g. postgresql://user@host/db or sqlite:///path/revstore.sqlite3"
         ) from None
     backend = url.get_backend_name()
-    if backend == "postgresql" and url.drivername == "postgresql":
-        url = url.set(drivername="postgresql+psycopg")
-    elif backend in ("mysql", "mariadb") and "+" not in url.drivername:
-        url = url.set(drivername=f"{backend}+pymysql")
-    if backend not in ("postgresql", "sqlite", "mysql", "mariadb"):
+    if not backends.is_known(backend):
         raise ConfigurationError(
             f"revstore: unsupported database {backend!r} in {mask_url(url)}; "
             "use a postgresql:// or sqlite:/// URL"
         )
+    driver = backends.default_driver(backend)
+    if driver is not None and "+" not in url.drivername:
+        url = url.set(drivername=f"{backend}+{driver}")
     return url
 
 
@@ -177,6 +180,12 @@ def _lookup(name: str, explicit: Mapping[str, Any], conf: Mapping[str, Any] | No
     return environ.get(ENV[name])
 
 
+def setting(name: str, conf: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None,
+            explicit: Mapping[str, Any] | None = None) -> Any:
+    """One raw setting by the same precedence as :func:`load_settings`, for optional features' own settings."""
+    return _lookup(name, explicit or {}, conf, os.environ if environ is None else environ)
+
+
 def load_settings(
     conf: Mapping[str, Any] | None = None,
     environ: Mapping[str, str] | None = None,
@@ -192,8 +201,9 @@ def load_settings(
     schema = get("revstore_schema") or None
     if schema is not None and not _SCHEMA_RE.match(str(schema)):
         raise ConfigurationError(f"revstore: revstore_schema={schema!r} must be a plain SQL identifier")
-    if schema is not None and url is not None and url.get_backend_name() == "sqlite":
-        raise ConfigurationError("revstore: revstore_schema is for PostgreSQL; leave it unset with SQLite")
+    if schema is not None and url is not None and not backends.for_dialect(url.get_backend_name()).supports_schema:
+        raise ConfigurationError(
+            f"revstore: revstore_schema is for PostgreSQL; leave it unset with {url.get_backend_name()}")
 
     prefix = get("revstore_table_prefix")
     prefix = DEFAULT_TABLE_PREFIX if prefix is None else str(prefix)
