@@ -90,7 +90,11 @@ class Revstore(bootsteps.StartStopStep):
         if self.settings.listen and sync.store.backend == "postgresql" and sync.listener is None:
             from .listener import Listener
 
-            sync.listener = Listener(sync.store.url, sync.store.channel, sync.request_sync, c.hostname)
+            sync.listener = Listener(
+                self.settings.listen_url or sync.store.url, sync.store.channel, sync.request_sync,
+                probe=sync.store.notify, name=c.hostname, check_interval=self.settings.listen_check_interval,
+                fallback_interval=self.settings.poll_interval(False),
+            )
             sync.listener.start()
         if c.hub is not None:
             if self._waker is None:

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .config import load_settings
+from .config import load_settings, mask_url
 from .errors import ConfigurationError
 from .store import DEFAULT, RevocationStore, Target
 
@@ -166,6 +166,28 @@ def restore(app: Any, task_ids: str | Iterable[str], broadcast: bool = True) -> 
     if broadcast:
         _broadcast(app, "revstore_sync", RevokeReport([], 0, False))
     return result.changed
+
+
+def wake_workers(app: Any = None, broker_url: str | None = None, timeout: float = 5.0) -> str | None:
+    """Broadcast ``revstore_sync`` so every connected worker pulls now; None, or why it failed.
+
+    For writers that have no Celery app (the CLI without ``-A``): a bare app
+    on ``broker_url`` is enough, since ``revstore_sync`` carries nothing.
+    The broker's fanout reaches all workers at once; the table stays the
+    record, so a failure here only delays workers until their next sync.
+    """
+    if app is None:
+        from celery import Celery
+
+        app = Celery("revstore-wake", broker=broker_url, set_as_current=False)
+    try:
+        with app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=timeout)
+            app.control.broadcast("revstore_sync", connection=conn)
+    except Exception as exc:
+        text = str(exc).strip()
+        return mask_url(text.splitlines()[0] if text else type(exc).__name__)
+    return None
 
 
 def is_revoked(app: Any, task_id: str) -> bool:

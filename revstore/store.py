@@ -289,13 +289,15 @@ class RevocationStore:
         default_expires: float | None = _config.DEFAULT_EXPIRES,
         tombstone_ttl: float = _config.DEFAULT_TOMBSTONE_TTL,
         engine: Engine | None = None,
-        pool_size: int = 2,
+        pool_size: int = _config.DEFAULT_POOL_SIZE,
+        max_overflow: int = _config.DEFAULT_POOL_MAX_OVERFLOW,
+        prepare_threshold: int | None = None,
     ) -> None:
         self.url = _config.normalize_url(str(url)) if not isinstance(url, URL) else url
         self.tables: Tables = build_tables(table_prefix, schema)
         self.default_expires = default_expires
         self.tombstone_ttl = tombstone_ttl
-        self.engine = engine or self._make_engine(pool_size)
+        self.engine = engine or self._make_engine(pool_size, max_overflow, prepare_threshold)
         self.backend = self.engine.dialect.name
         self._returning = bool(getattr(self.engine.dialect, "update_returning", False))
 
@@ -309,12 +311,15 @@ class RevocationStore:
             table_prefix=settings.table_prefix,
             default_expires=settings.default_expires,
             tombstone_ttl=settings.tombstone_ttl,
+            pool_size=settings.pool_size,
+            max_overflow=settings.pool_max_overflow,
+            prepare_threshold=settings.prepare_threshold,
             **kwargs,
         )
 
     # ----------------------------------------------------------------- setup
 
-    def _make_engine(self, pool_size: int) -> Engine:
+    def _make_engine(self, pool_size: int, max_overflow: int, prepare_threshold: int | None) -> Engine:
         backend = self.url.get_backend_name()
         kwargs: dict[str, Any] = {"pool_pre_ping": True}
         if backend == "sqlite":
@@ -323,8 +328,13 @@ class RevocationStore:
             # timeout is how long they queue.
             kwargs["connect_args"] = {"isolation_level": "IMMEDIATE", "timeout": 30, "check_same_thread": False}
         elif backend == "postgresql":
-            kwargs["connect_args"] = {"connect_timeout": 5, "application_name": "revstore"}
-            kwargs.update(pool_size=pool_size, max_overflow=4)
+            # prepare_threshold None: psycopg prepares nothing on the server.
+            # Behind a transaction pooler (PgBouncer) the next transaction
+            # runs on another server connection, where a prepared name is
+            # missing or already taken by another client.
+            kwargs["connect_args"] = {"connect_timeout": 5, "application_name": "revstore",
+                                      "prepare_threshold": prepare_threshold}
+            kwargs.update(pool_size=pool_size, max_overflow=max_overflow)
         try:
             engine = create_engine(self.url, **kwargs)
         except (NoSuchModuleError, ModuleNotFoundError, ImportError) as exc:
@@ -338,6 +348,11 @@ class RevocationStore:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+    def release_idle(self) -> None:
+        """Close the pooled connections no thread is using (``revstore_pool_idle_timeout``)."""
+        if self.engine.pool.checkedin():
+            self.engine.dispose(close=True)
 
     def _connect(self) -> Connection:
         try:
@@ -421,6 +436,10 @@ class RevocationStore:
     def _notify(self, conn: Connection, version: int) -> None:
         if self.backend == "postgresql":
             conn.execute(select(func.pg_notify(self.channel, str(version))))
+
+    def notify(self, channel: str, payload: str = "") -> None:
+        """Send a PostgreSQL notification the way writers do (a listener's liveness probe)."""
+        self._run(lambda conn: conn.execute(select(func.pg_notify(channel, payload))))
 
     @property
     def channel(self) -> str:
@@ -1012,6 +1031,7 @@ class RevocationStore:
             out["purged_version"] = int(purged)
             if self.backend == "postgresql":
                 out["listeners"] = self._listeners(conn)
+                out["connections"] = self._connections(conn)
             return out
 
         return self._run(read)
@@ -1027,6 +1047,24 @@ class RevocationStore:
             {"pattern": f'%LISTEN%"{self.channel}"%'},
         ).scalars()
         return [name.removeprefix("revstore-listener ") for name in rows]
+
+    def _connections(self, conn: Connection) -> dict[str, int]:
+        """Server connections revstore holds, as ``role/application`` -> count.
+
+        Listener names (one per worker) are counted as one group.  Behind a
+        pooler these are the pooler's server connections, named after the
+        last client that used them.
+        """
+        name = case((column("application_name").like("revstore-listener %"), literal("revstore-listener")),
+                    else_=column("application_name"))
+        rows = conn.execute(
+            select(column("usename"), name, func.count())
+            .select_from(text("pg_stat_activity"))
+            .where(column("datname") == func.current_database(), column("application_name").like("revstore%"))
+            .group_by(column("usename"), name)
+            .order_by(column("usename"), name)
+        ).all()
+        return {f"{role}/{app}": int(n) for role, app, n in rows}
 
     def ping(self) -> None:
         """Raise DatabaseUnavailable/SchemaError unless the tables can be read."""
