@@ -202,25 +202,31 @@ def _describe(row: Revocation) -> str:
     return f"{row.target}\t{state}{term}\texpires={expires}\tby={row.revoked_by}{reason}"
 
 
-def _wake(ctx: Context, broker: str | None) -> str:
-    """Send workers a ``revstore_sync`` through the broker, when one is known; a note for the output."""
+def _waker(ctx: Context, broker: str | None) -> Callable[[], str]:
+    """Connect to the broker to wake workers with, when one is known; the returned
+    call sends ``revstore_sync`` and gives a note for the output line."""
     import os
 
     if broker is not None and broker.strip().lower() in ("", "none"):
-        return ""
+        return lambda: ""
     app = ctx.app if broker is None else None
     url = broker or (None if app is not None else os.environ.get("CELERY_BROKER_URL"))
     if app is None and not url:
-        return ""
-    from .client import wake_workers
+        return lambda: ""
+    from .client import Waker
 
+    waker = Waker(app=app, broker_url=url)
     where = _config.mask_url(url) if url else "the app's broker"
-    problem = wake_workers(app=app, broker_url=url)
-    if problem is not None:
-        click.echo(f"revstore: stored, but the wake-up through {where} failed ({problem}); "
-                   "workers apply it at their next sync", err=True)
-        return ""
-    return f"; workers woken through {where}"
+
+    def send() -> str:
+        problem = waker.send()
+        if problem is not None:
+            click.echo(f"revstore: stored, but the wake-up through {where} failed ({problem}); "
+                       "workers apply it at their next sync", err=True)
+            return ""
+        return f"; workers woken through {where}"
+
+    return send
 
 
 _broker_option = click.option(
@@ -249,8 +255,9 @@ def revoke_cmd(ctx: Context, ids: tuple[str, ...], terminate: bool, sig: str | N
     if sig is not None and not terminate:
         raise ConfigurationError("revstore: --signal only makes sense with --terminate")
     lifetime = DEFAULT if expires is None else _config.parse_duration(expires)
+    wake = _waker(ctx, broker)
     result = ctx.store.add(targets, terminate=terminate, signal=sig, reason=reason, expires=lifetime)
-    click.echo(f"revstore: revoked {len(targets)} ({result.changed} new or changed){_wake(ctx, broker)}")
+    click.echo(f"revstore: revoked {len(targets)} ({result.changed} new or changed){wake()}")
 
 
 @main_group.command("restore")
@@ -262,8 +269,10 @@ def revoke_cmd(ctx: Context, ids: tuple[str, ...], terminate: bool, sig: str | N
 @user_errors
 def restore_cmd(ctx: Context, ids: tuple[str, ...], root: bool, stamps: tuple[str, ...], broker: str | None) -> None:
     """Un-revoke: the tasks may run again once workers sync."""
-    result = ctx.store.remove(_targets(ids, root, stamps))
-    click.echo(f"revstore: restored {result.changed}{_wake(ctx, broker)}")
+    targets = _targets(ids, root, stamps)
+    wake = _waker(ctx, broker)
+    result = ctx.store.remove(targets)
+    click.echo(f"revstore: restored {result.changed}{wake()}")
 
 
 @main_group.command("list")
