@@ -95,11 +95,7 @@ class PgProxy:
         except OSError:
             pass
         finally:
-            for s in (src, dst):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+            _shutdown(src, dst)
 
     def _filter(self, src: socket.socket, dst: socket.socket) -> None:
         """Like _pipe for server messages (type byte, int32 length), leaving out
@@ -124,11 +120,16 @@ class PgProxy:
         except OSError:
             pass
         finally:
-            for s in (src, dst):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+            _shutdown(src, dst)
 
     def close(self) -> None:
         self.down()
+
+
+def _shutdown(*socks: socket.socket) -> None:
+    """End both directions of a piped pair: the other pipe thread then stops too."""
+    for s in socks:
+        try:
+            s.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass

@@ -282,3 +282,26 @@ def test_cli_and_migrations_through_pgbouncer(mode, pgbouncer, request, pg_schem
     assert "b\tactive" in listed and "a\t" not in listed
     assert "connections:" in cli(env, "stats")
     assert "downgraded" in cli(env, "db", "downgrade", "base")
+
+
+def test_idle_worker_holds_one_connection_and_releases_it_after_the_idle_timeout(pg_store) -> None:
+    from revstore.config import load_settings
+    from revstore.memory import WorkerMemory
+    from revstore.sync import RevocationSync
+
+    settings = load_settings(conf={}, environ={}, revstore_url=PG_BASE, revstore_schema=pg_store.tables.schema,
+                             revstore_sync_interval=3, revstore_pool_idle_timeout=1)
+    store = RevocationStore.from_settings(settings)
+    sync = RevocationSync(store, settings, WorkerMemory(), "idle@test")
+    try:
+        sync.load()
+        pool = store.engine.pool
+        assert pool.checkedin() == 1 and pool.checkedout() == 0  # one connection at rest
+        sync.start()
+        wait_for(lambda: pool.checkedin() == 0, 5, what="the idle connection to be closed")
+        wait_for(lambda: sync.last_sync_ok is not None, 10, what="the next poll")
+        assert pool.checkedin() <= 1
+        wait_for(lambda: pool.checkedin() == 0, 5, what="the idle connection to be closed again")
+    finally:
+        sync.close()
+        store.dispose()
