@@ -87,15 +87,14 @@ class Revstore(bootsteps.StartStopStep):
                 logger.error("%s; starting anyway (revstore_start_without_db) and retrying the load", exc)
         else:
             sync.request_sync()  # reconnected to the broker: catch up at once
-        if self.settings.listen and sync.store.backend == "postgresql" and sync.listener is None:
-            from .listener import Listener
-
-            sync.listener = Listener(
-                self.settings.listen_url or sync.store.url, sync.store.channel, sync.request_sync,
-                probe=sync.store.notify, name=c.hostname, check_interval=self.settings.listen_check_interval,
+        if self.settings.listen and sync.listener is None:
+            sync.listener = sync.store.listener(
+                sync.request_sync, c.hostname, url=self.settings.listen_url,
+                check_interval=self.settings.listen_check_interval,
                 fallback_interval=self.settings.poll_interval(False),
             )
-            sync.listener.start()
+            if sync.listener is not None:
+                sync.listener.start()
         if c.hub is not None:
             if self._waker is None:
                 self._waker = LoopWaker()

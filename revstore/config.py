@@ -17,6 +17,7 @@ from typing import Any, Mapping
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
+from . import backends
 from .errors import ConfigurationError
 
 #: Revocations live a week unless the revoker says otherwise.  A week is far
@@ -105,15 +106,14 @@ def normalize_url(raw: str) -> URL:
             "use e.g. postgresql://user@host/db or sqlite:///path/revstore.sqlite3"
         ) from None
     backend = url.get_backend_name()
-    if backend == "postgresql" and url.drivername == "postgresql":
-        url = url.set(drivername="postgresql+psycopg")
-    elif backend in ("mysql", "mariadb") and "+" not in url.drivername:
-        url = url.set(drivername=f"{backend}+pymysql")
-    if backend not in ("postgresql", "sqlite", "mysql", "mariadb"):
+    if not backends.is_known(backend):
         raise ConfigurationError(
             f"revstore: unsupported database {backend!r} in {mask_url(url)}; "
             "use a postgresql:// or sqlite:/// URL"
         )
+    driver = backends.default_driver(backend)
+    if driver is not None and "+" not in url.drivername:
+        url = url.set(drivername=f"{backend}+{driver}")
     return url
 
 
@@ -229,8 +229,9 @@ def load_settings(
     schema = get("revstore_schema") or None
     if schema is not None and not _SCHEMA_RE.match(str(schema)):
         raise ConfigurationError(f"revstore: revstore_schema={schema!r} must be a plain SQL identifier")
-    if schema is not None and url is not None and url.get_backend_name() == "sqlite":
-        raise ConfigurationError("revstore: revstore_schema is for PostgreSQL; leave it unset with SQLite")
+    if schema is not None and url is not None and not backends.for_dialect(url.get_backend_name()).supports_schema:
+        raise ConfigurationError(
+            f"revstore: revstore_schema is for PostgreSQL; leave it unset with {url.get_backend_name()}")
 
     prefix = get("revstore_table_prefix")
     prefix = DEFAULT_TABLE_PREFIX if prefix is None else str(prefix)
@@ -248,9 +249,10 @@ def load_settings(
     batch = num("revstore_cleanup_batch", DEFAULT_CLEANUP_BATCH, 1)
     raw_listen_url = get("revstore_listen_url")
     listen_url = normalize_url(str(raw_listen_url)) if raw_listen_url not in (None, "") else None
-    if listen_url is not None and listen_url.get_backend_name() != "postgresql":
+    if listen_url is not None and url is not None and listen_url.get_backend_name() != url.get_backend_name():
         raise ConfigurationError(
-            f"revstore: revstore_listen_url={mask_url(listen_url)} must be a postgresql:// URL (LISTEN is PostgreSQL's)"
+            f"revstore: revstore_listen_url={mask_url(listen_url)} must reach the same database as revstore_url "
+            f"({mask_url(url)}), only by another route (e.g. directly rather than through a pooler)"
         )
 
     def count(name: str, default: int | None, minimum: int, allow_none: bool = False) -> int | None:

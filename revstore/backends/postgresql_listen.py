@@ -28,7 +28,7 @@ from typing import Any
 
 from sqlalchemy.engine import URL
 
-from .config import DEFAULT_LISTEN_CHECK_INTERVAL, mask_url
+from ..config import DEFAULT_LISTEN_CHECK_INTERVAL, mask_url
 
 logger = logging.getLogger("revstore")
 
