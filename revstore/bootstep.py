@@ -88,7 +88,11 @@ class Revstore(bootsteps.StartStopStep):
         else:
             sync.request_sync()  # reconnected to the broker: catch up at once
         if self.settings.listen and sync.listener is None:
-            sync.listener = sync.store.listener(sync.request_sync, c.hostname)
+            sync.listener = sync.store.listener(
+                sync.request_sync, c.hostname, url=self.settings.listen_url,
+                check_interval=self.settings.listen_check_interval,
+                fallback_interval=self.settings.poll_interval(False),
+            )
             if sync.listener is not None:
                 sync.listener.start()
         if c.hub is not None:

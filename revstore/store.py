@@ -25,7 +25,7 @@ from sqlalchemy.exc import DBAPIError, NoSuchModuleError, OperationalError, Prog
 
 from . import backends as _backends
 from . import config as _config
-from .backends import Backend, Listener
+from .backends import Backend, Listener, Pooling
 from .errors import ConfigurationError, DatabaseUnavailable, InvalidInput, SchemaError
 from .records import (
     Changes,
@@ -72,7 +72,9 @@ class RevocationStore:
         default_expires: float | None = _config.DEFAULT_EXPIRES,
         tombstone_ttl: float = _config.DEFAULT_TOMBSTONE_TTL,
         engine: Engine | None = None,
-        pool_size: int = 2,
+        pool_size: int = _config.DEFAULT_POOL_SIZE,
+        max_overflow: int = _config.DEFAULT_POOL_MAX_OVERFLOW,
+        prepare_threshold: int | None = None,
     ) -> None:
         self.url = _config.normalize_url(str(url)) if not isinstance(url, URL) else url
         self.tables: Tables = build_tables(table_prefix, schema)
@@ -81,7 +83,7 @@ class RevocationStore:
         #: what this database does its own way (see revstore.backends)
         self.backend: Backend = _backends.for_dialect(
             engine.dialect.name if engine is not None else self.url.get_backend_name())
-        self.engine = engine or self._make_engine(pool_size)
+        self.engine = engine or self._make_engine(Pooling(pool_size, max_overflow, prepare_threshold))
         self._returning = bool(getattr(self.engine.dialect, "update_returning", False))
 
     @classmethod
@@ -94,14 +96,17 @@ class RevocationStore:
             table_prefix=settings.table_prefix,
             default_expires=settings.default_expires,
             tombstone_ttl=settings.tombstone_ttl,
+            pool_size=settings.pool_size,
+            max_overflow=settings.pool_max_overflow,
+            prepare_threshold=settings.prepare_threshold,
             **kwargs,
         )
 
     # ----------------------------------------------------------------- setup
 
-    def _make_engine(self, pool_size: int) -> Engine:
+    def _make_engine(self, pooling: Pooling) -> Engine:
         try:
-            engine = create_engine(self.url, **self.backend.engine_options(pool_size))
+            engine = create_engine(self.url, **self.backend.engine_options(pooling))
         except (NoSuchModuleError, ModuleNotFoundError, ImportError) as exc:
             raise ConfigurationError(
                 f"revstore: no database driver for {_config.mask_url(self.url)} ({exc}); {self.backend.driver_hint}"
@@ -111,6 +116,11 @@ class RevocationStore:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+    def release_idle(self) -> None:
+        """Close the pooled connections no thread is using (``revstore_pool_idle_timeout``)."""
+        if self.engine.pool.checkedin():
+            self.engine.dispose(close=True)
 
     def _connect(self) -> Connection:
         try:
@@ -188,14 +198,25 @@ class RevocationStore:
     def _notify(self, conn: Connection, version: int) -> None:
         self.backend.notify(conn, self.channel, version)
 
+    def notify(self, channel: str) -> None:
+        """Notify ``channel`` the way writers do, pooler included (a listener's liveness probe)."""
+        self._run(lambda conn: self.backend.notify(conn, channel, 0))
+
     @property
     def channel(self) -> str:
         """The channel writers signal on where the database can push changes (one per installation)."""
         return f"{self.tables.schema or 'public'}.{self.tables.prefix}changes"[:63]
 
-    def listener(self, on_change: Any, name: str) -> Listener | None:
-        """A not yet started listener calling ``on_change`` when anyone writes; None where changes can only be polled."""
-        return self.backend.listener(self.url, self.channel, on_change, name)
+    def listener(self, on_change: Any, name: str, *, url: URL | None = None,
+                 check_interval: float = _config.DEFAULT_LISTEN_CHECK_INTERVAL,
+                 fallback_interval: float = _config.DEFAULT_SYNC_INTERVAL) -> Listener | None:
+        """A not yet started listener calling ``on_change`` when anyone writes; None where changes can only be polled.
+
+        It connects to ``url`` (``revstore_listen_url``) or the store's, and
+        proves it hears by probes sent through this store every ``check_interval``.
+        """
+        return self.backend.listener(url or self.url, self.channel, on_change, name, probe=self.notify,
+                                     check_interval=check_interval, fallback_interval=fallback_interval)
 
     def add(
         self,
