@@ -122,6 +122,7 @@ class Revstore(bootsteps.StartStopStep):
 
     def shutdown(self, c: Any) -> None:
         self.stop(c)
+        signals.task_received.disconnect(self._on_task_received)
         if self.sync is not None:
             control.activate(None)
             cancel.deactivate()

@@ -45,6 +45,10 @@ class WorkerMemory:
         #: (header, json value) -> monotonic deadline, for stamp expiry
         self._stamp_deadlines: dict[tuple[str, str], float] = {}
         self._stamp_heap: list[tuple[float, str, str]] = []
+        #: revoked in memory only (Celery took them, the table cannot hold
+        #: them): kept across a reload from the table
+        self.memory_only: set[Any] = set()
+        self.memory_only_stamps: list[tuple[Any, Any]] = []
 
     # ------------------------------------------------------------ set-up
 
@@ -89,11 +93,16 @@ class WorkerMemory:
 
     def replace(self, snapshot: Snapshot, keep: set[str]) -> None:
         """Reload from a full snapshot: drop what the table no longer holds, except ``keep``."""
-        wanted = set(snapshot.task_ids) | keep
-        for item in [i for i in self.revoked._data if i not in wanted] if hasattr(self.revoked, "_data") else []:
+        wanted = set(snapshot.task_ids) | keep | self.memory_only
+        present = getattr(self.revoked, "_data", {})
+        for item in [i for i in present if i not in wanted]:
             self.revoked.discard(item)
+        self.memory_only.intersection_update(present)  # Celery's expiry applies to these
         for header, values in list(self.stamps.items()):
             self.stamps[header] = []
+        for header, value in self.memory_only_stamps:
+            if value not in self.stamps.setdefault(header, []):
+                self.stamps[header].append(value)
         self._stamp_deadlines.clear()
         self._stamp_heap.clear()
         self.roots.clear()

@@ -249,6 +249,16 @@ def normalize_signal(sig: Any) -> str:
     return name
 
 
+def validate_expires(expires: Any) -> float | None:
+    """Seconds (None: never), or InvalidInput unless ``expires`` is what :meth:`RevocationStore.add` takes."""
+    if expires is None:
+        return None
+    seconds = expires.total_seconds() if isinstance(expires, timedelta) else expires
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0 or seconds > 1e10:
+        raise InvalidInput(f"revstore: expires must be a positive number of seconds or None, not {seconds!r}")
+    return float(seconds)
+
+
 def as_target(item: Target | str) -> Target:
     if isinstance(item, Target):
         target = item
@@ -394,14 +404,8 @@ class RevocationStore:
         return (expires_at - now).total_seconds()
 
     def _expiry(self, now: datetime, expires: Any) -> datetime | None:
-        seconds = self.default_expires if expires is DEFAULT else expires
-        if seconds is None:
-            return None
-        if isinstance(seconds, timedelta):
-            seconds = seconds.total_seconds()
-        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0 or seconds > 1e10:
-            raise InvalidInput(f"revstore: expires must be a positive number of seconds or None, not {seconds!r}")
-        return now + timedelta(seconds=float(seconds))
+        seconds = validate_expires(self.default_expires if expires is DEFAULT else expires)
+        return None if seconds is None else now + timedelta(seconds=seconds)
 
     # --------------------------------------------------------------- writes
 
