@@ -20,7 +20,7 @@ from celery import signals
 from celery.platforms import signals as platform_signals
 from celery.worker import state as worker_state
 
-from . import cancel, control, migrate
+from . import cancel, control, green, migrate
 from .config import Settings, load_settings
 from .errors import RevstoreError
 from .memory import WorkerMemory
@@ -64,6 +64,7 @@ class Revstore(bootsteps.StartStopStep):
                 "the table is the source of truth (drop --statedb; import it once with `revstore import-statedb`)",
                 self.statedb,
             )
+        green.cooperate_with_eventlet()  # before the first database wait
         try:
             store = RevocationStore.from_settings(self.settings)
         except RevstoreError as exc:

@@ -35,6 +35,8 @@ class Worker:
     env: dict[str, str]
     log: Path
     args: list[str] = field(default_factory=list)
+    #: Celery's execution pool: prefork, threads, gevent, eventlet or solo
+    pool: str = "prefork"
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -42,7 +44,7 @@ class Worker:
         return f"{self.name}@testhost"
 
     def start(self, wait: bool = True) -> Worker:
-        cmd = CELERY + ["-A", "workerapp", "worker", "-P", "prefork", "-c", "2", "-n", self.nodename,
+        cmd = CELERY + ["-A", "workerapp", "worker", "-P", self.pool, "-c", "2", "-n", self.nodename,
                         "-Q", self.queue, "-l", "info", "--without-mingle", "--without-gossip", *self.args]
         self._log_offset = self.log.stat().st_size if self.log.exists() else 0
         with open(self.log, "ab") as fh:
@@ -101,9 +103,10 @@ class Cluster:
     def queue(self, name: str) -> str:
         return f"q-{self.run_id}-{name}"
 
-    def worker(self, name: str, queue: str | None = None, args: list[str] | None = None, **env: str) -> Worker:
+    def worker(self, name: str, queue: str | None = None, args: list[str] | None = None, pool: str = "prefork",
+               **env: str) -> Worker:
         w = Worker(f"{name}-{self.run_id}", self.queue(queue or name), {**self.env, **env},
-                   self.tmp / f"{name}.log", args or [])
+                   self.tmp / f"{name}.log", args or [], pool)
         self.workers.append(w)
         return w
 
