@@ -17,6 +17,7 @@ from typing import Any
 
 from celery import bootsteps
 from celery import signals
+from celery.concurrency.solo import TaskPool as SoloPool
 from celery.platforms import signals as platform_signals
 from celery.worker import state as worker_state
 
@@ -72,6 +73,8 @@ class Revstore(bootsteps.StartStopStep):
         self.sync = RevocationSync(store, self.settings, WorkerMemory(), c.hostname)
         control.activate(self.sync)
         cancel.activate(self.sync.memory, c.hostname)  # before the pool forks its children
+        # solo runs tasks on the loop thread: is_revoked() must see rows fetched meanwhile
+        self.sync.memory.fetched.enabled = isinstance(c.pool, SoloPool)
         signals.task_received.connect(self._on_task_received, weak=False)
         return None
 

@@ -228,7 +228,7 @@ def _ids(task_id: Any) -> tuple[list[Any], list[Target], list[str]]:
         try:
             targets.append(as_target(Target.task(item)))
         except InvalidInput as exc:
-            not_stored.append(str(exc))
+            not_stored.append(f"{exc} [{item!r:.50}]")
     return ids, targets, not_stored
 
 
@@ -348,7 +348,7 @@ def _split_stamps(headers: Any = None, terminate: Any = False, signal: Any = Non
             try:
                 targets.append(as_target(Target.stamp(header, value)))
             except (InvalidInput, TypeError) as exc:
-                not_stored.append(str(exc))
+                not_stored.append(f"{exc} [{header!r:.30}={value!r:.50}]")
     sig, error = _checked_signal(signal, terminate)
     kill = bool(terminate) and error is None
     write = {"terminate": kill, "signal": sig if kill else None}

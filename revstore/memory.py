@@ -46,11 +46,15 @@ class FetchedView:
     """
 
     def __init__(self) -> None:
+        #: only the solo pool needs it: elsewhere the loop applies rows at once
+        self.enabled = False
         self._lock = threading.Lock()
         #: target -> (row version, monotonic deadline or None while revoked; False once un-revoked)
         self._rows: dict[Target, tuple[int, float | None | bool]] = {}
 
     def record(self, rows: Iterable[Revocation]) -> None:
+        if not self.enabled:
+            return
         now = time.monotonic()
         with self._lock:
             for row in rows:
@@ -60,6 +64,8 @@ class FetchedView:
 
     def applied(self, rows: Iterable[Revocation]) -> None:
         """The loop thread applied ``rows``: Celery's memory answers for them now."""
+        if not self._rows:
+            return
         with self._lock:
             for row in rows:
                 if self._rows.get(row.target, (None,))[0] == row.version:

@@ -223,3 +223,52 @@ def test_shutdown_disconnects_the_task_received_receiver(sqlite_url: str) -> Non
     with start_worker(app, pool="solo", perform_ping_check=False, shutdown_timeout=10):
         assert len(ours()) == before + 1
     assert len(ours()) == before
+
+
+def test_real_workers_over_redis_stock_and_revstore_side_by_side(cluster_factory, celery_app) -> None:
+    """A few odd broadcasts to a stock worker and a revstore worker: revstore's memory holds all of stock's."""
+    from test_worker_durability import revoked_on, send
+
+    cluster = cluster_factory("postgresql", revstore_sync_interval=1)
+    stock_worker = cluster.worker("stock", REVSTORE_URL="")  # no URL: the bootstep is off, stock Celery
+    ours = cluster.worker("ours")
+    for w in (stock_worker, ours):
+        w.start(wait=False)
+    for w in (stock_worker, ours):
+        w.wait_ready()
+    control_ = celery_app.app.control
+    both = [stock_worker.nodename, ours.nodename]
+    messages = [
+        ("revoke", {"task_id": [LONG, 123, "side-ok"]}),
+        ("revoke", {"task_id": "side-sig", "terminate": True, "signal": "NOSUCH"}),
+        ("revoke_by_stamped_headers", {"headers": {"h": ["v" * 300, "ok"]}}),
+        ("revoke_by_stamped_headers", {"headers": ["a=b=c"]}),
+    ]
+    replies = [control_.broadcast(name, arguments=args, destination=both, reply=True, timeout=3) for name, args in messages]
+    ours_replies = [r[ours.nodename] for reply in replies for r in reply if ours.nodename in r]
+    assert len(ours_replies) == len(messages)
+    assert LONG[:40] in str(ours_replies[0]["revstore_not_stored"])
+    assert "unknown signal 'NOSUCH'" in ours_replies[1]["error"]
+    assert "302 characters" in str(ours_replies[2]["revstore_not_stored"])  # JSON-encoded
+
+    sent = {LONG, 123, "side-ok", "side-sig"}  # other tests' broadcasts without a destination reach these workers too
+    stock_ids = revoked_on(celery_app, stock_worker) & sent
+    assert stock_ids == sent  # what stock holds ...
+    assert stock_ids <= revoked_on(celery_app, ours)  # ... revstore holds too
+    wait_for(lambda: all(cluster.store.is_revoked(t) for t in
+                         ("side-ok", "side-sig", Target.stamp("h", "ok"), Target.stamp("a", "b"))), 10,
+             what="the storable keys to be written through")
+    assert not cluster.store.is_revoked(Target.stamp("a", "b=c"))
+
+    # stamps, which `inspect revoked` does not show: stamped tasks must not run on either worker
+    for w in (stock_worker, ours):
+        for header, value in (("h", "ok"), ("h", "v" * 300), ("a", "b")):
+            tag = f"{w.name}-{header}-{len(value)}"
+            sig = celery_app.record.s(tag).set(queue=w.queue)
+            sig.stamp(**{header: value})
+            sig.apply_async()
+        send(celery_app, w.queue, f"{w.name}-control")
+    wait_for(lambda: all(cluster.finished(f"{w.name}-control") for w in (stock_worker, ours)), 20,
+             what="both control tasks")
+    time.sleep(1)
+    assert not [p.name for p in cluster.out.glob("started-*") if "control" not in p.name]
