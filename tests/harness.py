@@ -70,10 +70,16 @@ class Worker:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(10)
 
-    def stop(self, timeout: float = 20) -> None:
+    def begin_stop(self) -> None:
+        """Ask for a warm shutdown without waiting (stop several workers at once)."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+
+    def stop(self, timeout: float = 20, signalled: bool = False) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return
-        os.killpg(self.proc.pid, signal.SIGTERM)
+        if not signalled:
+            os.killpg(self.proc.pid, signal.SIGTERM)
         try:
             self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -118,4 +124,6 @@ class Cluster:
 
     def close(self) -> None:
         for w in self.workers:
-            w.stop()
+            w.begin_stop()
+        for w in self.workers:
+            w.stop(signalled=True)
