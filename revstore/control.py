@@ -176,8 +176,9 @@ def _remember_unstored(sync: RevocationSync, call: dict[str, Any]) -> None:
             sync.memory.memory_only.add(item)
     for header, values in (call.get("headers") or {}).items():
         for value in maybe_list(values) or []:
-            if not _storable(lambda v: Target.stamp(header, v), value):
-                sync.memory.memory_only_stamps.append((header, value))
+            kept = sync.memory.memory_only_stamps
+            if not _storable(lambda v: Target.stamp(header, v), value) and (header, value) not in kept:
+                kept.append((header, value))
 
 
 def _storable(make: Callable[[Any], Target], value: Any) -> bool:
