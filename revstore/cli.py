@@ -20,7 +20,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from . import config as _config
 from .errors import ConfigurationError, RevstoreError
 from .inputs import parse_expires, parse_targets
-from .store import DEFAULT, RevocationStore, Revocation, Target
+from .store import RevocationStore, Revocation, Target
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -16,7 +16,7 @@ from array import array
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from .errors import InvalidInput
@@ -211,6 +211,16 @@ def normalize_signal(sig: Any) -> str:
     if not isinstance(getattr(_signal, name, None), _signal.Signals):
         raise InvalidInput(f"revstore: unknown signal {sig!r}; use a name like SIGTERM or SIGKILL")
     return name
+
+
+def validate_expires(expires: Any) -> float | None:
+    """Seconds (None: never), or InvalidInput unless ``expires`` is what :meth:`RevocationStore.add` takes."""
+    if expires is None:
+        return None
+    seconds = expires.total_seconds() if isinstance(expires, timedelta) else expires
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0 or seconds > 1e10:
+        raise InvalidInput(f"revstore: expires must be a positive number of seconds or None, not {seconds!r}")
+    return float(seconds)
 
 
 def as_target(item: Target | str) -> Target:

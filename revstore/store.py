@@ -26,7 +26,7 @@ from sqlalchemy.exc import DBAPIError, NoSuchModuleError, OperationalError, Prog
 from . import backends as _backends
 from . import config as _config
 from .backends import Backend, Listener, Pooling
-from .errors import ConfigurationError, DatabaseUnavailable, InvalidInput, SchemaError
+from .errors import ConfigurationError, DatabaseUnavailable, SchemaError
 from .records import (
     Changes,
     Kind,
@@ -39,6 +39,7 @@ from .records import (
     gc_paused,
     normalize_signal,
     unique_targets,
+    validate_expires,
     validate_key,
 )
 from .schema import KINDS, MAX_REASON_LENGTH, Tables, build_tables
@@ -46,7 +47,8 @@ from .schema import KINDS, MAX_REASON_LENGTH, Tables, build_tables
 #: The names other modules import from here: the store and what it takes and returns.
 __all__ = [
     "DEFAULT", "Changes", "Kind", "Revocation", "RevocationStore", "Snapshot", "Target", "WriteResult",
-    "as_target", "default_revoker", "gc_paused", "normalize_signal", "short_error", "unique_targets", "validate_key",
+    "as_target", "default_revoker", "gc_paused", "normalize_signal", "short_error", "unique_targets", "validate_expires",
+    "validate_key",
 ]
 
 #: Rows per INSERT of ``put_rows`` (each row its own eleven parameters):
@@ -171,14 +173,8 @@ class RevocationStore:
         return (expires_at - now).total_seconds()
 
     def _expiry(self, now: datetime, expires: Any) -> datetime | None:
-        seconds = self.default_expires if expires is DEFAULT else expires
-        if seconds is None:
-            return None
-        if isinstance(seconds, timedelta):
-            seconds = seconds.total_seconds()
-        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0 or seconds > 1e10:
-            raise InvalidInput(f"revstore: expires must be a positive number of seconds or None, not {seconds!r}")
-        return now + timedelta(seconds=float(seconds))
+        seconds = validate_expires(self.default_expires if expires is DEFAULT else expires)
+        return None if seconds is None else now + timedelta(seconds=seconds)
 
     # --------------------------------------------------------------- writes
 
@@ -676,18 +672,6 @@ class RevocationStore:
             return out
 
         return self._run(read)
-
-    def _listeners(self, conn: Connection) -> list[str]:
-        """Workers whose LISTEN connection on our channel is open right now."""
-        rows = conn.execute(
-            text(
-                "SELECT application_name FROM pg_stat_activity "
-                "WHERE datname = current_database() AND application_name LIKE 'revstore-listener%' "
-                "AND query LIKE :pattern ORDER BY application_name"
-            ),
-            {"pattern": f'%LISTEN%"{self.channel}"%'},
-        ).scalars()
-        return [name.removeprefix("revstore-listener ") for name in rows]
 
     def search(
         self,
