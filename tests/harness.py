@@ -35,6 +35,8 @@ class Worker:
     env: dict[str, str]
     log: Path
     args: list[str] = field(default_factory=list)
+    #: run Celery's mingle step (the harness default is --without-mingle)
+    mingle: bool = False
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -43,7 +45,9 @@ class Worker:
 
     def start(self, wait: bool = True) -> Worker:
         cmd = CELERY + ["-A", "workerapp", "worker", "-P", "prefork", "-c", "2", "-n", self.nodename,
-                        "-Q", self.queue, "-l", "info", "--without-mingle", "--without-gossip", *self.args]
+                        "-Q", self.queue, "-l", "info", "--without-gossip", *self.args]
+        if not self.mingle:
+            cmd.append("--without-mingle")
         self._log_offset = self.log.stat().st_size if self.log.exists() else 0
         with open(self.log, "ab") as fh:
             self.proc = subprocess.Popen(cmd, cwd=TESTS, env=self.env, stdout=fh, stderr=subprocess.STDOUT,
@@ -101,9 +105,10 @@ class Cluster:
     def queue(self, name: str) -> str:
         return f"q-{self.run_id}-{name}"
 
-    def worker(self, name: str, queue: str | None = None, args: list[str] | None = None, **env: str) -> Worker:
+    def worker(self, name: str, queue: str | None = None, args: list[str] | None = None, mingle: bool = False,
+               **env: str) -> Worker:
         w = Worker(f"{name}-{self.run_id}", self.queue(queue or name), {**self.env, **env},
-                   self.tmp / f"{name}.log", args or [])
+                   self.tmp / f"{name}.log", args or [], mingle)
         self.workers.append(w)
         return w
 
