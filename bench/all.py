@@ -138,7 +138,7 @@ def document(figures: list[Figure], info: dict[str, str], seconds: float, load: 
         "",
         "```text",
         COMMAND,
-        "".venv/bin/python -m bench.startup   # one benchmark: startup, hotpath, write_path, propagation, memory, "
+        ".venv/bin/python -m bench.startup   # one benchmark: startup, hotpath, write_path, propagation, memory, "
         "cleanup, mingle, fleet",
         "```",
         "",
