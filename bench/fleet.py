@@ -19,7 +19,6 @@ what PostgreSQL would do past its limit.
 from __future__ import annotations
 
 import multiprocessing
-import os
 import random
 import threading
 import time
@@ -152,25 +151,25 @@ class Result:
 class Sampler:
     """Samples our backends in ``pg_stat_activity`` (and their CPU from /proc) every 0.25 s."""
 
-    TICK = os.sysconf("SC_CLK_TCK")
-
     def __init__(self, app_name: str, extra_pids: list[int]) -> None:
         self.engine = create_engine(PG_URL, pool_size=1, connect_args={"application_name": "revstore-fleet-monitor"})
         self.app_name = app_name
         self.extra = extra_pids
-        self.ticks: dict[int, int] = {}
+        #: pid -> CPU seconds used, as last read
+        self.cpu: dict[int, float] = {}
         self.peak = 0
         self._stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
     @staticmethod
-    def cpu_ticks(pid: int) -> int | None:
+    def cpu_seconds(pid: int) -> float | None:
+        """Time on a CPU, to the nanosecond (``/proc/PID/stat`` rounds each process down to 10 ms,
+        which loses all of a backend that runs 1 ms per poll)."""
         try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
+            return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0]) / 1e9
+        except (OSError, ValueError, IndexError):
             return None
-        return int(fields[11]) + int(fields[12])  # utime + stime
 
     def _sample(self) -> None:
         with self.engine.connect() as conn:
@@ -178,9 +177,9 @@ class Sampler:
                 "SELECT pid FROM pg_stat_activity WHERE application_name = :name"), {"name": self.app_name})]
         self.peak = max(self.peak, len(pids))
         for pid in pids + self.extra:
-            ticks = self.cpu_ticks(pid)
-            if ticks is not None:
-                self.ticks[pid] = ticks
+            used = self.cpu_seconds(pid)
+            if used is not None:
+                self.cpu[pid] = used
 
     def _run(self) -> None:
         while not self._stop.wait(0.25):
@@ -192,15 +191,15 @@ class Sampler:
     def reset_peak(self) -> None:
         self.peak = 0
 
-    def cpu_since(self, before: dict[int, int], pids: list[int] | None = None) -> float:
-        """CPU seconds our backends (or ``pids``) used since the ``ticks`` copy ``before``."""
+    def cpu_since(self, before: dict[int, float], pids: list[int] | None = None) -> float:
+        """CPU seconds our backends (or ``pids``) used since the ``cpu`` copy ``before``."""
         self._sample()
-        chosen = [p for p in self.ticks if p not in self.extra] if pids is None else pids
-        return sum(self.ticks[p] - before.get(p, 0) for p in chosen if p in self.ticks) / self.TICK
+        chosen = [p for p in self.cpu if p not in self.extra] if pids is None else pids
+        return sum(self.cpu[p] - before.get(p, 0.0) for p in chosen if p in self.cpu)
 
     def cpu_window(self, seconds: float) -> float:
         """CPU seconds per minute of our backends over the next ``seconds``."""
-        before = dict(self.ticks)
+        before = dict(self.cpu)
         time.sleep(seconds)
         return self.cpu_since(before) * 60 / seconds
 
@@ -352,7 +351,7 @@ def run_fleet(mode: str, n: int, phases: Phases, url: str, bouncer_pid: int | No
             writer = threading.Thread(target=_revoke_at, args=(store, 10.0, phases.load_seconds + 1), daemon=True)
             writer.start()
             time.sleep(0.5)
-            before = dict(sampler.ticks)
+            before = dict(sampler.cpu)
             result.cpu_load = sampler.cpu_window(phases.load_seconds)
             if bouncer_pid:
                 result.bouncer_cpu_load = sampler.cpu_since(before, [bouncer_pid]) * 60 / phases.load_seconds
@@ -365,7 +364,7 @@ def run_fleet(mode: str, n: int, phases: Phases, url: str, bouncer_pid: int | No
                 seed(store, phases.restart_stored)
                 result.restart_stored = phases.restart_stored
                 sampler.reset_peak()
-                before = dict(sampler.ticks)
+                before = dict(sampler.cpu)
                 started = time.time()
                 replies = fleet.ask("restart")
                 loaded = [t for r in replies for t in r["loaded_at"]]
