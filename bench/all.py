@@ -20,7 +20,7 @@ from typing import Any
 
 from sqlalchemy import create_engine, text
 
-from bench import cleanup, fleet, hotpath, memory, mingle, plots, propagation, startup, write_path
+from bench import cleanup, console, fleet, hotpath, memory, mingle, plots, propagation, startup, write_path
 from bench.common import PG_URL, ROOT, Figure, redis_db, report, table
 
 DOC = ROOT / "docs" / "benchmarks.md"
@@ -139,7 +139,7 @@ def document(figures: list[Figure], info: dict[str, str], seconds: float, load: 
         "```text",
         COMMAND,
         ".venv/bin/python -m bench.startup   # one benchmark: startup, hotpath, write_path, propagation, memory, "
-        "cleanup, mingle, fleet",
+        "cleanup, console, mingle, fleet",
         "```",
         "",
         f"Run took {seconds / 60:.1f} minutes.  Machine: "
@@ -191,6 +191,7 @@ def main() -> None:
         (write_path.TITLE, lambda: write_path.run(args.quick)),
         (propagation.TITLE, lambda: propagation.run(args.quick, keep=latencies)),
         (cleanup.TITLE, lambda: cleanup.run(args.quick)),
+        (console.TITLE, lambda: console.run(args.quick)),
         (mingle.TITLE, lambda: mingle.run(args.quick)),
         (fleet.TITLE, lambda: fleet.run(args.quick, keep=raw)),
     ]
