@@ -23,6 +23,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	bash .ci/services
+	$(BIN)/python -m pip install -q -e '.[test,bench]'
 	$(BIN)/python -m bench.all
 
 clean:

@@ -20,7 +20,7 @@ from typing import Any
 
 from sqlalchemy import create_engine, text
 
-from bench import cleanup, console, hotpath, memory, propagation, startup, write_path
+from bench import cleanup, console, fleet, hotpath, memory, mingle, plots, propagation, startup, write_path
 from bench.common import PG_URL, ROOT, Figure, redis_db, report, table
 
 DOC = ROOT / "docs" / "benchmarks.md"
@@ -120,7 +120,8 @@ def machine() -> dict[str, str]:
     }
 
 
-def document(figures: list[Figure], info: dict[str, str], seconds: float, load: tuple[str, str]) -> str:
+def document(figures: list[Figure], info: dict[str, str], seconds: float, load: tuple[str, str],
+             drawn: list[plots.Plot]) -> str:
     notes = [f"- {f.name}: {f.note}" for f in figures if f.note]
     missed = [f for f in figures if f.met is False]
     verdict = ("Every target is met." if not missed else
@@ -137,7 +138,8 @@ def document(figures: list[Figure], info: dict[str, str], seconds: float, load: 
         "",
         "```text",
         COMMAND,
-        ".venv/bin/python -m bench.startup   # one benchmark: startup, hotpath, write_path, propagation, memory, cleanup",
+        ".venv/bin/python -m bench.startup   # one benchmark: startup, hotpath, write_path, propagation, memory, "
+        "cleanup, console, mingle, fleet",
         "```",
         "",
         f"Run took {seconds / 60:.1f} minutes.  Machine: "
@@ -158,9 +160,12 @@ def document(figures: list[Figure], info: dict[str, str], seconds: float, load: 
         "",
         *notes,
         "",
+        "## Plots",
+        "",
+        *[line for name, caption in drawn for line in (f"![{caption}](img/{name})", "", f"*{caption}.*", "")],
         "## What bounds each figure",
         "",
-        BOUNDS,
+        BOUNDS + mingle.BOUNDS + fleet.BOUNDS,
     ])
 
 
@@ -177,14 +182,18 @@ def main() -> None:
         parser.error("--quick measures nothing worth publishing: give --out")
     started, load_before = time.monotonic(), loadavg()
     samples: dict[tuple[str, int], list[Any]] = {}
+    latencies: dict[str, list[float]] = {}
+    raw: dict[str, Any] = {"startup": samples, "propagation": latencies}
     steps: list[tuple[str, Callable[[], list[Figure]]]] = [
         (startup.TITLE, lambda: startup.run(args.quick, keep=samples)),
         (memory.TITLE, lambda: memory.run(args.quick, samples=samples)),
         (hotpath.TITLE, lambda: hotpath.run(args.quick)),
         (write_path.TITLE, lambda: write_path.run(args.quick)),
-        (propagation.TITLE, lambda: propagation.run(args.quick)),
+        (propagation.TITLE, lambda: propagation.run(args.quick, keep=latencies)),
         (cleanup.TITLE, lambda: cleanup.run(args.quick)),
         (console.TITLE, lambda: console.run(args.quick)),
+        (mingle.TITLE, lambda: mingle.run(args.quick)),
+        (fleet.TITLE, lambda: fleet.run(args.quick, keep=raw)),
     ]
     figures: list[Figure] = []
     for title, step in steps:
@@ -193,10 +202,11 @@ def main() -> None:
         figures += found
     seconds = time.monotonic() - started
     out = args.out or DOC
-    out.write_text(document(figures, machine(), seconds, (load_before, loadavg())) + "\n")
+    drawn = plots.draw(raw, out.parent / "img")
+    out.write_text(document(figures, machine(), seconds, (load_before, loadavg()), drawn) + "\n")
     print(f"\nall benchmarks in {seconds / 60:.1f} min; wrote {out}")
-    if seconds > 600 and not args.quick:
-        print("warning: over the 10-minute budget", file=sys.stderr)
+    if seconds > 1200 and not args.quick:
+        print("warning: over the 20-minute budget", file=sys.stderr)
 
 
 if __name__ == "__main__":
