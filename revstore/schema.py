@@ -39,6 +39,7 @@ from sqlalchemy import (
     false,
     true,
 )
+from sqlalchemy.dialects import mysql
 from sqlalchemy.sql import func
 
 KINDS = ("task", "stamp", "root")
@@ -51,6 +52,10 @@ MAX_REASON_LENGTH = 1000
 #: Alembic's version table gets the prefix too, so revstore can share a
 #: database whose application already uses ``alembic_version``.
 VERSION_TABLE_SUFFIX = "alembic_version"
+
+#: MySQL/MariaDB DATETIME keeps whole seconds unless given a precision; the
+#: stored value is UTC there (the store sets the session time zone).
+TIMESTAMP = DateTime(timezone=True).with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
 
 
 @dataclass(frozen=True)
@@ -81,8 +86,8 @@ def build_tables(prefix: str = "revstore_", schema: str | None = None) -> Tables
         Column("signal", String(16), nullable=True),
         Column("reason", Text, nullable=True),
         Column("revoked_by", String(MAX_KEY_LENGTH), nullable=True),
-        Column("revoked_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
-        Column("expires_at", DateTime(timezone=True), nullable=True),
+        Column("revoked_at", TIMESTAMP, nullable=False, server_default=func.now()),
+        Column("expires_at", TIMESTAMP, nullable=True),
         Column("version", BigInteger, nullable=False),
         Column("active", Boolean, nullable=False, server_default=true()),
         PrimaryKeyConstraint("kind", "header", "value", name=f"{prefix}revocations_pk"),

@@ -1,4 +1,4 @@
-"""A TCP proxy in front of PostgreSQL, to cut a worker off its database.
+"""A TCP proxy in front of a database server (PostgreSQL, MariaDB), to cut a worker off its database.
 
 Stopping the real server would disturb every other test; the proxy cuts only
 the connections that go through it.  ``down()`` closes the listening socket
@@ -12,7 +12,7 @@ import socket
 import threading
 
 
-class PgProxy:
+class TcpProxy:
     def __init__(self, target: tuple[str, int] = ("127.0.0.1", 5432)) -> None:
         self.target = target
         probe = socket.socket()
@@ -25,7 +25,9 @@ class PgProxy:
         self.up()
 
     def url(self, base: str) -> str:
-        return base.replace("127.0.0.1:5432", f"127.0.0.1:{self.port}")
+        """``base`` (a URL naming the target's host:port) pointed at the proxy instead."""
+        host, port = self.target
+        return base.replace(f"{host}:{port}", f"127.0.0.1:{self.port}")
 
     def up(self) -> None:
         server = socket.socket()
@@ -98,3 +100,7 @@ class PgProxy:
 
     def close(self) -> None:
         self.down()
+
+
+#: the name the PostgreSQL-only tests know it by
+PgProxy = TcpProxy
