@@ -22,6 +22,8 @@ class TcpProxy:
         self._lock = threading.Lock()
         self._conns: list[socket.socket] = []
         self._server: socket.socket | None = None
+        #: connections accepted so far: more than the first few means clients reconnected
+        self.accepted = 0
         self.up()
 
     def url(self, base: str) -> str:
@@ -78,6 +80,7 @@ class TcpProxy:
                     upstream.close()
                     return
                 self._conns += [client, upstream]
+                self.accepted += 1
             for a, b in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
 
