@@ -38,10 +38,7 @@ def run_offline() -> None:
 
 def run_online() -> None:
     with store.engine.connect() as connection:
-        if store.backend == "sqlite":
-            # WAL lets workers read while a client writes; it is a property of
-            # the file, so the admin sets it once here.
-            connection.exec_driver_sql("PRAGMA journal_mode=WAL")
+        store.backend.prepare_migrations(connection)
         if tables.schema:
             connection.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{tables.schema}"'))
             connection.commit()

@@ -171,14 +171,14 @@ def db_sql(ctx: Context, revision: str, from_rev: str | None) -> None:
 @pass_ctx
 @user_errors
 def db_grants(ctx: Context, worker_role: str, admin_role: str, create_role: bool) -> None:
-    """Print the PostgreSQL SQL for a migrating admin role and a DML-only worker role."""
-    from .roles import admin_sql, worker_sql
+    """Print the SQL for a migrating admin role and a DML-only worker role (PostgreSQL unless the URL says otherwise)."""
+    from .backends import for_dialect
     from .schema import build_tables
 
     settings = ctx.settings()
     tables = build_tables(settings.table_prefix, settings.schema)
-    admin, worker = admin_sql(tables, admin_role, create_role=create_role), worker_sql(tables, worker_role, create_role=create_role)
-    click.echo(f"{admin}\n{worker}", nl=False)
+    backend = for_dialect(settings.url.get_backend_name() if settings.url is not None else "postgresql")
+    click.echo(backend.role_sql(tables, admin_role, worker_role, create_role=create_role), nl=False)
 
 
 # ----------------------------------------------------------- revocations
