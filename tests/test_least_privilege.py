@@ -111,9 +111,9 @@ def test_a_role_missing_a_grant_is_one_clear_line_not_a_traceback(
     cluster_factory, worker_role: str, backend: str
 ) -> None:
     cluster = cluster_factory(backend, worker_url=lambda u: as_role(u, backend, worker_role))
-    grant(cluster.store, [s for s in worker_grants(cluster.store, worker_role) if "alembic_version" not in s])
+    grant(cluster.store, [s for s in worker_grants(cluster.store, worker_role) if "schema_info" not in s])
     worker = cluster.worker("a").start(wait=False)
     assert worker.proc is not None and worker.proc.wait(60) != 0
     log = worker.output()
-    assert "the role needs SELECT on revstore_alembic_version" in log and "revstore db grants" in log
+    assert "the role needs SELECT on revstore_schema_info" in log and "revstore db grants" in log
     assert "Traceback" not in log

@@ -202,7 +202,9 @@ class MysqlBackend(SqlBackend):
 
         The admin may create, alter and drop tables in that database and
         hand the worker its grants; the worker gets rows of the two tables
-        and a read of the version table, nothing else (no DDL anywhere).
+        and a read of ``schema_info`` (the start-up window check), nothing
+        else: no DDL anywhere.  No 0.1.0 worker ever ran on MySQL (it could
+        not write there), so unlike PostgreSQL no legacy version table grant.
         """
         admin, worker = _account(admin_role), _account(worker_role)
         create = (lambda who: [f"CREATE USER IF NOT EXISTS {who} IDENTIFIED BY 'change-me';"]) if create_role else (
@@ -216,7 +218,7 @@ class MysqlBackend(SqlBackend):
             *create(worker),
             f"GRANT SELECT, INSERT, UPDATE, DELETE ON {_table(tables.revocations.name)} TO {worker};",
             f"GRANT SELECT, UPDATE ON {_table(tables.clock.name)} TO {worker};",
-            f"GRANT SELECT ON {_table(tables.version_table)} TO {worker};",
+            f"GRANT SELECT ON {_table(tables.schema_info.name)} TO {worker};",
         ]
         return "\n".join(lines) + "\n"
 
