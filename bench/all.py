@@ -20,7 +20,7 @@ from typing import Any
 
 from sqlalchemy import create_engine, text
 
-from bench import cleanup, hotpath, mariadb, memory, mysql_drivers, propagation, startup, write_path
+from bench import cleanup, console, hotpath, mariadb, memory, mysql_drivers, propagation, startup, write_path
 from bench.common import PG_URL, ROOT, Figure, redis_db, report, table
 from revstore.config import normalize_url
 
@@ -193,6 +193,7 @@ def main() -> None:
         (write_path.TITLE, lambda: write_path.run(args.quick)),
         (propagation.TITLE, lambda: propagation.run(args.quick)),
         (cleanup.TITLE, lambda: cleanup.run(args.quick)),
+        (console.TITLE, lambda: console.run(args.quick)),
         (mariadb.TITLE, lambda: mariadb.run(args.quick)),
         (mysql_drivers.TITLE, lambda: mysql_drivers.run(args.quick)),
     ]

@@ -106,6 +106,10 @@ class Revocation:
     def task_id(self) -> str:
         return self.target.value
 
+    def page_key(self) -> tuple[str, str, str]:
+        """Where the next page starts in :meth:`RevocationStore.search`."""
+        return (self.target.kind, self.target.header, self.target.value)
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "kind": self.target.kind,
@@ -859,6 +863,97 @@ class RevocationStore:
             return out
 
         return self._run(read)
+
+    def _listeners(self, conn: Connection) -> list[str]:
+        """Workers whose LISTEN connection on our channel is open right now."""
+        rows = conn.execute(
+            text(
+                "SELECT application_name FROM pg_stat_activity "
+                "WHERE datname = current_database() AND application_name LIKE 'revstore-listener%' "
+                "AND query LIKE :pattern ORDER BY application_name"
+            ),
+            {"pattern": f'%LISTEN%"{self.channel}"%'},
+        ).scalars()
+        return [name.removeprefix("revstore-listener ") for name in rows]
+
+    def search(
+        self,
+        text_: str | None = None,
+        *,
+        kind: Kind | None = None,
+        active: bool | None = True,
+        terminate: bool | None = None,
+        expiring_within: float | None = None,
+        after: tuple[str, str, str] | None = None,
+        limit: int = 50,
+    ) -> list[Revocation]:
+        """One page of rows for a browsing operator, in key order.
+
+        ``text_`` matches a task or root id by prefix (an exact id included),
+        or a substring of the reason or the revoker.  ``active`` True keeps
+        unexpired revocations, False keeps un-revoke tombstones, None keeps
+        every row.  Pages follow the primary key (``after`` is the last row's
+        :meth:`Revocation.page_key`): a page deep in a million rows costs what
+        the first does, where an ``OFFSET`` would read every row before it.
+        """
+        table = self.tables.revocations
+        key = tuple_(table.c.kind, table.c.header, table.c.value)
+        stmt = select(*self._columns())
+        if kind is not None:
+            stmt = stmt.where(table.c.kind == kind)
+        if active is True:
+            stmt = stmt.where(table.c.active, or_(table.c.expires_at.is_(None), table.c.expires_at > self._now()))
+        elif active is False:
+            stmt = stmt.where(~table.c.active)
+        if terminate is not None:
+            stmt = stmt.where(table.c.terminate == terminate)
+        if expiring_within is not None:
+            stmt = stmt.where(table.c.expires_at > self._now(), table.c.expires_at <= self.backend.now_plus(expiring_within))
+        if after is not None:
+            stmt = stmt.where(key > tuple_(*(literal(v) for v in after)))
+        in_key_order = [table.c.kind, table.c.header, table.c.value]
+        if text_:
+            # Two index-friendly reads instead of one OR: ids by a primary-key
+            # range; reasons and revokers by a scan that sorts only its
+            # matches ("kind || ''" keeps the planner from walking the whole
+            # key index in order, testing every row, to find a few).
+            ids = stmt.where(table.c.kind.in_(("task", "root")), table.c.header == "",
+                             table.c.value >= text_, table.c.value < text_ + "\U0010ffff")
+            words = stmt.where(or_(table.c.reason.contains(text_, autoescape=True),
+                                   table.c.revoked_by.contains(text_, autoescape=True)))
+            reads = [ids.order_by(*in_key_order).limit(limit),
+                     words.order_by(table.c.kind.concat(""), table.c.header, table.c.value).limit(limit)]
+        else:
+            reads = [stmt.order_by(*in_key_order).limit(limit)]
+
+        def read(conn: Connection) -> list[Revocation]:
+            db_now = self._db_now(conn)
+            found = {r.target: r for q in reads for r in (self._row(row, db_now) for row in conn.execute(q))}
+            return sorted(found.values(), key=Revocation.page_key)[:limit]
+
+        return self._run(read)
+
+    def overview(self, expiring_within: float = 3600.0, days: int = 14) -> dict[str, Any]:
+        """What an operator's front page shows: :meth:`stats`, what expires soon, and writes per day."""
+        table = self.tables.revocations
+        out = self.stats()
+
+        def read(conn: Connection) -> None:
+            now = self._now()
+            out["expiring_soon"] = int(conn.execute(
+                select(func.count()).where(table.c.active, table.c.expires_at > now,
+                                           table.c.expires_at <= self.backend.now_plus(expiring_within))
+            ).scalar_one())
+            day = func.date(table.c.revoked_at)
+            since = self.backend.now_plus(-days * 86400.0)
+            out["per_day"] = [
+                (str(d), int(n)) for d, n in conn.execute(
+                    select(day, func.count()).where(table.c.revoked_at >= since).group_by(day).order_by(day))
+            ]
+            out["expiring_within"] = expiring_within
+
+        self._run(read)
+        return out
 
     def ping(self) -> None:
         """Raise DatabaseUnavailable/SchemaError unless the tables can be read."""

@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timezone
 from typing import Any, ClassVar
 
-from sqlalchemy import Column, Engine, Table, event, func, literal, literal_column, select, text
+from sqlalchemy import Column, Engine, Table, bindparam, event, func, literal, literal_column, select, text
 from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql import ColumnElement, Select, visitors
@@ -88,6 +88,10 @@ class MysqlBackend(SqlBackend):
 
     def now(self) -> ColumnElement[Any]:
         return func.utc_timestamp(literal_column("6"))
+
+    def now_plus(self, seconds: float) -> ColumnElement[Any]:
+        return func.timestampadd(literal_column("MICROSECOND"), bindparam("shift", round(float(seconds) * 1e6)),
+                                 self.now())
 
     def column_time(self, value: datetime) -> datetime:
         # DATETIME holds naive UTC, the kind of value UTC_TIMESTAMP() returns
