@@ -57,7 +57,8 @@ def worker_grants(store: Any, role: str) -> list[str]:
     printed = revstore(*opts, "db", "grants", "--worker-role", role)
     assert printed.code == 0, printed.text
     worker = printed.out.split(WORKER_MARK, 1)[1].split("\n", 1)[1]
-    return [s.strip() for s in worker.split(";\n") if s.strip() and not s.strip().startswith("--")]
+    sql = "\n".join(line for line in worker.splitlines() if not line.startswith("--"))
+    return [s.strip() for s in sql.split(";\n") if s.strip()]
 
 
 def grant(store: Any, statements: list[str]) -> None:
