@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import Engine, create_engine, text
 
 from revstore import migrate
 from revstore.config import normalize_url
@@ -27,16 +27,21 @@ REDIS_URL = os.environ.get("REVSTORE_TEST_REDIS", "redis://127.0.0.1:6379")
 BACKENDS = ("sqlite", "postgresql", "mariadb")
 
 
-@pytest.fixture(scope="session")
-def pg_admin_engine():  # type: ignore[no-untyped-def]
-    engine = create_engine(PG_BASE, isolation_level="AUTOCOMMIT")
+def admin_engine(url: str, server: str) -> Iterator[Engine]:
+    """An autocommit engine on ``url``; the tests fail (never skip) if the server does not answer."""
+    engine = create_engine(normalize_url(url), isolation_level="AUTOCOMMIT")
     try:
         with engine.connect() as conn:
             conn.execute(text("select 1"))
     except Exception as exc:  # a missing server is a failure, never a skip
-        pytest.fail(f"PostgreSQL is required at {PG_BASE}: {exc}", pytrace=False)
+        pytest.fail(f"{server} is required at {url}: {exc}", pytrace=False)
     yield engine
     engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def pg_admin_engine() -> Iterator[Engine]:
+    yield from admin_engine(PG_BASE, "PostgreSQL")
 
 
 @pytest.fixture
@@ -48,15 +53,8 @@ def pg_schema(pg_admin_engine) -> Iterator[str]:  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture(scope="session")
-def mysql_admin_engine():  # type: ignore[no-untyped-def]
-    engine = create_engine(normalize_url(MYSQL_BASE), isolation_level="AUTOCOMMIT")
-    try:
-        with engine.connect() as conn:
-            conn.execute(text("select 1"))
-    except Exception as exc:  # a missing server is a failure, never a skip
-        pytest.fail(f"MariaDB is required at {MYSQL_BASE}: {exc}", pytrace=False)
-    yield engine
-    engine.dispose()
+def mysql_admin_engine() -> Iterator[Engine]:
+    yield from admin_engine(MYSQL_BASE, "MariaDB")
 
 
 @pytest.fixture
