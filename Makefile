@@ -8,6 +8,7 @@ STAMP  := $(VENV)/.installed
 .PHONY: demo test docs bench clean
 
 $(STAMP): pyproject.toml
+	bash .ci/packages
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[test]'

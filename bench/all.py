@@ -20,8 +20,10 @@ from typing import Any
 
 from sqlalchemy import create_engine, text
 
-from bench import cleanup, console, fleet, hotpath, memory, mingle, plots, propagation, startup, write_path
+from bench import (cleanup, console, fleet, hotpath, mariadb, memory, mingle, mysql_drivers, plots, propagation,
+                   startup, write_path)
 from bench.common import PG_URL, ROOT, Figure, redis_db, report, table
+from revstore.config import normalize_url
 
 DOC = ROOT / "docs" / "benchmarks.md"
 COMMAND = "make bench        # or: .venv/bin/python -m bench.all"
@@ -100,6 +102,10 @@ def machine() -> dict[str, str]:
     with engine.connect() as conn:
         pg = conn.execute(text("SHOW server_version")).scalar_one()
     engine.dispose()
+    engine = create_engine(normalize_url(mariadb.MYSQL_URL))
+    with engine.connect() as conn:
+        maria = conn.execute(text("SELECT VERSION()")).scalar_one()
+    engine.dispose()
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                                 text=True, check=True).stdout.strip()
@@ -115,6 +121,8 @@ def machine() -> dict[str, str]:
         "SQLAlchemy": version("sqlalchemy"),
         "psycopg": version("psycopg"),
         "PostgreSQL": pg.split()[0],
+        "MariaDB": maria.split("-")[0],
+        "mysqlclient": version("mysqlclient"),
         "Redis": str(redis_db().info("server")["redis_version"]),
         "revstore": f"{version('revstore')} (commit {commit})",
     }
@@ -131,7 +139,8 @@ def document(figures: list[Figure], info: dict[str, str], seconds: float, load: 
         "# Benchmarks",
         "",
         "revstore against stock Celery, measured side by side in the same run by `bench/`",
-        "(real `celery worker` processes: prefork, Redis broker, PostgreSQL store).",
+        "(real `celery worker` processes: prefork, Redis broker, PostgreSQL store; MariaDB beside it in the",
+        "`mariadb` rows, and the MySQL drivers compared in the `mysql_drivers` rows).",
         "This page is written by the benchmark itself; do not edit it by hand.",
         "",
         "Reproduce (after the README's setup; PostgreSQL and Redis local):",
@@ -139,7 +148,7 @@ def document(figures: list[Figure], info: dict[str, str], seconds: float, load: 
         "```text",
         COMMAND,
         ".venv/bin/python -m bench.startup   # one benchmark: startup, hotpath, write_path, propagation, memory, "
-        "cleanup, console, mingle, fleet",
+        "cleanup, console, mingle, fleet, mariadb, mysql_drivers",
         "```",
         "",
         f"Run took {seconds / 60:.1f} minutes.  Machine: "
@@ -165,7 +174,7 @@ def document(figures: list[Figure], info: dict[str, str], seconds: float, load: 
         *[line for name, caption in drawn for line in (f"![{caption}](img/{name})", "", f"*{caption}.*", "")],
         "## What bounds each figure",
         "",
-        BOUNDS + mingle.BOUNDS + fleet.BOUNDS,
+        BOUNDS + mingle.BOUNDS + fleet.BOUNDS + mariadb.BOUNDS + mysql_drivers.BOUNDS,
     ])
 
 
@@ -194,6 +203,8 @@ def main() -> None:
         (console.TITLE, lambda: console.run(args.quick)),
         (mingle.TITLE, lambda: mingle.run(args.quick)),
         (fleet.TITLE, lambda: fleet.run(args.quick, keep=raw)),
+        (mariadb.TITLE, lambda: mariadb.run(args.quick)),
+        (mysql_drivers.TITLE, lambda: mysql_drivers.run(args.quick)),
     ]
     figures: list[Figure] = []
     for title, step in steps:
