@@ -35,6 +35,13 @@ class Worker:
     env: dict[str, str]
     log: Path
     args: list[str] = field(default_factory=list)
+    #: Celery's execution pool: prefork, threads, gevent, eventlet or solo
+    pool: str = "prefork"
+    # another release's venv interpreter and tests folder (its own workerapp): tests/releases.py
+    python: str = sys.executable
+    cwd: Path = TESTS
+    #: run Celery's mingle step (the harness default is --without-mingle)
+    mingle: bool = False
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -42,11 +49,13 @@ class Worker:
         return f"{self.name}@testhost"
 
     def start(self, wait: bool = True) -> Worker:
-        cmd = CELERY + ["-A", "workerapp", "worker", "-P", "prefork", "-c", "2", "-n", self.nodename,
-                        "-Q", self.queue, "-l", "info", "--without-mingle", "--without-gossip", *self.args]
+        cmd = [self.python, "-m", "celery", "-A", "workerapp", "worker", "-P", self.pool, "-c", "2",
+               "-n", self.nodename, "-Q", self.queue, "-l", "info", "--without-gossip", *self.args]
+        if not self.mingle:
+            cmd.append("--without-mingle")
         self._log_offset = self.log.stat().st_size if self.log.exists() else 0
         with open(self.log, "ab") as fh:
-            self.proc = subprocess.Popen(cmd, cwd=TESTS, env=self.env, stdout=fh, stderr=subprocess.STDOUT,
+            self.proc = subprocess.Popen(cmd, cwd=self.cwd, env=self.env, stdout=fh, stderr=subprocess.STDOUT,
                                          start_new_session=True)
         if wait:
             self.wait_ready()
@@ -68,10 +77,16 @@ class Worker:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(10)
 
-    def stop(self, timeout: float = 20) -> None:
+    def begin_stop(self) -> None:
+        """Ask for a warm shutdown without waiting (stop several workers at once)."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+
+    def stop(self, timeout: float = 20, signalled: bool = False) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return
-        os.killpg(self.proc.pid, signal.SIGTERM)
+        if not signalled:
+            os.killpg(self.proc.pid, signal.SIGTERM)
         try:
             self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -102,9 +117,14 @@ class Cluster:
     def queue(self, name: str) -> str:
         return f"q-{self.run_id}-{name}"
 
-    def worker(self, name: str, queue: str | None = None, args: list[str] | None = None, **env: str) -> Worker:
+    def worker(self, name: str, queue: str | None = None, args: list[str] | None = None, pool: str = "prefork",
+               release: Any = None, mingle: bool = False, **env: str) -> Worker:
+        """``release`` (a ``releases.Release``) runs an earlier revstore's worker instead of this checkout's."""
         w = Worker(f"{name}-{self.run_id}", self.queue(queue or name), {**self.env, **env},
-                   self.tmp / f"{name}.log", args or [])
+                   self.tmp / f"{name}.log", args or [], pool, mingle=mingle)
+        if release is not None:
+            w.python, w.cwd = str(release.python), release.tests
+            w.env["PYTHONPATH"] = str(release.tests)
         self.workers.append(w)
         return w
 
@@ -116,4 +136,6 @@ class Cluster:
 
     def close(self) -> None:
         for w in self.workers:
-            w.stop()
+            w.begin_stop()
+        for w in self.workers:
+            w.stop(signalled=True)

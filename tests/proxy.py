@@ -1,4 +1,4 @@
-"""A TCP proxy in front of PostgreSQL, to cut a worker off its database.
+"""A TCP proxy in front of a database server (PostgreSQL, MariaDB), to cut a worker off its database.
 
 Stopping the real server would disturb every other test; the proxy cuts only
 the connections that go through it.  ``down()`` closes the listening socket
@@ -12,9 +12,13 @@ import socket
 import threading
 
 
-class PgProxy:
-    def __init__(self, target: tuple[str, int] = ("127.0.0.1", 5432)) -> None:
+class TcpProxy:
+    def __init__(self, target: tuple[str, int] = ("127.0.0.1", 5432), parse: bool = False) -> None:
+        """``parse`` (PostgreSQL only): read the server's messages (clients must use sslmode=disable),
+        so that setting ``drop_notifications`` silently drops NOTIFY deliveries on live connections."""
         self.target = target
+        self.parse = parse
+        self.drop_notifications = False
         probe = socket.socket()
         probe.bind(("127.0.0.1", 0))
         self.port = probe.getsockname()[1]
@@ -22,10 +26,14 @@ class PgProxy:
         self._lock = threading.Lock()
         self._conns: list[socket.socket] = []
         self._server: socket.socket | None = None
+        #: connections accepted so far: more than the first few means clients reconnected
+        self.accepted = 0
         self.up()
 
     def url(self, base: str) -> str:
-        return base.replace("127.0.0.1:5432", f"127.0.0.1:{self.port}")
+        """``base`` (a URL naming the target's host:port) pointed at the proxy instead."""
+        host, port = self.target
+        return base.replace(f"{host}:{port}", f"127.0.0.1:{self.port}")
 
     def up(self) -> None:
         server = socket.socket()
@@ -76,8 +84,10 @@ class PgProxy:
                     upstream.close()
                     return
                 self._conns += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+                self.accepted += 1
+            threading.Thread(target=self._pipe, args=(client, upstream), daemon=True).start()
+            from_server = self._filter if self.parse else self._pipe
+            threading.Thread(target=from_server, args=(upstream, client), daemon=True).start()
 
     @staticmethod
     def _pipe(src: socket.socket, dst: socket.socket) -> None:
@@ -90,11 +100,45 @@ class PgProxy:
         except OSError:
             pass
         finally:
-            for s in (src, dst):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+            _shutdown(src, dst)
+
+    def _filter(self, src: socket.socket, dst: socket.socket) -> None:
+        """Like _pipe for server messages (type byte, int32 length), leaving out
+        NotificationResponse ('A') while ``drop_notifications`` is set."""
+        buffer = b""
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                buffer += data
+                out = []
+                while len(buffer) >= 5:
+                    size = 1 + int.from_bytes(buffer[1:5], "big")
+                    if len(buffer) < size:
+                        break
+                    message, buffer = buffer[:size], buffer[size:]
+                    if not (message[:1] == b"A" and self.drop_notifications):
+                        out.append(message)
+                if out:
+                    dst.sendall(b"".join(out))
+        except OSError:
+            pass
+        finally:
+            _shutdown(src, dst)
 
     def close(self) -> None:
         self.down()
+
+
+def _shutdown(*socks: socket.socket) -> None:
+    """End both directions of a piped pair: the other pipe thread then stops too."""
+    for s in socks:
+        try:
+            s.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
+#: the name the PostgreSQL-only tests know it by
+PgProxy = TcpProxy

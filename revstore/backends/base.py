@@ -18,10 +18,11 @@ from __future__ import annotations
 
 from array import array
 from collections.abc import Callable, Iterator, Sequence
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any, ClassVar, Protocol
 
-from sqlalchemy import Engine, Table, func, select, tuple_
+from sqlalchemy import Engine, Table, bindparam, func, select, tuple_
 from sqlalchemy.engine import URL, Connection
 from sqlalchemy.sql import ColumnElement, Delete, Select
 
@@ -38,11 +39,24 @@ Key = tuple[str, str, str]
 Merge = Callable[[Any, Any], tuple[dict[str, Any], ColumnElement[bool]]]
 
 
+@dataclass(frozen=True)
+class Pooling:
+    """The connections a process keeps (``revstore_pool_*``) and what the driver may keep on the server."""
+
+    size: int
+    max_overflow: int
+    #: executions before a statement is prepared on the server; None: never
+    #: (a transaction pooler hands each transaction another server connection)
+    prepare_threshold: int | None = None
+
+
 class Listener(Protocol):
     """A background wake-up from the database (PostgreSQL LISTEN/NOTIFY)."""
 
     live: bool
     reconnects: int
+    #: why it is not live (None while it is), for status replies
+    problem: str | None
 
     def start(self) -> None: ...
 
@@ -71,7 +85,7 @@ class Backend(Protocol):
     #: under the driver's bound-parameter and the server's statement limits.
     key_chunk: ClassVar[int]
 
-    def engine_options(self, pool_size: int) -> dict[str, Any]:
+    def engine_options(self, pooling: Pooling) -> dict[str, Any]:
         """``create_engine`` keyword arguments: timeouts, pool, isolation.
 
         Each database needs its own to make concurrent writers queue rather
@@ -93,6 +107,10 @@ class Backend(Protocol):
         Expiry is decided by the database clock, never by a worker's, so
         every comparison and every written time derives from this.
         """
+        ...
+
+    def now_plus(self, seconds: float) -> ColumnElement[Any]:
+        """The server's time ``seconds`` from now (negative: ago), with ``seconds`` a bound parameter."""
         ...
 
     def as_datetime(self, value: Any) -> datetime:
@@ -129,8 +147,9 @@ class Backend(Protocol):
         """Like :meth:`upsert`, each row with its own values (``revstore import``)."""
         ...
 
-    def delete_expired(self, table: Table, expired: Callable[[Any], ColumnElement[bool]], batch: int) -> Delete:
-        """One DELETE of at most ``batch`` rows matching ``expired(alias)``, RETURNING their versions.
+    def delete_expired(self, conn: Connection, table: Table, expired: Callable[[Any], ColumnElement[bool]],
+                       batch: int) -> list[int]:
+        """Delete at most ``batch`` rows matching ``expired(alias)``; the versions of the rows deleted.
 
         Many workers clean at once: a backend that can skip rows another
         cleaner holds should, and each batch must stay short however large
@@ -150,12 +169,17 @@ class Backend(Protocol):
         """Tell listening workers, on commit, that ``version`` was written (or do nothing)."""
         ...
 
-    def listener(self, url: URL, channel: str, on_change: Callable[[], None], name: str) -> Listener | None:
-        """A listener calling ``on_change`` when anyone writes, or None where changes can only be polled."""
+    def listener(self, url: URL, channel: str, on_change: Callable[[], None], name: str, *,
+                 probe: Callable[[str], None], check_interval: float, fallback_interval: float) -> Listener | None:
+        """A listener calling ``on_change`` when anyone writes, or None where changes can only be polled.
+
+        It is live only while it hears ``probe(its own channel)`` every
+        ``check_interval``; ``fallback_interval`` is the poll it announces otherwise.
+        """
         ...
 
     def extra_stats(self, conn: Connection, channel: str) -> dict[str, Any]:
-        """Database-specific figures for ``revstore stats`` (PostgreSQL: the live listeners)."""
+        """Database-specific figures for ``revstore stats`` (PostgreSQL: the live listeners, connections held)."""
         ...
 
     def role_sql(self, tables: Tables, admin_role: str, worker_role: str, *, create_role: bool) -> str:
@@ -173,7 +197,7 @@ class SqlBackend:
     #: SQLite allows 32766 bound parameters: 2000 rows of up to 11 stay under it
     key_chunk: ClassVar[int] = 2000
 
-    def engine_options(self, pool_size: int) -> dict[str, Any]:
+    def engine_options(self, pooling: Pooling) -> dict[str, Any]:
         return {"pool_pre_ping": True}
 
     def configure_engine(self, engine: Engine) -> None:
@@ -184,6 +208,9 @@ class SqlBackend:
 
     def now(self) -> ColumnElement[Any]:
         return func.now()
+
+    def now_plus(self, seconds: float) -> ColumnElement[Any]:
+        return func.now() + bindparam("shift", timedelta(seconds=float(seconds)))
 
     def as_datetime(self, value: Any) -> datetime:
         return value  # type: ignore[no-any-return]
@@ -202,7 +229,7 @@ class SqlBackend:
 
     def insert(self, table: Table) -> Any:
         """An INSERT with this dialect's conflict clause (``on_conflict_do_update``)."""
-        raise ConfigurationError(f"revstore: writes are not supported on {self.name} yet; use PostgreSQL or SQLite")
+        raise NotImplementedError
 
     def _on_conflict(self, stmt: Any, table: Table, merge: Merge) -> Any:
         """``stmt`` resolving key conflicts by ``merge``, returning a row per insert or change."""
@@ -222,11 +249,12 @@ class SqlBackend:
         stmt = self._on_conflict(self.insert(table), table, merge)
         return len(conn.execute(stmt, list(rows)).all())
 
-    def delete_expired(self, table: Table, expired: Callable[[Any], ColumnElement[bool]], batch: int) -> Delete:
+    def delete_expired(self, conn: Connection, table: Table, expired: Callable[[Any], ColumnElement[bool]],
+                       batch: int) -> list[int]:
         victim = table.alias("victim")
         keys = select(victim.c.kind, victim.c.header, victim.c.value).where(expired(victim)).limit(batch)
         match = tuple_(table.c.kind, table.c.header, table.c.value).in_(keys)
-        return table.delete().where(match).returning(table.c.version)
+        return list(conn.execute(table.delete().where(match).returning(table.c.version)).scalars())
 
     def task_ids(self, conn: Connection, stmt: Select[Any], chunk: int) -> Iterator[tuple[list[str], array]]:
         for part in conn.execute(stmt).partitions(chunk):
@@ -236,7 +264,8 @@ class SqlBackend:
     def notify(self, conn: Connection, channel: str, version: int) -> None:
         return None
 
-    def listener(self, url: URL, channel: str, on_change: Callable[[], None], name: str) -> Listener | None:
+    def listener(self, url: URL, channel: str, on_change: Callable[[], None], name: str, *,
+                 probe: Callable[[str], None], check_interval: float, fallback_interval: float) -> Listener | None:
         return None
 
     def extra_stats(self, conn: Connection, channel: str) -> dict[str, Any]:
