@@ -63,7 +63,7 @@ def test_sigkill_and_restart_during_an_outage_lose_nothing(cluster_factory, cele
     a.start()  # still down: it starts from its snapshot and spool
     log = a.output()
     assert "STARTED FROM THE LOCAL SNAPSHOT" in log and "cannot connect" in log
-    state = status(celery_app, a)
+    state = wait_for(lambda: status(celery_app, a), 20, what="the worker's status")  # {} when no reply in time
     assert state["from_snapshot"] and state["snapshot_age"] is not None and state["loaded"]
     for tag, task_id in (("stored", stored), ("revoked-now", revoked)):
         send(celery_app, a.queue, tag, task_id=task_id)
