@@ -117,10 +117,10 @@ class Revstore(bootsteps.StartStopStep):
         local = sync.start_from_snapshot()
         if local is not None:
             logger.critical(
-                "%s; STARTED FROM THE LOCAL SNAPSHOT %s (%d revocations, in step with the table %.0fs ago, "
-                "marker %d) plus %d spooled revokes; catching up when the database is back",
-                exc, sync.state.snapshot.base_path if sync.state else "", len(local.base) + len(local.changes),
-                local.age, local.marker, len(sync.pending_ids))
+                "%s; STARTED FROM THE LOCAL SNAPSHOT %s (in step with the table %.0fs ago, marker %d; "
+                "%d revocations held, %d spooled writes among them); catching up when the database is back",
+                exc, sync.state.snapshot.base_path if sync.state else "", local.age, local.marker,
+                sync.memory.live_count(), sync.pending_count)
             return
         if sync.state is None:
             why = "no local snapshot (revstore_state_dir is off or not writable)"

@@ -240,5 +240,9 @@ class WorkerMemory:
 
     # ------------------------------------------------------------- query
 
+    def live_count(self) -> int:
+        """Revocations held: task ids, stamp values and workflow roots."""
+        return len(self.revoked) + len(self._stamp_deadlines) + len(self.roots)
+
     def is_revoked(self, task_id: str, root_id: str | None = None) -> bool:
         return task_id in self.revoked or (root_id is not None and root_id in self.roots)

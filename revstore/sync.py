@@ -173,8 +173,9 @@ class RevocationSync:
             self.clock.anchor(db_now)
             changes = self.store.changes_since(local.marker)
             if not changes.reload_required:
-                count = self._load_local(local, db_now)
+                self._load_local(local, db_now)
                 self.memory.apply(changes.rows)
+                count = self.memory.live_count()
                 self.marker, self.loaded, self._needs_load = changes.marker, True, False
                 if self.state is not None:
                     self.state.snapshot.append(changes.rows, changes.marker, db_now, force=True)
@@ -310,6 +311,10 @@ class RevocationSync:
         self._inbox.append(job)
         if self.wake_loop is not None:
             self.wake_loop()
+
+    @property
+    def pending_count(self) -> int:
+        return len(self._pending)
 
     @property
     def pending_ids(self) -> set[str]:
