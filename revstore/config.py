@@ -68,6 +68,9 @@ ENV = {
     "revstore_tombstone_ttl": "REVSTORE_TOMBSTONE_TTL",
     "revstore_start_without_db": "REVSTORE_START_WITHOUT_DB",
     "revstore_listen": "REVSTORE_LISTEN",
+    "revstore_web_token": "REVSTORE_WEB_TOKEN",
+    "revstore_web_user": "REVSTORE_WEB_USER",
+    "revstore_web_password": "REVSTORE_WEB_PASSWORD",
     "revstore_listen_url": "REVSTORE_LISTEN_URL",
     "revstore_listen_check_interval": "REVSTORE_LISTEN_CHECK_INTERVAL",
     "revstore_pool_size": "REVSTORE_POOL_SIZE",
@@ -212,6 +215,12 @@ def _lookup(name: str, explicit: Mapping[str, Any], conf: Mapping[str, Any] | No
         if value is not None:
             return value
     return environ.get(ENV[name])
+
+
+def setting(name: str, conf: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None,
+            explicit: Mapping[str, Any] | None = None) -> Any:
+    """One raw setting by the same precedence as :func:`load_settings`, for optional features' own settings."""
+    return _lookup(name, explicit or {}, conf, os.environ if environ is None else environ)
 
 
 def load_settings(

@@ -291,8 +291,14 @@ class RevocationSync:
             return
         if changes.rows:
             rows = changes.rows
-            self._post(lambda: self.memory.apply(rows))
+            self.memory.fetched.record(rows)
+            self._post(lambda: self._apply(rows))
         self.marker = changes.marker
+
+    def _apply(self, rows: list[Revocation]) -> list[Revocation]:
+        live = self.memory.apply(rows)
+        self.memory.fetched.applied(rows)
+        return live
 
     def _reload_job(self) -> Callable[[], list[Revocation]]:
         rows, marker = self.store.load_active()

@@ -19,10 +19,10 @@ from __future__ import annotations
 from array import array
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, ClassVar, Protocol
 
-from sqlalchemy import Engine, Table, func, select, tuple_
+from sqlalchemy import Engine, Table, bindparam, func, select, tuple_
 from sqlalchemy.engine import URL, Connection
 from sqlalchemy.sql import ColumnElement, Delete, Select
 
@@ -107,6 +107,10 @@ class Backend(Protocol):
         Expiry is decided by the database clock, never by a worker's, so
         every comparison and every written time derives from this.
         """
+        ...
+
+    def now_plus(self, seconds: float) -> ColumnElement[Any]:
+        """The server's time ``seconds`` from now (negative: ago), with ``seconds`` a bound parameter."""
         ...
 
     def as_datetime(self, value: Any) -> datetime:
@@ -203,6 +207,9 @@ class SqlBackend:
 
     def now(self) -> ColumnElement[Any]:
         return func.now()
+
+    def now_plus(self, seconds: float) -> ColumnElement[Any]:
+        return func.now() + bindparam("shift", timedelta(seconds=float(seconds)))
 
     def as_datetime(self, value: Any) -> datetime:
         return value  # type: ignore[no-any-return]

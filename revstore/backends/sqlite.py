@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any, ClassVar
 
-from sqlalchemy import Engine, Table, event, func, literal_column
+from sqlalchemy import Engine, Table, bindparam, event, func, literal_column
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql import ColumnElement
@@ -38,6 +38,9 @@ class SqliteBackend(SqlBackend):
     def now(self) -> ColumnElement[Any]:
         # Same text format SQLAlchemy stores, so comparisons are exact.
         return func.strftime("%Y-%m-%d %H:%M:%f000", "now")
+
+    def now_plus(self, seconds: float) -> ColumnElement[Any]:
+        return func.strftime("%Y-%m-%d %H:%M:%f000", "now", bindparam("shift", f"{float(seconds):+} seconds"))
 
     def as_datetime(self, value: Any) -> datetime:
         return datetime.fromisoformat(value[:26]) if isinstance(value, str) else value
