@@ -20,7 +20,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from . import config as _config
 from .errors import ConfigurationError, RevstoreError
 from .inputs import parse_expires, parse_targets
-from .store import DEFAULT, RevocationStore, Revocation, Target
+from .store import RevocationStore, Revocation, Target
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -270,6 +270,39 @@ def _describe(row: Revocation) -> str:
     return f"{row.target}\t{state}{term}\texpires={expires}\tby={row.revoked_by}{reason}"
 
 
+def _waker(ctx: Context, broker: str | None) -> Callable[[], str]:
+    """Connect to the broker to wake workers with, when one is known; the returned
+    call sends ``revstore_sync`` and gives a note for the output line."""
+    import os
+
+    if broker is not None and broker.strip().lower() in ("", "none"):
+        return lambda: ""
+    app = ctx.app if broker is None else None
+    url = broker or (None if app is not None else os.environ.get("CELERY_BROKER_URL"))
+    if app is None and not url:
+        return lambda: ""
+    from .client import Waker
+
+    waker = Waker(app=app, broker_url=url)
+    where = _config.mask_url(url) if url else "the app's broker"
+
+    def send() -> str:
+        problem = waker.send()
+        if problem is not None:
+            click.echo(f"revstore: stored, but the wake-up through {where} failed ({problem}); "
+                       "workers apply it at their next sync", err=True)
+            return ""
+        return f"; workers woken through {where}"
+
+    return send
+
+
+_broker_option = click.option(
+    "--broker", default=None, metavar="URL",
+    help="Broker to wake workers through with revstore_sync (default: the -A app's, then "
+         "$CELERY_BROKER_URL; 'none': do not wake them).")
+
+
 @main_group.command("revoke")
 @click.argument("ids", nargs=-1)
 @click.option("--terminate", is_flag=True, help="Also kill the task if it is running.")
@@ -278,10 +311,11 @@ def _describe(row: Revocation) -> str:
 @click.option("--reason", default=None, help="Free text kept with the revocation.")
 @click.option("--root", is_flag=True, help="IDS are workflow root ids: revoke every task of those workflows.")
 @click.option("--stamp", "stamps", multiple=True, metavar="HEADER=VALUE", help="Revoke by stamped header (repeatable).")
+@_broker_option
 @pass_ctx
 @user_errors
 def revoke_cmd(ctx: Context, ids: tuple[str, ...], terminate: bool, sig: str | None, expires: str | None,
-               reason: str | None, root: bool, stamps: tuple[str, ...]) -> None:
+               reason: str | None, root: bool, stamps: tuple[str, ...], broker: str | None) -> None:
     """Write revocations to the table; workers apply them on their next sync."""
     targets = parse_targets(ids, root, stamps)
     if not targets:
@@ -289,20 +323,24 @@ def revoke_cmd(ctx: Context, ids: tuple[str, ...], terminate: bool, sig: str | N
     if sig is not None and not terminate:
         raise ConfigurationError("revstore: --signal only makes sense with --terminate")
     lifetime = parse_expires(expires)
+    wake = _waker(ctx, broker)
     result = ctx.store.add(targets, terminate=terminate, signal=sig, reason=reason, expires=lifetime)
-    click.echo(f"revstore: revoked {len(targets)} ({result.changed} new or changed)")
+    click.echo(f"revstore: revoked {len(targets)} ({result.changed} new or changed){wake()}")
 
 
 @main_group.command("restore")
 @click.argument("ids", nargs=-1, required=True)
 @click.option("--root", is_flag=True, help="IDS are workflow root ids.")
 @click.option("--stamp", "stamps", multiple=True, metavar="HEADER=VALUE", help="Un-revoke a stamped header value.")
+@_broker_option
 @pass_ctx
 @user_errors
-def restore_cmd(ctx: Context, ids: tuple[str, ...], root: bool, stamps: tuple[str, ...]) -> None:
+def restore_cmd(ctx: Context, ids: tuple[str, ...], root: bool, stamps: tuple[str, ...], broker: str | None) -> None:
     """Un-revoke: the tasks may run again once workers sync."""
-    result = ctx.store.remove(parse_targets(ids, root, stamps))
-    click.echo(f"revstore: restored {result.changed}")
+    targets = parse_targets(ids, root, stamps)
+    wake = _waker(ctx, broker)
+    result = ctx.store.remove(targets)
+    click.echo(f"revstore: restored {result.changed}{wake()}")
 
 
 LIST_COLUMNS = ("target", "state", "terminate", "expires", "revoked_by", "reason")

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .config import load_settings
+from .config import load_settings, mask_url
 from .errors import ConfigurationError
 from .store import DEFAULT, RevocationStore, Target
 
@@ -178,6 +178,48 @@ def restore(app: Any, task_ids: str | Iterable[str | Target], broadcast: bool = 
     if broadcast:
         _broadcast(app, "revstore_sync", RevokeReport([], 0, False))
     return result.changed
+
+
+class Waker:
+    """Broadcasts ``revstore_sync`` so every connected worker pulls now.
+
+    For writers that have no Celery app (the CLI without ``-A``): a bare app
+    on ``broker_url`` is enough, since ``revstore_sync`` carries nothing.
+    The broker connection is opened first, before the write, so the wake-up
+    follows the commit within a round trip.  The table stays the record: a
+    failed wake-up only leaves workers to their next sync.
+    """
+
+    def __init__(self, app: Any = None, broker_url: str | None = None, timeout: float = 5.0) -> None:
+        from celery import Celery
+
+        self.app = app if app is not None else Celery("revstore-wake", broker=broker_url, set_as_current=False)
+        self.problem: str | None = None
+        self._conn: Any = None
+        try:
+            self._conn = self.app.connection_for_write()
+            self._conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=timeout)
+        except Exception as exc:
+            self._failed(exc)
+
+    def _failed(self, exc: BaseException) -> None:
+        text = str(exc).strip()
+        self.problem = mask_url(text.splitlines()[0] if text else type(exc).__name__)
+        if self._conn is not None:
+            self._conn.release()
+            self._conn = None
+
+    def send(self) -> str | None:
+        """Broadcast now; None, or why the wake-up failed."""
+        if self._conn is not None:
+            try:
+                self.app.control.broadcast("revstore_sync", connection=self._conn)
+            except Exception as exc:
+                self._failed(exc)
+            else:
+                self._conn.release()
+                self._conn = None
+        return self.problem
 
 
 def is_revoked(app: Any, task_id: str) -> bool:

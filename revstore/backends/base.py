@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from array import array
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, ClassVar, Protocol
 
@@ -38,11 +39,24 @@ Key = tuple[str, str, str]
 Merge = Callable[[Any, Any], tuple[dict[str, Any], ColumnElement[bool]]]
 
 
+@dataclass(frozen=True)
+class Pooling:
+    """The connections a process keeps (``revstore_pool_*``) and what the driver may keep on the server."""
+
+    size: int
+    max_overflow: int
+    #: executions before a statement is prepared on the server; None: never
+    #: (a transaction pooler hands each transaction another server connection)
+    prepare_threshold: int | None = None
+
+
 class Listener(Protocol):
     """A background wake-up from the database (PostgreSQL LISTEN/NOTIFY)."""
 
     live: bool
     reconnects: int
+    #: why it is not live (None while it is), for status replies
+    problem: str | None
 
     def start(self) -> None: ...
 
@@ -71,7 +85,7 @@ class Backend(Protocol):
     #: under the driver's bound-parameter and the server's statement limits.
     key_chunk: ClassVar[int]
 
-    def engine_options(self, pool_size: int) -> dict[str, Any]:
+    def engine_options(self, pooling: Pooling) -> dict[str, Any]:
         """``create_engine`` keyword arguments: timeouts, pool, isolation.
 
         Each database needs its own to make concurrent writers queue rather
@@ -155,12 +169,17 @@ class Backend(Protocol):
         """Tell listening workers, on commit, that ``version`` was written (or do nothing)."""
         ...
 
-    def listener(self, url: URL, channel: str, on_change: Callable[[], None], name: str) -> Listener | None:
-        """A listener calling ``on_change`` when anyone writes, or None where changes can only be polled."""
+    def listener(self, url: URL, channel: str, on_change: Callable[[], None], name: str, *,
+                 probe: Callable[[str], None], check_interval: float, fallback_interval: float) -> Listener | None:
+        """A listener calling ``on_change`` when anyone writes, or None where changes can only be polled.
+
+        It is live only while it hears ``probe(its own channel)`` every
+        ``check_interval``; ``fallback_interval`` is the poll it announces otherwise.
+        """
         ...
 
     def extra_stats(self, conn: Connection, channel: str) -> dict[str, Any]:
-        """Database-specific figures for ``revstore stats`` (PostgreSQL: the live listeners)."""
+        """Database-specific figures for ``revstore stats`` (PostgreSQL: the live listeners, connections held)."""
         ...
 
     def role_sql(self, tables: Tables, admin_role: str, worker_role: str, *, create_role: bool) -> str:
@@ -178,7 +197,7 @@ class SqlBackend:
     #: SQLite allows 32766 bound parameters: 2000 rows of up to 11 stay under it
     key_chunk: ClassVar[int] = 2000
 
-    def engine_options(self, pool_size: int) -> dict[str, Any]:
+    def engine_options(self, pooling: Pooling) -> dict[str, Any]:
         return {"pool_pre_ping": True}
 
     def configure_engine(self, engine: Engine) -> None:
@@ -245,7 +264,8 @@ class SqlBackend:
     def notify(self, conn: Connection, channel: str, version: int) -> None:
         return None
 
-    def listener(self, url: URL, channel: str, on_change: Callable[[], None], name: str) -> Listener | None:
+    def listener(self, url: URL, channel: str, on_change: Callable[[], None], name: str, *,
+                 probe: Callable[[str], None], check_interval: float, fallback_interval: float) -> Listener | None:
         return None
 
     def extra_stats(self, conn: Connection, channel: str) -> dict[str, Any]:

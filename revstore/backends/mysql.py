@@ -41,7 +41,7 @@ from sqlalchemy.sql import ColumnElement, Select, visitors
 
 from ..errors import ConfigurationError
 from ..schema import MAX_KEY_LENGTH, Tables
-from .base import Key, Merge, SqlBackend
+from .base import Key, Merge, Pooling, SqlBackend
 
 #: The largest double: MySQL has no float infinity, so a row that never
 #: expires loads as this and becomes ``inf`` on the way into Python.
@@ -70,13 +70,14 @@ class MysqlBackend(SqlBackend):
     #: keys per upsert: one JSON parameter of ~50 bytes per key
     upsert_chunk: ClassVar[int] = 10_000
 
-    def engine_options(self, pool_size: int) -> dict[str, Any]:
+    def engine_options(self, pooling: Pooling) -> dict[str, Any]:
+        # mysqlclient prepares nothing on the server: revstore_prepare_threshold does not apply
         return {
             "pool_pre_ping": True,
             # the server closes idle connections after wait_timeout (8 h by default)
             "pool_recycle": 3600,
-            "pool_size": pool_size,
-            "max_overflow": 4,
+            "pool_size": pooling.size,
+            "max_overflow": pooling.max_overflow,
             # InnoDB's default REPEATABLE READ takes gap locks on every range a
             # write reads; writers here are ordered by the clock row instead
             "isolation_level": "READ COMMITTED",

@@ -10,7 +10,7 @@ from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql import ColumnElement
 
-from .base import SqlBackend
+from .base import Pooling, SqlBackend
 
 
 class SqliteBackend(SqlBackend):
@@ -18,7 +18,7 @@ class SqliteBackend(SqlBackend):
     driver_hint: ClassVar[str] = "use a Python built with the sqlite3 module"
     supports_schema: ClassVar[bool] = False
 
-    def engine_options(self, pool_size: int) -> dict[str, Any]:
+    def engine_options(self, pooling: Pooling) -> dict[str, Any]:
         # IMMEDIATE: a write transaction takes the write lock at its first
         # statement, so concurrent writers queue instead of deadlocking;
         # timeout is how long they queue.
