@@ -23,6 +23,7 @@ from celery.worker import state as worker_state
 
 from .client import DURABLE_FLAG
 from .errors import InvalidInput
+from .remote import add_client_methods
 from .store import DEFAULT, Target, as_target, normalize_signal
 from .sync import PendingWrite, RevocationSync
 
@@ -55,12 +56,15 @@ def revstore_sync(state: Any, **kwargs: Any) -> dict[str, str]:
     return {"ok": "sync requested"}
 
 
-@celery_control.inspect_command(alias="revstore")
+@celery_control.inspect_command()
 def revstore_status(state: Any, **kwargs: Any) -> dict[str, Any]:
     """revstore's view on this worker: marker, listener, pending writes."""
     if _active is None:
         return {"enabled": False}
     return {"enabled": True, **_active.status()}
+
+
+add_client_methods()  # every command registered above has its client method
 
 
 def install_wrappers() -> None:

@@ -8,6 +8,7 @@ with an application that already uses Alembic.
 
 from __future__ import annotations
 
+import functools
 import io
 from pathlib import Path
 
@@ -39,6 +40,7 @@ def alembic_config(store: RevocationStore, *, output: io.StringIO | None = None)
     return cfg
 
 
+@functools.cache  # the scripts do not change while the process runs; workers check at every start
 def head_revision() -> str:
     script = ScriptDirectory(str(migrations_dir()))
     head = script.get_current_head()
