@@ -19,6 +19,18 @@ from revstore.store import RevocationStore
 
 PG_BASE = os.environ.get("REVSTORE_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("REVSTORE_TEST_REDIS", "redis://127.0.0.1:6379")
+#: The broker of the worker tests (tests/workerapp.py); the CI matrix also runs them on RabbitMQ.
+BROKER_URL = os.environ.get("TEST_BROKER", "redis://127.0.0.1:6379/5")
+
+#: Fixtures that start real ``celery worker`` processes: a test using one is a worker test.
+WORKER_FIXTURES = {"cluster_factory"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that runs real workers ``worker``: the CI matrix runs those on each combination."""
+    for item in items:
+        if WORKER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.worker)
 
 
 @pytest.fixture(scope="session")
@@ -82,8 +94,20 @@ def redis_ready() -> None:
         pytest.fail(f"Redis is required at {REDIS_URL}: {exc}", pytrace=False)
 
 
+@pytest.fixture(scope="session")
+def broker_ready(redis_ready) -> None:  # type: ignore[no-untyped-def]
+    """The worker tests' broker (Redis, or RabbitMQ with TEST_BROKER=amqp://...) answers."""
+    from kombu import Connection
+
+    try:
+        with Connection(BROKER_URL, connect_timeout=5) as conn:
+            conn.ensure_connection(max_retries=2, interval_start=0.5)
+    except Exception as exc:  # a missing broker is a failure, never a skip
+        pytest.fail(f"the broker is required at {BROKER_URL}: {exc}", pytrace=False)
+
+
 @pytest.fixture
-def celery_app(redis_ready):  # type: ignore[no-untyped-def]
+def celery_app(broker_ready):  # type: ignore[no-untyped-def]
     """The test app, as a client: sends tasks and control messages."""
     import sys
 
@@ -105,7 +129,7 @@ def pg_proxy():  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def cluster_factory(tmp_path, request, redis_ready):  # type: ignore[no-untyped-def]
+def cluster_factory(tmp_path, request, broker_ready):  # type: ignore[no-untyped-def]
     """Build a Cluster of real workers on a migrated store of the given backend."""
     from harness import Cluster
 
