@@ -81,8 +81,14 @@ def main(session: nox.Session) -> None:
 def _range_end(session: nox.Session, *install: str) -> None:
     session.install("-e", ".[test]", *install)
     _versions(session, "python")
-    for broker in BROKERS:
-        _pytest(session, "python", broker, *WORKER_TESTS)
+    failed = []
+    for broker in BROKERS:  # both brokers run even when the first fails
+        try:
+            _pytest(session, "python", broker, *WORKER_TESTS)
+        except nox.command.CommandFailed:
+            failed.append(broker)
+    if failed:
+        session.error(f"worker tests failed on {', '.join(failed)}")
 
 
 @nox.session(python=OLDEST_PYTHON)

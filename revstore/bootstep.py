@@ -69,7 +69,7 @@ class Revstore(bootsteps.StartStopStep):
         except RevstoreError as exc:
             _fatal(exc)
         self.sync = RevocationSync(store, self.settings, WorkerMemory(), c.hostname)
-        control.activate(self.sync)
+        control.activate(self.sync, c.timer)
         cancel.activate(self.sync.memory, c.hostname)  # before the pool forks its children
         signals.task_received.connect(self._on_task_received, weak=False)
         return None

@@ -20,6 +20,7 @@ from celery.utils.functional import maybe_list
 from celery.utils.time import maybe_iso8601
 from celery.worker import control as celery_control
 from celery.worker import state as worker_state
+from celery.worker.request import Request
 
 from .client import DURABLE_FLAG
 from .errors import InvalidInput
@@ -31,6 +32,10 @@ logger = logging.getLogger("revstore")
 
 #: The worker's sync, set by the bootstep; None means "call through only".
 _active: RevocationSync | None = None
+#: The consumer's timer, where older Celery keeps ETA tasks until they are due.
+_timer: Any = None
+#: Newer Celery registers an ETA task in ``worker_state.requests`` on receipt.
+_ETA_IN_REQUESTS = hasattr(worker_state, "task_scheduled")
 _WRAPPED_ATTR = "__revstore_wrapped__"
 
 #: Celery's revoke handler makes two or three result-backend round trips per
@@ -41,10 +46,30 @@ _WRAPPED_ATTR = "__revstore_wrapped__"
 HANDLER_CHUNK = 2000
 
 
-def activate(sync: RevocationSync | None) -> None:
-    global _active
-    _active = sync
+def activate(sync: RevocationSync | None, timer: Any = None) -> None:
+    global _active, _timer
+    _active, _timer = sync, timer
     install_wrappers()
+
+
+def held_requests() -> dict[str, Any]:
+    """The requests this worker holds, ETA tasks waiting for their time included.
+
+    Celery 5.3 puts an ETA task in ``worker_state.requests`` only when its
+    timer fires; until then it is found where ``inspect scheduled`` finds it,
+    in the consumer's timer.
+    """
+    held = dict(worker_state.requests)
+    if _ETA_IN_REQUESTS or _timer is None:
+        return held
+    for waiting in list(_timer.schedule.queue):
+        try:
+            request = waiting.entry.args[0]
+        except (AttributeError, IndexError, TypeError):
+            continue
+        if isinstance(request, Request):
+            held.setdefault(request.id, request)
+    return held
 
 
 @celery_control.control_command()
@@ -155,8 +180,9 @@ def _expires_for(ids: list[str], default: Any) -> Any:
     """
     latest = 0.0
     now = datetime.now(timezone.utc)
+    held = held_requests()
     for task_id in ids:
-        request = worker_state.requests.get(task_id)
+        request = held.get(task_id)
         eta = getattr(request, "eta", None) if request is not None else None
         if not eta:
             continue
@@ -184,7 +210,7 @@ def hold_past_etas(sync: RevocationSync, remaining: dict[str, float | None]) -> 
     worker holding that task extends the row (never reviving a restored one).
     """
     # iterate the few requests held, not the (possibly million) applied ids
-    held = [i for i, request in list(worker_state.requests.items()) if i in remaining and getattr(request, "eta", None)]
+    held = [i for i, request in held_requests().items() if i in remaining and getattr(request, "eta", None)]
     if not held:
         return
     expires = _expires_for(held, DEFAULT)
