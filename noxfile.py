@@ -57,9 +57,17 @@ OLDEST_PYTHON = _pyenv_python("3.10.13")
 NEWEST_PYTHON = _pyenv_python("3.13.0")
 
 
-def _pytest(session: nox.Session, python: str, broker: str, *args: str) -> None:
-    session.run(python, "-m", "pytest", *args, *session.posargs, env={"TEST_BROKER": BROKERS[broker]},
-                external=True)
+def _pytest(session: nox.Session, python: str, runs: list[tuple[str, list[str]]]) -> None:
+    """One pytest per (broker, arguments); all run even when one fails."""
+    failed = []
+    for broker, args in runs:
+        try:
+            session.run(python, "-m", "pytest", *args, *session.posargs, env={"TEST_BROKER": BROKERS[broker]},
+                        external=True)
+        except nox.command.CommandFailed:
+            failed.append(f"{broker} {' '.join(args) or '(whole suite)'}")
+    if failed:
+        session.error("failed: " + "; ".join(failed))
 
 
 def _versions(session: nox.Session, python: str) -> None:
@@ -74,21 +82,13 @@ def _versions(session: nox.Session, python: str) -> None:
 def main(session: nox.Session) -> None:
     """Everything on Redis, then the worker tests on RabbitMQ (in .venv)."""
     _versions(session, sys.executable)
-    _pytest(session, sys.executable, "redis")
-    _pytest(session, sys.executable, "rabbitmq", *WORKER_TESTS)
+    _pytest(session, sys.executable, [("redis", []), ("rabbitmq", WORKER_TESTS)])
 
 
 def _range_end(session: nox.Session, *install: str) -> None:
     session.install("-e", ".[test]", *install)
     _versions(session, "python")
-    failed = []
-    for broker in BROKERS:  # both brokers run even when the first fails
-        try:
-            _pytest(session, "python", broker, *WORKER_TESTS)
-        except nox.command.CommandFailed:
-            failed.append(broker)
-    if failed:
-        session.error(f"worker tests failed on {', '.join(failed)}")
+    _pytest(session, "python", [(broker, WORKER_TESTS) for broker in BROKERS])
 
 
 @nox.session(python=OLDEST_PYTHON)
