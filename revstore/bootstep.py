@@ -87,11 +87,10 @@ class Revstore(bootsteps.StartStopStep):
                 logger.error("%s; starting anyway (revstore_start_without_db) and retrying the load", exc)
         else:
             sync.request_sync()  # reconnected to the broker: catch up at once
-        if self.settings.listen and sync.store.backend == "postgresql" and sync.listener is None:
-            from .listener import Listener
-
-            sync.listener = Listener(sync.store.url, sync.store.channel, sync.request_sync, c.hostname)
-            sync.listener.start()
+        if self.settings.listen and sync.listener is None:
+            sync.listener = sync.store.listener(sync.request_sync, c.hostname)
+            if sync.listener is not None:
+                sync.listener.start()
         if c.hub is not None:
             if self._waker is None:
                 self._waker = LoopWaker()

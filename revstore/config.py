@@ -17,6 +17,7 @@ from typing import Any, Mapping
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
+from . import backends
 from .errors import ConfigurationError
 
 #: Revocations live a week unless the revoker says otherwise.  A week is far
@@ -90,15 +91,14 @@ def normalize_url(raw: str) -> URL:
             "use e.g. postgresql://user@host/db or sqlite:///path/revstore.sqlite3"
         ) from None
     backend = url.get_backend_name()
-    if backend == "postgresql" and url.drivername == "postgresql":
-        url = url.set(drivername="postgresql+psycopg")
-    elif backend in ("mysql", "mariadb") and "+" not in url.drivername:
-        url = url.set(drivername=f"{backend}+pymysql")
-    if backend not in ("postgresql", "sqlite", "mysql", "mariadb"):
+    if not backends.is_known(backend):
         raise ConfigurationError(
             f"revstore: unsupported database {backend!r} in {mask_url(url)}; "
             "use a postgresql:// or sqlite:/// URL"
         )
+    driver = backends.default_driver(backend)
+    if driver is not None and "+" not in url.drivername:
+        url = url.set(drivername=f"{backend}+{driver}")
     return url
 
 
@@ -192,8 +192,9 @@ def load_settings(
     schema = get("revstore_schema") or None
     if schema is not None and not _SCHEMA_RE.match(str(schema)):
         raise ConfigurationError(f"revstore: revstore_schema={schema!r} must be a plain SQL identifier")
-    if schema is not None and url is not None and url.get_backend_name() == "sqlite":
-        raise ConfigurationError("revstore: revstore_schema is for PostgreSQL; leave it unset with SQLite")
+    if schema is not None and url is not None and not backends.for_dialect(url.get_backend_name()).supports_schema:
+        raise ConfigurationError(
+            f"revstore: revstore_schema is for PostgreSQL; leave it unset with {url.get_backend_name()}")
 
     prefix = get("revstore_table_prefix")
     prefix = DEFAULT_TABLE_PREFIX if prefix is None else str(prefix)

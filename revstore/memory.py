@@ -67,9 +67,6 @@ class WorkerMemory:
             self._add_other(Target(kind, value, header), remaining, now)  # type: ignore[arg-type]
         with gc_paused():
             self._bulk_add(snapshot.task_ids, snapshot.task_remaining, now - self.revoked.expires)
-        import os, gc
-        if os.environ.get("XFREEZE"):
-            gc.freeze()
         return len(snapshot)
 
     def _bulk_add(self, ids: list[str], remaining: Sequence[float], base: float) -> None:

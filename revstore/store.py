@@ -6,6 +6,10 @@ and the client API all go through it.
 
 Time comes from the database server (``now()``), never from the caller's
 clock: workers on hosts with skewed clocks still agree on what has expired.
+
+This module is the same on every database; what differs (SQL dialect, bulk
+transfer tricks, change notification) is asked of a backend from
+:mod:`revstore.backends`, picked by the URL's dialect.
 """
 
 from __future__ import annotations
@@ -15,7 +19,6 @@ import getpass
 import json
 import signal as _signal
 import socket
-import sys
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -23,40 +26,21 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Literal
 
-from sqlalchemy import (
-    Engine,
-    and_,
-    bindparam,
-    case,
-    cast,
-    column,
-    create_engine,
-    event,
-    func,
-    literal,
-    literal_column,
-    or_,
-    select,
-    text,
-    tuple_,
-    update,
-)
-from sqlalchemy.dialects import postgresql
+from sqlalchemy import Engine, and_, case, create_engine, func, literal, or_, select, tuple_, update
 from sqlalchemy.engine import URL, Connection
-from sqlalchemy.exc import DBAPIError, NoSuchModuleError, OperationalError, ProgrammingError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, NoSuchModuleError, OperationalError, ProgrammingError
 
+from . import backends as _backends
 from . import config as _config
+from .backends import Backend, Listener
 from .errors import ConfigurationError, DatabaseUnavailable, InvalidInput, SchemaError
 from .schema import KINDS, MAX_KEY_LENGTH, MAX_REASON_LENGTH, Tables, build_tables
 
 Kind = Literal["task", "stamp", "root"]
 
-#: Rows per INSERT statement: large enough to amortise round trips, small
-#: enough to stay under every driver's bound-parameter limit (SQLite: 32766).
+#: Rows per INSERT of ``put_rows`` (each row its own eleven parameters):
+#: under every driver's bound-parameter limit (SQLite: 32766).
 WRITE_CHUNK = 2000
-
-#: Keys per INSERT on PostgreSQL, where they travel as arrays (see _upsert).
-ARRAY_CHUNK = 50_000
 
 #: See _upsert: how much later a re-revoke's expiry must be to rewrite the row.
 EXTEND_SLACK = timedelta(seconds=60)
@@ -295,8 +279,10 @@ class RevocationStore:
         self.tables: Tables = build_tables(table_prefix, schema)
         self.default_expires = default_expires
         self.tombstone_ttl = tombstone_ttl
+        #: what this database does its own way (see revstore.backends)
+        self.backend: Backend = _backends.for_dialect(
+            engine.dialect.name if engine is not None else self.url.get_backend_name())
         self.engine = engine or self._make_engine(pool_size)
-        self.backend = self.engine.dialect.name
         self._returning = bool(getattr(self.engine.dialect, "update_returning", False))
 
     @classmethod
@@ -315,25 +301,13 @@ class RevocationStore:
     # ----------------------------------------------------------------- setup
 
     def _make_engine(self, pool_size: int) -> Engine:
-        backend = self.url.get_backend_name()
-        kwargs: dict[str, Any] = {"pool_pre_ping": True}
-        if backend == "sqlite":
-            # IMMEDIATE: a write transaction takes the write lock at its first
-            # statement, so concurrent writers queue instead of deadlocking;
-            # timeout is how long they queue.
-            kwargs["connect_args"] = {"isolation_level": "IMMEDIATE", "timeout": 30, "check_same_thread": False}
-        elif backend == "postgresql":
-            kwargs["connect_args"] = {"connect_timeout": 5, "application_name": "revstore"}
-            kwargs.update(pool_size=pool_size, max_overflow=4)
         try:
-            engine = create_engine(self.url, **kwargs)
+            engine = create_engine(self.url, **self.backend.engine_options(pool_size))
         except (NoSuchModuleError, ModuleNotFoundError, ImportError) as exc:
-            hint = "pip install 'revstore[postgres]'" if backend == "postgresql" else f"install the driver for {backend}"
             raise ConfigurationError(
-                f"revstore: no database driver for {_config.mask_url(self.url)} ({exc}); {hint}"
+                f"revstore: no database driver for {_config.mask_url(self.url)} ({exc}); {self.backend.driver_hint}"
             ) from None
-        if backend == "sqlite":
-            event.listen(engine, "connect", _sqlite_on_connect)
+        self.backend.configure_engine(engine)
         return engine
 
     def dispose(self) -> None:
@@ -377,16 +351,10 @@ class RevocationStore:
 
     def _now(self) -> Any:
         """The database server's current time as a SQL expression."""
-        if self.backend == "sqlite":
-            # Same text format SQLAlchemy stores, so comparisons are exact.
-            return func.strftime("%Y-%m-%d %H:%M:%f000", "now")
-        return func.now()
+        return self.backend.now()
 
     def _db_now(self, conn: Connection) -> datetime:
-        value = conn.execute(select(self._now())).scalar_one()
-        if isinstance(value, str):
-            value = datetime.fromisoformat(value[:26])
-        return value
+        return self.backend.as_datetime(conn.execute(select(self._now())).scalar_one())
 
     def _remaining(self, expires_at: datetime | None, now: datetime) -> float | None:
         if expires_at is None:
@@ -419,13 +387,16 @@ class RevocationStore:
         return int(version)
 
     def _notify(self, conn: Connection, version: int) -> None:
-        if self.backend == "postgresql":
-            conn.execute(select(func.pg_notify(self.channel, str(version))))
+        self.backend.notify(conn, self.channel, version)
 
     @property
     def channel(self) -> str:
-        """The PostgreSQL NOTIFY channel writers signal on (one per installation)."""
+        """The channel writers signal on where the database can push changes (one per installation)."""
         return f"{self.tables.schema or 'public'}.{self.tables.prefix}changes"[:63]
+
+    def listener(self, on_change: Any, name: str) -> Listener | None:
+        """A not yet started listener calling ``on_change`` when anyone writes; None where changes can only be polled."""
+        return self.backend.listener(self.url, self.channel, on_change, name)
 
     def add(
         self,
@@ -513,43 +484,13 @@ class RevocationStore:
 
     def _key_chunks(self, items: list[Target]) -> Iterator[list[Target]]:
         """``items`` in pieces of the size one statement takes on this backend."""
-        size = ARRAY_CHUNK if self.backend == "postgresql" else WRITE_CHUNK
+        size = self.backend.key_chunk
         for start in range(0, len(items), size):
             yield items[start : start + size]
 
-    def _keys(self, items: list[Target]) -> Any:
-        """PostgreSQL: ``items`` as a ``(kind, header, value)`` relation built from one JSON parameter.
-
-        Row-value IN lists and multi-row VALUES carry three or more
-        parameters per key: psycopg re-parses such statements every time,
-        and PostgreSQL plans a 2,000-key IN list as 2,000 ORs (seconds on a
-        large table).  One JSON array of ``[kind, header, value]`` makes a
-        short statement and an index join; JSON because psycopg serialises
-        it in C, where it quotes each element of a text array in Python.
-        """
-        key = column("key", postgresql.JSON)
-        rows = func.json_array_elements(
-            bindparam("keys", [[t.kind, t.header, t.value] for t in items], type_=postgresql.JSON)
-        ).table_valued(key).render_derived()
-        return select(*(rows.c.key[i].astext.label(name) for i, name in enumerate(("kind", "header", "value")))).subquery()
-
     def _key_in(self, items: list[Target]) -> Any:
         """A WHERE condition: the row's key is one of ``items``."""
-        table = self.tables.revocations
-        key = tuple_(table.c.kind, table.c.header, table.c.value)
-        if self.backend != "postgresql":
-            return key.in_([(t.kind, t.header, t.value) for t in items])
-        return key.in_(select(*self._keys(items).c))
-
-    def _insert(self) -> Any:
-        """An INSERT that supports ON CONFLICT on this backend."""
-        if self.backend == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert
-        elif self.backend == "sqlite":
-            from sqlalchemy.dialects.sqlite import insert  # type: ignore[assignment]
-        else:
-            raise ConfigurationError(f"revstore: writes are not supported on {self.backend} yet; use PostgreSQL or SQLite")
-        return insert(self.tables.revocations)
+        return self.backend.key_in(self.tables.revocations, [(t.kind, t.header, t.value) for t in items])
 
     def put_rows(self, rows: Sequence[Revocation]) -> WriteResult:
         """Write rows exactly as given (times, reason, revoker), for ``revstore import``.
@@ -569,8 +510,12 @@ class RevocationStore:
                 return None
             if value.tzinfo is None:
                 value = value.replace(tzinfo=timezone.utc)
-            # SQLite keeps naive UTC text, the format its now() produces
-            return value.astimezone(timezone.utc).replace(tzinfo=None) if self.backend == "sqlite" else value
+            return self.backend.column_time(value)
+
+        def merge(old: Any, new: Any) -> tuple[dict[str, Any], Any]:
+            # only a tombstone is replaced, and only by an active row
+            names = [c.name for c in self.tables.revocations.c if c.name not in ("kind", "header", "value")]
+            return {name: getattr(new, name) for name in names}, and_(~old.active, new.active)
 
         def write(conn: Connection) -> WriteResult:
             version = self._bump(conn)
@@ -591,14 +536,7 @@ class RevocationStore:
                     }
                     for r in items[start : start + WRITE_CHUNK]
                 ]
-                stmt = self._insert()
-                old, new = self.tables.revocations.c, stmt.excluded
-                stmt = stmt.on_conflict_do_update(
-                    index_elements=[old.kind, old.header, old.value],
-                    set_={name: getattr(new, name) for name in values[0] if name not in ("kind", "header", "value")},
-                    where=and_(~old.active, new.active),
-                )
-                changed += len(conn.execute(stmt.returning(old.version), values).all())
+                changed += self.backend.upsert_rows(conn, self.tables.revocations, values, merge)
             if changed:
                 self._notify(conn, version)
             return WriteResult(changed, version if changed else 0)
@@ -611,30 +549,18 @@ class RevocationStore:
 
         A tombstone is revived unless it was written after ``heard``.
         """
-        table = self.tables.revocations
-        stmt = self._insert()
-        params: Any = None
-        if self.backend == "postgresql":
-            # The keys as arrays (see _keys), the shared values once: a
-            # multi-row VALUES list of eleven parameters per row was most of
-            # the cost of a 10,000-id revoke.
-            keys = self._keys(items)
-            values = [cast(literal(v, table.c[name].type), table.c[name].type) for name, v in shared.items()]
-            stmt = stmt.from_select(["kind", "header", "value", *shared], select(*keys.c, *values))
-        else:
-            params = [{"kind": t.kind, "header": t.header, "value": t.value, **shared} for t in items]
-        new, old = stmt.excluded, table.c
-        stronger = and_(new.terminate, ~old.terminate)
-        # A re-revoke extends the expiry only when it gains more than
-        # EXTEND_SLACK: N workers writing one broadcast a few ms apart must
-        # not each rewrite the row just to move its expiry by milliseconds.
-        if expires_at is None:
-            longer = old.expires_at.is_not(None)
-        else:
-            longer = and_(old.expires_at.is_not(None), old.expires_at < literal(expires_at - EXTEND_SLACK, old.expires_at.type))
-        stmt = stmt.on_conflict_do_update(
-            index_elements=[old.kind, old.header, old.value],
-            set_={
+
+        def merge(old: Any, new: Any) -> tuple[dict[str, Any], Any]:
+            stronger = and_(new.terminate, ~old.terminate)
+            # A re-revoke extends the expiry only when it gains more than
+            # EXTEND_SLACK: N workers writing one broadcast a few ms apart must
+            # not each rewrite the row just to move its expiry by milliseconds.
+            if expires_at is None:
+                longer = old.expires_at.is_not(None)
+            else:
+                longer = and_(old.expires_at.is_not(None),
+                              old.expires_at < literal(expires_at - EXTEND_SLACK, old.expires_at.type))
+            set_ = {
                 "terminate": or_(and_(old.active, old.terminate), new.terminate),
                 "signal": case((new.terminate, new.signal), (old.active, old.signal), else_=None),
                 "reason": case((~old.active, new.reason), else_=func.coalesce(new.reason, old.reason)),
@@ -643,19 +569,13 @@ class RevocationStore:
                 "expires_at": case((~old.active, new.expires_at), (longer, new.expires_at), else_=old.expires_at),
                 "version": new.version,
                 "active": True,
-            },
-            where=or_(
-                ~old.active if heard is None else and_(~old.active, old.revoked_at < literal(heard, old.revoked_at.type)),
-                and_(old.active, or_(stronger, longer)),
-            ),
-        )
-        # RETURNING counts exactly the rows inserted or changed, where
-        # executemany's rowcount is unreliable across drivers; PostgreSQL
-        # counts them itself rather than send one row back per key.
-        stmt = stmt.returning(old.version)
-        if self.backend == "postgresql":
-            return int(conn.execute(select(func.count()).select_from(stmt.cte("written"))).scalar_one())
-        return len(conn.execute(stmt, params).all())
+            }
+            revive = ~old.active if heard is None else and_(
+                ~old.active, old.revoked_at < literal(heard, old.revoked_at.type))
+            return set_, or_(revive, and_(old.active, or_(stronger, longer)))
+
+        keys = [(t.kind, t.header, t.value) for t in items]
+        return self.backend.upsert(conn, self.tables.revocations, keys, shared, merge)
 
     def remove(self, targets: Iterable[Target | str], *, revoked_by: str | None = None) -> WriteResult:
         """Un-revoke: the targets become runnable again on every worker.
@@ -716,11 +636,10 @@ class RevocationStore:
     def purge_expired(self, batch: int = _config.DEFAULT_CLEANUP_BATCH, max_batches: int | None = None) -> int:
         """Delete expired rows in short transactions of at most ``batch`` rows.
 
-        Safe to run from many workers at once: on PostgreSQL each batch skips
-        rows another cleaner holds (``SKIP LOCKED``).  Deleting an expired
+        Safe to run from many workers at once: where the database can, each
+        batch skips rows another cleaner holds (PostgreSQL's ``SKIP LOCKED``).  Deleting an expired
         un-revoke records its version so a reader that never saw it reloads.
         """
-        table = self.tables.revocations
         clock = self.tables.clock
         total = 0
         batches = 0
@@ -750,28 +669,15 @@ class RevocationStore:
         return total
 
     def _delete_expired(self, tombstones: bool, batch: int) -> Any:
-        """One DELETE of up to ``batch`` expired rows (or tombstones) no other cleaner holds, returning versions.
+        """One DELETE of up to ``batch`` expired rows (or tombstones), returning versions.
 
-        One statement, so the keys never round-trip through the client.  On
-        PostgreSQL the rows are found by ``ctid``: keyed by (kind, header,
-        value), the planner hash-joined the whole table for every batch
-        (a third of a second per 5,000 rows at a million), by ``ctid`` it
-        fetches exactly the locked rows (milliseconds).
+        One statement, so the keys never round-trip through the client.
         """
-        table = self.tables.revocations
-        victim = table.alias("victim")
-        expired = and_(victim.c.expires_at < self._now(), victim.c.active == (not tombstones))
-        if self.backend == "postgresql":
-            ctids = select(literal_column("victim.ctid")).select_from(victim).where(expired)
-            # oldest first: an index scan on expires_at, whose entries for
-            # deleted rows are flagged dead as it passes, so later batches
-            # do not wade through the rows earlier ones deleted
-            ctids = ctids.order_by(victim.c.expires_at).limit(batch).with_for_update(skip_locked=True)
-            match = literal_column(f"{table.name}.ctid") == func.any(func.array(ctids.scalar_subquery()))
-        else:
-            keys = select(victim.c.kind, victim.c.header, victim.c.value).where(expired).limit(batch)
-            match = tuple_(table.c.kind, table.c.header, table.c.value).in_(keys)
-        return table.delete().where(match).returning(table.c.version)
+        return self.backend.delete_expired(
+            self.tables.revocations,
+            lambda victim: and_(victim.c.expires_at < self._now(), victim.c.active == (not tombstones)),
+            batch,
+        )
 
     # ---------------------------------------------------------------- reads
 
@@ -838,22 +744,17 @@ class RevocationStore:
 
         A million rows must load in about a second and cost no more memory
         than Celery's own set.  Task ids (nearly all rows) come as two
-        columns: on PostgreSQL packed by the server into one newline-joined
-        string and one float array (three Python objects on the wire instead
-        of three million), elsewhere streamed in ``chunk``-row pieces.  The
-        remaining lifetime is computed by the database.
+        columns, an id list and a float array, as compactly as the backend
+        can send them (packed by the server on PostgreSQL, elsewhere in
+        ``chunk``-row pieces).  The remaining lifetime is computed by the
+        database.
         The marker is the clock read *before* the rows: every version at or
         below it had committed, so the rows include all of them; anything
         newer that the load also saw comes again from ``changes_since``,
         which is harmless because applying a row twice changes nothing.
         """
         table, clock = self.tables.revocations, self.tables.clock
-        if self.backend == "sqlite":
-            remaining = (func.julianday(table.c.expires_at) - func.julianday("now")) * 86400.0
-            never = literal_column("9e999")  # SQLite's infinity
-        else:
-            remaining = func.date_part("epoch", table.c.expires_at - func.now())
-            never = literal_column("'Infinity'::float8")
+        remaining, never = self.backend.seconds_left(table.c.expires_at), self.backend.infinity()
         live = and_(table.c.active, or_(table.c.expires_at.is_(None), table.c.expires_at > self._now()))
         tasks = select(table.c.value, func.coalesce(remaining, never)).where(table.c.kind == "task", live)
         others = select(table.c.kind, table.c.header, table.c.value, remaining).where(table.c.kind != "task", live)
@@ -861,76 +762,17 @@ class RevocationStore:
         def read(conn: Connection) -> tuple[Snapshot, int]:
             marker = int(conn.execute(select(clock.c.version).where(clock.c.id == 1)).scalar_one())
             snapshot = Snapshot([], array("d"), [])
-            packed = self._packed(conn, tasks) if self.backend == "postgresql" else None
-            if packed is not None:
-                snapshot.task_ids, snapshot.task_remaining = packed
-            else:
-                for part in self._stream(conn, tasks, chunk):
-                    ids, left = zip(*part)
+            for ids, left in self.backend.task_ids(conn, tasks, chunk):
+                if snapshot.task_ids:
                     snapshot.task_ids.extend(ids)
                     snapshot.task_remaining.extend(left)
+                else:
+                    snapshot.task_ids, snapshot.task_remaining = ids, left
             snapshot.others.extend((k, h, v, None if r is None else float(r)) for k, h, v, r in conn.execute(others))
             return snapshot, marker
 
         with gc_paused():
             return self._run(read)
-
-    def _raw_sql(self, stmt: Any) -> tuple[str, dict[str, Any]]:
-        """``stmt`` as SQL text and its bound parameters, for a driver cursor."""
-        compiled = stmt.compile(dialect=self.engine.dialect)
-        return str(compiled), dict(compiled.params)
-
-    def _packed(self, conn: Connection, stmt: Any) -> tuple[list[str], array] | None:
-        """``(value, remaining)`` rows of ``stmt`` aggregated server-side; None: stream them instead.
-
-        None when an id contains the separator (the pieces would not match
-        the count) or the aggregate fails (PostgreSQL caps a value at 1 GB,
-        some 25 million ids): a savepoint keeps the transaction usable.
-        """
-        rows = stmt.subquery()
-        value, remaining = rows.c
-        packed = select(
-            func.count(),
-            func.string_agg(value, literal_column("E'\\n'")),
-            # 8 big-endian bytes per float: one bytes object, no float objects
-            func.string_agg(func.float8send(remaining), literal_column("''::bytea")),
-        )
-        cursor = conn.connection.driver_connection.cursor(binary=True)  # type: ignore[union-attr]
-        savepoint = conn.begin_nested()
-        try:
-            cursor.execute(*self._raw_sql(packed))
-            count, joined, left = cursor.fetchone()
-        except self.engine.dialect.loaded_dbapi.Error:
-            savepoint.rollback()
-            return None
-        finally:
-            cursor.close()
-        savepoint.commit()
-        ids = joined.split("\n") if count else []
-        if len(ids) != count:
-            return None
-        # libpq keeps its input buffer as large as the largest message (the
-        # whole snapshot): close this connection after use, not pool it.
-        conn.detach()
-        if not count:
-            return [], array("d")
-        remaining_ = array("d", bytes(left))
-        if sys.byteorder == "little":
-            remaining_.byteswap()
-        return ids, remaining_
-
-    def _stream(self, conn: Connection, stmt: Any, chunk: int) -> Iterator[Sequence[Sequence[Any]]]:
-        """Rows of ``stmt`` in lists of ``chunk``; plain tuples from a server-side cursor on PostgreSQL."""
-        if self.backend != "postgresql":
-            yield from conn.execute(stmt).partitions(chunk)
-            return
-        cursor = conn.connection.driver_connection.cursor(name="revstore_load", binary=True)  # type: ignore[union-attr]
-        try:
-            cursor.execute(*self._raw_sql(stmt))
-            while part := cursor.fetchmany(chunk):
-                yield part
-        finally:
-            cursor.close()
 
     def changes_since(self, marker: int) -> Changes:
         """Rows written (revoked or un-revoked) after ``marker``, in version order."""
@@ -1010,34 +852,15 @@ class RevocationStore:
             version, purged = conn.execute(select(clock.c.version, clock.c.purged_version)).one()
             out["version"] = int(version)
             out["purged_version"] = int(purged)
-            if self.backend == "postgresql":
-                out["listeners"] = self._listeners(conn)
+            out.update(self.backend.extra_stats(conn, self.channel))
             return out
 
         return self._run(read)
-
-    def _listeners(self, conn: Connection) -> list[str]:
-        """Workers whose LISTEN connection on our channel is open right now."""
-        rows = conn.execute(
-            text(
-                "SELECT application_name FROM pg_stat_activity "
-                "WHERE datname = current_database() AND application_name LIKE 'revstore-listener%' "
-                "AND query LIKE :pattern ORDER BY application_name"
-            ),
-            {"pattern": f'%LISTEN%"{self.channel}"%'},
-        ).scalars()
-        return [name.removeprefix("revstore-listener ") for name in rows]
 
     def ping(self) -> None:
         """Raise DatabaseUnavailable/SchemaError unless the tables can be read."""
         clock = self.tables.clock
         self._run(lambda conn: conn.execute(select(clock.c.version)).first())
-
-
-def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
-    cur = dbapi_connection.cursor()
-    cur.execute("PRAGMA synchronous=NORMAL")
-    cur.close()
 
 
 def short_error(exc: BaseException) -> str:

@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable
 
 from sqlalchemy.engine import URL
 
-from .config import mask_url
+from ..config import mask_url
 
 logger = logging.getLogger("revstore")
 

@@ -1,0 +1,248 @@
+"""What the store core asks of a database, and the defaults most databases share.
+
+The core (:mod:`revstore.store`) holds everything that is the same on every
+database: the API, validation, versioning through the clock row, the rules
+of an upsert (what a re-revoke may change), expiry by database time.  A
+backend module holds only what differs: how to say "now", how to send many
+keys in one statement, which INSERT dialect resolves conflicts, how a large
+load or a batched delete runs fast, and whether the database can push
+changes to workers.  Adding a database means writing one module that
+implements :class:`Backend`; nothing outside ``revstore/backends`` checks
+which database it is talking to.
+
+:class:`SqlBackend` implements every method in portable SQLAlchemy Core, so a
+module overrides only what its database does differently or better.
+"""
+
+from __future__ import annotations
+
+from array import array
+from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime
+from typing import Any, ClassVar, Protocol
+
+from sqlalchemy import Engine, Table, func, select, tuple_
+from sqlalchemy.engine import URL, Connection
+from sqlalchemy.sql import ColumnElement, Delete, Select
+
+from ..errors import ConfigurationError
+from ..schema import Tables
+
+#: A stored key: ``(kind, header, value)``, the primary key of a row.
+Key = tuple[str, str, str]
+
+#: The core's rule for a conflicting insert: given the existing row's columns
+#: (``old``) and the proposed row's (``new``), the column values to set and
+#: the condition under which the row changes at all.  Backends only translate
+#: it into their dialect (``ON CONFLICT ... DO UPDATE ... WHERE`` and the like).
+Merge = Callable[[Any, Any], tuple[dict[str, Any], ColumnElement[bool]]]
+
+
+class Listener(Protocol):
+    """A background wake-up from the database (PostgreSQL LISTEN/NOTIFY)."""
+
+    live: bool
+    reconnects: int
+
+    def start(self) -> None: ...
+
+    def stop(self, timeout: float = 3.0) -> None: ...
+
+
+class Backend(Protocol):
+    """The database-specific half of :class:`revstore.store.RevocationStore`."""
+
+    #: SQLAlchemy's dialect name (``postgresql``, ``sqlite``, ``mysql``...):
+    #: for messages and to pick this module, never for branching elsewhere.
+    name: ClassVar[str]
+
+    #: Driver used when the URL names none (``postgresql://`` -> psycopg):
+    #: revstore depends on one driver per database, not on SQLAlchemy's default.
+    default_driver: ClassVar[str | None]
+
+    #: What to install when that driver is missing (shown in the error).
+    driver_hint: ClassVar[str]
+
+    #: Whether ``revstore_schema`` means something here: a URL whose database
+    #: has no schemas must refuse the setting at start, not ignore it.
+    supports_schema: ClassVar[bool]
+
+    #: Keys per statement: as many as amortise round trips while staying
+    #: under the driver's bound-parameter and the server's statement limits.
+    key_chunk: ClassVar[int]
+
+    def engine_options(self, pool_size: int) -> dict[str, Any]:
+        """``create_engine`` keyword arguments: timeouts, pool, isolation.
+
+        Each database needs its own to make concurrent writers queue rather
+        than fail, and to give up on an unreachable server within seconds.
+        """
+        ...
+
+    def configure_engine(self, engine: Engine) -> None:
+        """Per-connection set-up (event listeners) once the engine exists."""
+        ...
+
+    def prepare_migrations(self, connection: Connection) -> None:
+        """File- or server-level settings the admin applies once, before ``db upgrade``."""
+        ...
+
+    def now(self) -> ColumnElement[Any]:
+        """The server's current time as SQL, comparable with stored times.
+
+        Expiry is decided by the database clock, never by a worker's, so
+        every comparison and every written time derives from this.
+        """
+        ...
+
+    def as_datetime(self, value: Any) -> datetime:
+        """Turn what ``SELECT now()`` returned into a datetime."""
+        ...
+
+    def column_time(self, value: datetime) -> datetime:
+        """An aware datetime as this database stores it (for rows imported with their own times)."""
+        ...
+
+    def seconds_left(self, expires_at: ColumnElement[Any]) -> ColumnElement[Any]:
+        """Seconds from the server's now until ``expires_at`` (NULL stays NULL), computed by the database."""
+        ...
+
+    def infinity(self) -> ColumnElement[Any]:
+        """A float infinity literal: what a never-expiring row's remaining time loads as."""
+        ...
+
+    def key_in(self, table: Table, keys: Sequence[Key]) -> ColumnElement[bool]:
+        """A WHERE condition: the row's primary key is one of ``keys`` (at most ``key_chunk``)."""
+        ...
+
+    def upsert(self, conn: Connection, table: Table, keys: Sequence[Key], shared: dict[str, Any],
+               merge: Merge) -> int:
+        """Insert a row per key with the ``shared`` column values, merging into existing rows.
+
+        Returns how many rows were inserted or changed: a write that changed
+        nothing must not wake every worker.  This is the hot path of a bulk
+        revoke, so a backend sends the keys as compactly as its driver allows.
+        """
+        ...
+
+    def upsert_rows(self, conn: Connection, table: Table, rows: Sequence[dict[str, Any]], merge: Merge) -> int:
+        """Like :meth:`upsert`, each row with its own values (``revstore import``)."""
+        ...
+
+    def delete_expired(self, table: Table, expired: Callable[[Any], ColumnElement[bool]], batch: int) -> Delete:
+        """One DELETE of at most ``batch`` rows matching ``expired(alias)``, RETURNING their versions.
+
+        Many workers clean at once: a backend that can skip rows another
+        cleaner holds should, and each batch must stay short however large
+        the table is.
+        """
+        ...
+
+    def task_ids(self, conn: Connection, stmt: Select[Any], chunk: int) -> Iterator[tuple[list[str], array]]:
+        """The ``(id, seconds left)`` rows of ``stmt`` as id lists and float arrays.
+
+        The start-up load of a million rows: a backend returns them in as few
+        Python objects as it can (one packed piece, or ``chunk``-row pieces).
+        """
+        ...
+
+    def notify(self, conn: Connection, channel: str, version: int) -> None:
+        """Tell listening workers, on commit, that ``version`` was written (or do nothing)."""
+        ...
+
+    def listener(self, url: URL, channel: str, on_change: Callable[[], None], name: str) -> Listener | None:
+        """A listener calling ``on_change`` when anyone writes, or None where changes can only be polled."""
+        ...
+
+    def extra_stats(self, conn: Connection, channel: str) -> dict[str, Any]:
+        """Database-specific figures for ``revstore stats`` (PostgreSQL: the live listeners)."""
+        ...
+
+    def role_sql(self, tables: Tables, admin_role: str, worker_role: str, *, create_role: bool) -> str:
+        """The SQL for a migrating admin role and a DML-only worker role (``revstore db grants``)."""
+        ...
+
+
+class SqlBackend:
+    """Portable implementations of :class:`Backend`: override what your database does better."""
+
+    name: ClassVar[str] = ""
+    default_driver: ClassVar[str | None] = None
+    driver_hint: ClassVar[str] = ""
+    supports_schema: ClassVar[bool] = True
+    #: SQLite allows 32766 bound parameters: 2000 rows of up to 11 stay under it
+    key_chunk: ClassVar[int] = 2000
+
+    def engine_options(self, pool_size: int) -> dict[str, Any]:
+        return {"pool_pre_ping": True}
+
+    def configure_engine(self, engine: Engine) -> None:
+        return None
+
+    def prepare_migrations(self, connection: Connection) -> None:
+        return None
+
+    def now(self) -> ColumnElement[Any]:
+        return func.now()
+
+    def as_datetime(self, value: Any) -> datetime:
+        return value  # type: ignore[no-any-return]
+
+    def column_time(self, value: datetime) -> datetime:
+        return value
+
+    def seconds_left(self, expires_at: ColumnElement[Any]) -> ColumnElement[Any]:
+        raise NotImplementedError
+
+    def infinity(self) -> ColumnElement[Any]:
+        raise NotImplementedError
+
+    def key_in(self, table: Table, keys: Sequence[Key]) -> ColumnElement[bool]:
+        return tuple_(table.c.kind, table.c.header, table.c.value).in_(list(keys))
+
+    def insert(self, table: Table) -> Any:
+        """An INSERT with this dialect's conflict clause (``on_conflict_do_update``)."""
+        raise ConfigurationError(f"revstore: writes are not supported on {self.name} yet; use PostgreSQL or SQLite")
+
+    def _on_conflict(self, stmt: Any, table: Table, merge: Merge) -> Any:
+        """``stmt`` resolving key conflicts by ``merge``, returning a row per insert or change."""
+        set_, where = merge(table.c, stmt.excluded)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[table.c.kind, table.c.header, table.c.value], set_=set_, where=where)
+        # RETURNING counts exactly the rows inserted or changed, where
+        # executemany's rowcount is unreliable across drivers.
+        return stmt.returning(table.c.version)
+
+    def upsert(self, conn: Connection, table: Table, keys: Sequence[Key], shared: dict[str, Any],
+               merge: Merge) -> int:
+        rows = [{"kind": k, "header": h, "value": v, **shared} for k, h, v in keys]
+        return self.upsert_rows(conn, table, rows, merge)
+
+    def upsert_rows(self, conn: Connection, table: Table, rows: Sequence[dict[str, Any]], merge: Merge) -> int:
+        stmt = self._on_conflict(self.insert(table), table, merge)
+        return len(conn.execute(stmt, list(rows)).all())
+
+    def delete_expired(self, table: Table, expired: Callable[[Any], ColumnElement[bool]], batch: int) -> Delete:
+        victim = table.alias("victim")
+        keys = select(victim.c.kind, victim.c.header, victim.c.value).where(expired(victim)).limit(batch)
+        match = tuple_(table.c.kind, table.c.header, table.c.value).in_(keys)
+        return table.delete().where(match).returning(table.c.version)
+
+    def task_ids(self, conn: Connection, stmt: Select[Any], chunk: int) -> Iterator[tuple[list[str], array]]:
+        for part in conn.execute(stmt).partitions(chunk):
+            ids, left = zip(*part)
+            yield list(ids), array("d", left)
+
+    def notify(self, conn: Connection, channel: str, version: int) -> None:
+        return None
+
+    def listener(self, url: URL, channel: str, on_change: Callable[[], None], name: str) -> Listener | None:
+        return None
+
+    def extra_stats(self, conn: Connection, channel: str) -> dict[str, Any]:
+        return {}
+
+    def role_sql(self, tables: Tables, admin_role: str, worker_role: str, *, create_role: bool) -> str:
+        raise ConfigurationError(f"revstore: {self.name} has no database roles to grant; "
+                                 "access is governed by who can open the database")
+
