@@ -70,12 +70,17 @@ def _pytest(session: nox.Session, python: str, runs: list[tuple[str, list[str]]]
         session.error("failed: " + "; ".join(failed))
 
 
+VERSIONS = """
+import sys
+from importlib.metadata import version
+names = ["celery", "kombu", "sqlalchemy", "alembic", "psycopg", "redis", "amqp"]
+print("python", sys.version.split()[0], *(f"| {n} {version(n)}" for n in names))
+"""
+
+
 def _versions(session: nox.Session, python: str) -> None:
-    """Print what this combination really runs (for the CI log and the README table)."""
-    session.run(python, "-c", "import sys, celery, kombu, sqlalchemy, alembic, psycopg; "
-                "print('python', sys.version.split()[0], '| celery', celery.__version__, '| kombu', kombu.__version__, "
-                "'| sqlalchemy', sqlalchemy.__version__, '| alembic', alembic.__version__, "
-                "'| psycopg', psycopg.__version__)", external=True)
+    """Log what this combination really runs (for the CI log and the README table)."""
+    session.log(session.run(python, "-c", VERSIONS, external=True, silent=True).strip())
 
 
 @nox.session(venv_backend="none")
