@@ -14,17 +14,10 @@ transfer tricks, change notification) is asked of a backend from
 
 from __future__ import annotations
 
-import gc
-import getpass
-import json
-import signal as _signal
-import socket
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any, Literal
+from typing import Any
 
 from sqlalchemy import Engine, and_, case, create_engine, func, literal, or_, select, tuple_, update
 from sqlalchemy.engine import URL, Connection
@@ -32,11 +25,31 @@ from sqlalchemy.exc import DBAPIError, NoSuchModuleError, OperationalError, Prog
 
 from . import backends as _backends
 from . import config as _config
-from .backends import Backend, Listener
-from .errors import ConfigurationError, DatabaseUnavailable, InvalidInput, SchemaError
-from .schema import KINDS, MAX_KEY_LENGTH, MAX_REASON_LENGTH, Tables, build_tables
+from .backends import Backend, Listener, Pooling
+from .errors import ConfigurationError, DatabaseUnavailable, SchemaError
+from .records import (
+    Changes,
+    Kind,
+    Revocation,
+    Snapshot,
+    Target,
+    WriteResult,
+    as_target,
+    default_revoker,
+    gc_paused,
+    normalize_signal,
+    unique_targets,
+    validate_expires,
+    validate_key,
+)
+from .schema import KINDS, MAX_REASON_LENGTH, Tables, build_tables
 
-Kind = Literal["task", "stamp", "root"]
+#: The names other modules import from here: the store and what it takes and returns.
+__all__ = [
+    "DEFAULT", "Changes", "Kind", "Revocation", "RevocationStore", "Snapshot", "Target", "WriteResult",
+    "as_target", "default_revoker", "gc_paused", "normalize_signal", "short_error", "unique_targets", "validate_expires",
+    "validate_key",
+]
 
 #: Rows per INSERT of ``put_rows`` (each row its own eleven parameters):
 #: under every driver's bound-parameter limit (SQLite: 32766).
@@ -47,218 +60,6 @@ EXTEND_SLACK = timedelta(seconds=60)
 
 #: Sentinel meaning "use the store's default expiry".
 DEFAULT: Any = object()
-
-
-@dataclass(frozen=True)
-class Target:
-    """What a revocation applies to: a task id, a workflow root or a stamp."""
-
-    kind: Kind
-    value: str
-    header: str = ""
-
-    @classmethod
-    def task(cls, task_id: str) -> Target:
-        return cls("task", task_id)
-
-    @classmethod
-    def root(cls, root_id: str) -> Target:
-        return cls("root", root_id)
-
-    @classmethod
-    def stamp(cls, header: str, value: Any) -> Target:
-        """A stamped-header value; stored JSON-encoded so 1 and "1" stay distinct."""
-        try:
-            encoded = json.dumps(value, sort_keys=True, separators=(",", ":"))
-        except (TypeError, ValueError):
-            raise InvalidInput(f"revstore: stamp value {value!r:.40} is not JSON-serializable") from None
-        return cls("stamp", encoded, header)
-
-    @property
-    def stamp_value(self) -> Any:
-        return json.loads(self.value)
-
-    def __str__(self) -> str:
-        if self.kind == "task":
-            return self.value
-        if self.kind == "root":
-            return f"root:{self.value}"
-        return f"stamp:{self.header}={self.value}"
-
-
-@dataclass(frozen=True)
-class Revocation:
-    """One row, plus how long it has left by the database clock at read time."""
-
-    target: Target
-    terminate: bool
-    signal: str | None
-    reason: str | None
-    revoked_by: str | None
-    revoked_at: datetime | None
-    expires_at: datetime | None
-    version: int
-    active: bool
-    #: seconds until expiry by the database clock when read; None = never
-    remaining: float | None
-
-    @property
-    def task_id(self) -> str:
-        return self.target.value
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "kind": self.target.kind,
-            "header": self.target.header,
-            "value": self.target.value,
-            "terminate": self.terminate,
-            "signal": self.signal,
-            "reason": self.reason,
-            "revoked_by": self.revoked_by,
-            "revoked_at": self.revoked_at.isoformat() if self.revoked_at else None,
-            "expires_at": self.expires_at.isoformat() if self.expires_at else None,
-            "version": self.version,
-            "active": self.active,
-        }
-
-
-@dataclass(frozen=True)
-class Changes:
-    """What :meth:`RevocationStore.changes_since` found."""
-
-    rows: list[Revocation]
-    #: pass this to the next call
-    marker: int
-    #: the cleanup deleted un-revokes this reader never saw: reload everything
-    reload_required: bool
-
-
-@dataclass
-class Snapshot:
-    """Every unexpired revocation at one moment, compact enough for millions of rows.
-
-    Iterating gives ``(kind, header, value, remaining)`` tuples, remaining
-    being seconds left by the database clock, None for never.
-    """
-
-    #: the task ids, nearly every row
-    task_ids: list[str]
-    #: seconds each task id has left, ``inf`` for never
-    task_remaining: array
-    #: stamps and roots: ``(kind, header, value, remaining or None)``
-    others: list[tuple[str, str, str, float | None]]
-
-    def __len__(self) -> int:
-        return len(self.task_ids) + len(self.others)
-
-    def __iter__(self) -> Iterator[tuple[str, str, str, float | None]]:
-        for value, left in zip(self.task_ids, self.task_remaining):
-            yield "task", "", value, None if left == float("inf") else left
-        yield from self.others
-
-
-@contextmanager
-def gc_paused() -> Iterator[None]:
-    """No cyclic garbage collection while a million-row load builds its objects.
-
-    Each collection during the load traverses every object built so far:
-    the load creates no cycles, and pausing it makes the load several times
-    faster.  On the way out the new objects go straight to the oldest
-    generation (freeze then unfreeze moves lists, traversing nothing), so
-    the next young collections do not walk a million long-lived objects
-    either (0.25 s more at start-up otherwise).  Skipped if the application
-    froze objects itself: unfreezing would release those too.
-    """
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if gc.get_freeze_count() == 0:
-            gc.freeze()
-            gc.unfreeze()
-        if was_enabled:
-            gc.enable()
-
-
-@dataclass(frozen=True)
-class WriteResult:
-    #: rows inserted or changed (re-revoking with nothing new changes nothing)
-    changed: int
-    #: the clock version the write ran at: the table held what was written
-    #: as of this version, even when nothing changed (0 when no transaction ran)
-    version: int
-    #: targets the write left as they were although the table did not cover
-    #: them (a newer un-revoke, see ``add(decided_ago=...)``, or a race)
-    unwritten: int = 0
-
-
-# --------------------------------------------------------------------------
-# input validation: reject early with a message that says what is wrong
-
-
-def validate_key(value: Any, what: str = "task id") -> str:
-    """Return ``value`` if it can be stored exactly, else raise InvalidInput."""
-    if not isinstance(value, str):
-        raise InvalidInput(f"revstore: {what} must be a string, not {type(value).__name__}")
-    if not value:
-        raise InvalidInput(f"revstore: {what} must not be empty")
-    if len(value) > MAX_KEY_LENGTH:
-        raise InvalidInput(f"revstore: {what} is {len(value)} characters; at most {MAX_KEY_LENGTH} are allowed")
-    if "\x00" in value:
-        raise InvalidInput(f"revstore: {what} {value[:40]!r} contains a NUL character")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidInput(f"revstore: {what} {value[:40]!r} is not valid UTF-8") from None
-    return value
-
-
-def normalize_signal(sig: Any) -> str:
-    """Turn ``'TERM'``, ``'sigkill'``, ``9`` or ``'SIGKILL'`` into a signal name."""
-    if isinstance(sig, int) and not isinstance(sig, bool):
-        try:
-            return _signal.Signals(sig).name
-        except ValueError:
-            raise InvalidInput(f"revstore: unknown signal number {sig}") from None
-    if not isinstance(sig, str) or not sig.strip():
-        raise InvalidInput(f"revstore: signal must be a name like SIGTERM, not {sig!r}")
-    name = sig.strip().upper()
-    if name.isdigit():
-        return normalize_signal(int(name))
-    if not name.startswith("SIG"):
-        name = "SIG" + name
-    if not isinstance(getattr(_signal, name, None), _signal.Signals):
-        raise InvalidInput(f"revstore: unknown signal {sig!r}; use a name like SIGTERM or SIGKILL")
-    return name
-
-
-def as_target(item: Target | str) -> Target:
-    if isinstance(item, Target):
-        target = item
-    else:
-        target = Target.task(item)  # type: ignore[arg-type]
-    if target.kind not in KINDS:
-        raise InvalidInput(f"revstore: unknown revocation kind {target.kind!r}")
-    validate_key(target.value, {"task": "task id", "root": "root id", "stamp": "stamp value"}[target.kind])
-    if target.kind == "stamp":
-        validate_key(target.header, "stamped header name")
-    return target
-
-
-def default_revoker() -> str:
-    try:
-        user = getpass.getuser()
-    except Exception:
-        user = "unknown"
-    return f"{user}@{socket.gethostname()}"[:MAX_KEY_LENGTH]
-
-
-def _unique(targets: Iterable[Target | str]) -> list[Target]:
-    return list(dict.fromkeys(as_target(t) for t in targets))
-
-
-# --------------------------------------------------------------------------
 
 
 class RevocationStore:
@@ -273,7 +74,9 @@ class RevocationStore:
         default_expires: float | None = _config.DEFAULT_EXPIRES,
         tombstone_ttl: float = _config.DEFAULT_TOMBSTONE_TTL,
         engine: Engine | None = None,
-        pool_size: int = 2,
+        pool_size: int = _config.DEFAULT_POOL_SIZE,
+        max_overflow: int = _config.DEFAULT_POOL_MAX_OVERFLOW,
+        prepare_threshold: int | None = None,
     ) -> None:
         self.url = _config.normalize_url(str(url)) if not isinstance(url, URL) else url
         self.tables: Tables = build_tables(table_prefix, schema)
@@ -282,7 +85,7 @@ class RevocationStore:
         #: what this database does its own way (see revstore.backends)
         self.backend: Backend = _backends.for_dialect(
             engine.dialect.name if engine is not None else self.url.get_backend_name())
-        self.engine = engine or self._make_engine(pool_size)
+        self.engine = engine or self._make_engine(Pooling(pool_size, max_overflow, prepare_threshold))
         self._returning = bool(getattr(self.engine.dialect, "update_returning", False))
 
     @classmethod
@@ -295,14 +98,17 @@ class RevocationStore:
             table_prefix=settings.table_prefix,
             default_expires=settings.default_expires,
             tombstone_ttl=settings.tombstone_ttl,
+            pool_size=settings.pool_size,
+            max_overflow=settings.pool_max_overflow,
+            prepare_threshold=settings.prepare_threshold,
             **kwargs,
         )
 
     # ----------------------------------------------------------------- setup
 
-    def _make_engine(self, pool_size: int) -> Engine:
+    def _make_engine(self, pooling: Pooling) -> Engine:
         try:
-            engine = create_engine(self.url, **self.backend.engine_options(pool_size))
+            engine = create_engine(self.url, **self.backend.engine_options(pooling))
         except (NoSuchModuleError, ModuleNotFoundError, ImportError) as exc:
             raise ConfigurationError(
                 f"revstore: no database driver for {_config.mask_url(self.url)} ({exc}); {self.backend.driver_hint}"
@@ -312,6 +118,11 @@ class RevocationStore:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+    def release_idle(self) -> None:
+        """Close the pooled connections no thread is using (``revstore_pool_idle_timeout``)."""
+        if self.engine.pool.checkedin():
+            self.engine.dispose(close=True)
 
     def _connect(self) -> Connection:
         try:
@@ -362,14 +173,8 @@ class RevocationStore:
         return (expires_at - now).total_seconds()
 
     def _expiry(self, now: datetime, expires: Any) -> datetime | None:
-        seconds = self.default_expires if expires is DEFAULT else expires
-        if seconds is None:
-            return None
-        if isinstance(seconds, timedelta):
-            seconds = seconds.total_seconds()
-        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0 or seconds > 1e10:
-            raise InvalidInput(f"revstore: expires must be a positive number of seconds or None, not {seconds!r}")
-        return now + timedelta(seconds=float(seconds))
+        seconds = validate_expires(self.default_expires if expires is DEFAULT else expires)
+        return None if seconds is None else now + timedelta(seconds=seconds)
 
     # --------------------------------------------------------------- writes
 
@@ -389,14 +194,25 @@ class RevocationStore:
     def _notify(self, conn: Connection, version: int) -> None:
         self.backend.notify(conn, self.channel, version)
 
+    def notify(self, channel: str) -> None:
+        """Notify ``channel`` the way writers do, pooler included (a listener's liveness probe)."""
+        self._run(lambda conn: self.backend.notify(conn, channel, 0))
+
     @property
     def channel(self) -> str:
         """The channel writers signal on where the database can push changes (one per installation)."""
         return f"{self.tables.schema or 'public'}.{self.tables.prefix}changes"[:63]
 
-    def listener(self, on_change: Any, name: str) -> Listener | None:
-        """A not yet started listener calling ``on_change`` when anyone writes; None where changes can only be polled."""
-        return self.backend.listener(self.url, self.channel, on_change, name)
+    def listener(self, on_change: Any, name: str, *, url: URL | None = None,
+                 check_interval: float = _config.DEFAULT_LISTEN_CHECK_INTERVAL,
+                 fallback_interval: float = _config.DEFAULT_SYNC_INTERVAL) -> Listener | None:
+        """A not yet started listener calling ``on_change`` when anyone writes; None where changes can only be polled.
+
+        It connects to ``url`` (``revstore_listen_url``) or the store's, and
+        proves it hears by probes sent through this store every ``check_interval``.
+        """
+        return self.backend.listener(url or self.url, self.channel, on_change, name, probe=self.notify,
+                                     check_interval=check_interval, fallback_interval=fallback_interval)
 
     def add(
         self,
@@ -423,7 +239,7 @@ class RevocationStore:
         the write does not bring back a target restored after it was heard,
         so a slow worker's copy of an old broadcast cannot undo a restore.
         """
-        items = _unique(targets)
+        items = unique_targets(targets)
         sig = normalize_signal(signal) if signal is not None else ("SIGTERM" if terminate else None)
         if reason is not None:
             reason = str(reason)[:MAX_REASON_LENGTH].replace("\x00", "")
@@ -612,7 +428,7 @@ class RevocationStore:
         ``values(version, now)`` gives the new column values; ``where(now)``
         narrows the rows further.
         """
-        items = _unique(targets)
+        items = unique_targets(targets)
         if not items:
             return WriteResult(0, 0)
         table = self.tables.revocations
@@ -704,7 +520,7 @@ class RevocationStore:
 
     def get_many(self, targets: Iterable[Target | str]) -> dict[Target, Revocation]:
         """The rows of many targets (tombstones and expired rows included); absent ones are left out."""
-        items = _unique(targets)
+        items = unique_targets(targets)
 
         def read(conn: Connection) -> dict[Target, Revocation]:
             now = self._db_now(conn)
@@ -856,6 +672,85 @@ class RevocationStore:
             return out
 
         return self._run(read)
+
+    def search(
+        self,
+        text_: str | None = None,
+        *,
+        kind: Kind | None = None,
+        active: bool | None = True,
+        terminate: bool | None = None,
+        expiring_within: float | None = None,
+        after: tuple[str, str, str] | None = None,
+        limit: int = 50,
+    ) -> list[Revocation]:
+        """One page of rows for a browsing operator, in key order.
+
+        ``text_`` matches a task or root id by prefix (an exact id included),
+        or a substring of the reason or the revoker.  ``active`` True keeps
+        unexpired revocations, False keeps un-revoke tombstones, None keeps
+        every row.  Pages follow the primary key (``after`` is the last row's
+        :meth:`Revocation.page_key`): a page deep in a million rows costs what
+        the first does, where an ``OFFSET`` would read every row before it.
+        """
+        table = self.tables.revocations
+        key = tuple_(table.c.kind, table.c.header, table.c.value)
+        stmt = select(*self._columns())
+        if kind is not None:
+            stmt = stmt.where(table.c.kind == kind)
+        if active is True:
+            stmt = stmt.where(table.c.active, or_(table.c.expires_at.is_(None), table.c.expires_at > self._now()))
+        elif active is False:
+            stmt = stmt.where(~table.c.active)
+        if terminate is not None:
+            stmt = stmt.where(table.c.terminate == terminate)
+        if expiring_within is not None:
+            stmt = stmt.where(table.c.expires_at > self._now(), table.c.expires_at <= self.backend.now_plus(expiring_within))
+        if after is not None:
+            stmt = stmt.where(key > tuple_(*(literal(v) for v in after)))
+        in_key_order = [table.c.kind, table.c.header, table.c.value]
+        if text_:
+            # Two index-friendly reads instead of one OR: ids by a primary-key
+            # range; reasons and revokers by a scan that sorts only its
+            # matches ("kind || ''" keeps the planner from walking the whole
+            # key index in order, testing every row, to find a few).
+            ids = stmt.where(table.c.kind.in_(("task", "root")), table.c.header == "",
+                             table.c.value >= text_, table.c.value < text_ + "\U0010ffff")
+            words = stmt.where(or_(table.c.reason.contains(text_, autoescape=True),
+                                   table.c.revoked_by.contains(text_, autoescape=True)))
+            reads = [ids.order_by(*in_key_order).limit(limit),
+                     words.order_by(table.c.kind.concat(""), table.c.header, table.c.value).limit(limit)]
+        else:
+            reads = [stmt.order_by(*in_key_order).limit(limit)]
+
+        def read(conn: Connection) -> list[Revocation]:
+            db_now = self._db_now(conn)
+            found = {r.target: r for q in reads for r in (self._row(row, db_now) for row in conn.execute(q))}
+            return sorted(found.values(), key=Revocation.page_key)[:limit]
+
+        return self._run(read)
+
+    def overview(self, expiring_within: float = 3600.0, days: int = 14) -> dict[str, Any]:
+        """What an operator's front page shows: :meth:`stats`, what expires soon, and writes per day."""
+        table = self.tables.revocations
+        out = self.stats()
+
+        def read(conn: Connection) -> None:
+            now = self._now()
+            out["expiring_soon"] = int(conn.execute(
+                select(func.count()).where(table.c.active, table.c.expires_at > now,
+                                           table.c.expires_at <= self.backend.now_plus(expiring_within))
+            ).scalar_one())
+            day = func.date(table.c.revoked_at)
+            since = self.backend.now_plus(-days * 86400.0)
+            out["per_day"] = [
+                (str(d), int(n)) for d, n in conn.execute(
+                    select(day, func.count()).where(table.c.revoked_at >= since).group_by(day).order_by(day))
+            ]
+            out["expiring_within"] = expiring_within
+
+        self._run(read)
+        return out
 
     def ping(self) -> None:
         """Raise DatabaseUnavailable/SchemaError unless the tables can be read."""
