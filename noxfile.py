@@ -9,8 +9,9 @@
 
 Worker tests are the ones marked ``worker`` (every test using the
 ``cluster_factory`` fixture is marked automatically, see tests/conftest.py),
-minus those marked ``scale`` (load and scale figures, not version
-compatibility: they run once, in ``main``).  Virtualenvs live in ``.nox/``
+minus those marked ``main_only`` (load and scale, PgBouncer, grants, database
+outages, the browser: nothing there depends on Celery, Python or the broker,
+so they run once, in ``main``; see MAIN_ONLY_MODULES in tests/conftest.py).  Virtualenvs live in ``.nox/``
 and are reused between runs; pip keeps its download cache.
 """
 
@@ -32,7 +33,7 @@ BROKERS = {
     "redis": "redis://127.0.0.1:6379/5",
     "rabbitmq": "amqp://guest:guest@127.0.0.1:5672//",
 }
-WORKER_TESTS = ["-m", "worker and not scale"]
+WORKER_TESTS = ["-m", "worker and not main_only"]
 
 #: The floor of every promise in pyproject.toml (and the kombu Celery 5.3.0 shipped with).
 OLDEST_PINS = [

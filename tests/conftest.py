@@ -25,14 +25,20 @@ REDIS_URL = os.environ.get("REVSTORE_TEST_REDIS", "redis://127.0.0.1:6379")
 BROKER_URL = os.environ.get("TEST_BROKER", "redis://127.0.0.1:6379/5")
 
 #: Fixtures that start real ``celery worker`` processes: a test using one is a worker test.
-WORKER_FIXTURES = {"cluster_factory"}
+WORKER_FIXTURES = {"cluster_factory", "pools"}
+#: Worker tests about the database side (pooler, grants, outages) or a browser,
+#: not about Celery, Python or the broker: the main combination runs them once.
+MAIN_ONLY_MODULES = {"test_pgbouncer", "test_least_privilege", "test_reliability", "test_web_browser"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark every test that runs real workers ``worker``: the CI matrix runs those on each combination."""
+    """Mark the tests that run real workers ``worker`` (the CI matrix runs them on every
+    combination) and the worker tests that need to run only once ``main_only``."""
     for item in items:
         if WORKER_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.worker)
+            if item.module is not None and item.module.__name__ in MAIN_ONLY_MODULES:
+                item.add_marker(pytest.mark.main_only)
 
 
 @pytest.fixture(scope="session")
