@@ -8,6 +8,7 @@ STAMP  := $(VENV)/.installed
 .PHONY: demo test docs bench clean
 
 $(STAMP): pyproject.toml
+	bash .ci/packages
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[test]'
@@ -25,6 +26,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	bash .ci/services
+	$(BIN)/python -m pip install -q -e '.[test,bench]'
 	$(BIN)/python -m bench.all
 
 clean:

@@ -4,8 +4,9 @@ Celery's handlers (``revoke``, ``terminate``, ``revoke_by_stamped_headers``)
 live in ``Panel.data``.  We wrap them instead of copying them: the wrapper
 validates the ids, queues one durable write on the worker's sync thread,
 then calls Celery's own handler unchanged (memory, terminate, backend
-REVOKED marking).  With no active sync (revstore off) the wrapper only calls
-through.
+REVOKED marking).  Mingle's ``hello`` is wrapped too, so a starting worker is
+not sent what it loads from the table.  With no active sync (revstore off)
+every wrapper only calls through.
 """
 
 from __future__ import annotations
@@ -102,13 +103,18 @@ add_client_methods()  # every command registered above has its client method
 
 def install_wrappers() -> None:
     """Wrap Celery's handlers once per process (idempotent)."""
-    for name, split in (("revoke", _split_revoke), ("terminate", _split_terminate),
-                        ("revoke_by_stamped_headers", _split_stamps)):
+    wrappers: list[tuple[str, Callable[[Callable[..., Any]], Callable[..., Any]]]] = [
+        (name, functools.partial(_wrap, split=split))
+        for name, split in (("revoke", _split_revoke), ("terminate", _split_terminate),
+                            ("revoke_by_stamped_headers", _split_stamps))
+    ]
+    wrappers.append(("hello", _wrap_hello))
+    for name, wrap in wrappers:
         handler = celery_control.Panel.data.get(name)
         if handler is None or getattr(handler, _WRAPPED_ATTR, False):
             continue
         _originals[name] = handler
-        celery_control.Panel.data[name] = _wrap(handler, split)
+        celery_control.Panel.data[name] = wrap(handler)
 
 
 @dataclass
@@ -216,6 +222,41 @@ def _storable(make: Callable[[Any], Target], value: Any) -> bool:
     except (InvalidInput, TypeError):
         return False
     return True
+
+
+def _wrap_hello(handler: Callable[..., Any]) -> Callable[..., Any]:
+    """Answer mingle's ``hello`` with what the table does not hold yet.
+
+    A starting worker's mingle step asks every live peer ``hello`` and merges
+    each reply's ``revoked``.  Stock replies with its whole set (at most
+    50,000 ids); a revstore worker holds every stored revocation, uncapped,
+    and the starting worker loads them from the table anyway.  So the reply
+    carries only the ids this worker heard but has not committed yet (its
+    pending writes) or cannot store at all: what the table cannot give the
+    newcomer.  Celery's
+    handler is not called for the reply because it builds the whole set's
+    list (a sort of every entry) on the event loop, once per starting peer.
+    Ids a peer sends are merged as Celery does, skipping those already held
+    (a reconnecting revstore peer sends everything it holds).
+    """
+
+    @functools.wraps(handler)
+    def wrapper(state: Any, from_node: Any = None, revoked: Any = None, **kwargs: Any) -> Any:
+        sync = _active
+        if sync is None or from_node == state.hostname:
+            return handler(state, from_node, revoked=revoked, **kwargs)
+        held = sync.memory.revoked
+        news = [i for i in revoked or () if isinstance(i, str) and i not in held]
+        if news:
+            worker_state.merge_revoked(news)
+        # memory-only ids (too odd for the table) cannot come from the table either
+        pending = sorted(sync.pending_ids | sync.memory.memory_only, key=repr)
+        logger.info("revstore: sync with %s: sent %d uncommitted revocations (the table holds the rest)",
+                    from_node, len(pending))
+        return {"revoked": pending, "clock": state.app.clock.forward()}
+
+    setattr(wrapper, _WRAPPED_ATTR, True)
+    return wrapper
 
 
 def _in_chunks(handler: Callable[..., Any], state: Any, call: dict[str, Any], ids: list[str]) -> dict[str, str]:
