@@ -90,7 +90,7 @@ def test_fleet_rolls_from_the_previous_release_without_refusal_or_lost_revocatio
         wait_for(lambda: store.get(ids["old-heard"]) is not None, 10, what="A's write-through")
 
         # Expand while they run; A crashes and restarts during the upgrade.
-        assert new_cli(*opts, "db", "check").err.count("run `revstore db upgrade` (expand steps only") == 1
+        assert new_cli(*opts, "db", "check").err.count("upgrade needed: ") == 1
         a.kill()
         a.start(wait=False)
         migrate.upgrade(store)
@@ -162,7 +162,7 @@ def test_workers_start_inside_the_window_and_refuse_outside_it(
         assert "newer than this revstore knows" in refusal(old) and "upgrade the revstore package" in old.output()
         line = refusal(new)
         assert f"than this revstore {revstore.__version__} can run against: it needs revstore {LATER_RELEASE}" in line
-        assert line.endswith("upgrade the revstore package")
+        assert "revstore: package too old: " in line and line.endswith("next: deploy (upgrade the revstore package)")
     finally:
         store.dispose()
 
