@@ -17,10 +17,12 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/revstore demo
 
+# Every nox session in noxfile.py: the whole suite (3.11, Redis), the worker tests
+# on RabbitMQ and at both ends of the supported range, the docs build.
+# Narrow it with e.g. NOX_ARGS="-s main" PYTEST_ARGS="tests/test_cli.py".
 test: $(STAMP)
 	bash .ci/services
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
-	$(BIN)/mkdocs build --strict --site-dir /tmp/revstore-site-$$$$
+	$(BIN)/nox $(NOX_ARGS) -- $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	bash .ci/services
@@ -28,4 +30,4 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.all
 
 clean:
-	rm -rf $(VENV) dist build site
+	rm -rf $(VENV) .nox .cache dist build site

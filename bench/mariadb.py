@@ -169,7 +169,7 @@ BOUNDS = """\
   clustered primary key and two secondary indexes, and the commit's redo
   log flush.
 - **MariaDB propagation.** MySQL has no `LISTEN/NOTIFY`: a row written only
-  to the table (the CLI, another application) reaches workers at their next
+  to the table (another application, the CLI without a broker) reaches workers at their next
   poll, every `revstore_sync_interval` (5 s by default: about half that on
   average, the whole interval at worst).  `revstore.revoke` also broadcasts
   the revoke itself, and `revstore.revoke_root` and `revstore.restore`

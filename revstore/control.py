@@ -22,10 +22,12 @@ from celery.utils.functional import maybe_list
 from celery.utils.time import maybe_iso8601
 from celery.worker import control as celery_control
 from celery.worker import state as worker_state
+from celery.worker.request import Request
 
 from . import __version__
 from .client import DURABLE_FLAG
 from .errors import InvalidInput
+from .remote import add_client_methods
 from .store import DEFAULT, Target, as_target, normalize_signal, validate_expires
 from .sync import PendingWrite, RevocationSync
 
@@ -33,6 +35,10 @@ logger = logging.getLogger("revstore")
 
 #: The worker's sync, set by the bootstep; None means "call through only".
 _active: RevocationSync | None = None
+#: The consumer's timer, where older Celery keeps ETA tasks until they are due.
+_timer: Any = None
+#: Newer Celery registers an ETA task in ``worker_state.requests`` on receipt.
+_ETA_IN_REQUESTS = hasattr(worker_state, "task_scheduled")
 _WRAPPED_ATTR = "__revstore_wrapped__"
 #: Celery's own handlers, by command name
 _originals: dict[str, Callable[..., Any]] = {}
@@ -45,10 +51,30 @@ _originals: dict[str, Callable[..., Any]] = {}
 HANDLER_CHUNK = 2000
 
 
-def activate(sync: RevocationSync | None) -> None:
-    global _active
-    _active = sync
+def activate(sync: RevocationSync | None, timer: Any = None) -> None:
+    global _active, _timer
+    _active, _timer = sync, timer
     install_wrappers()
+
+
+def held_requests() -> dict[str, Any]:
+    """The requests this worker holds, ETA tasks waiting for their time included.
+
+    Celery 5.3 puts an ETA task in ``worker_state.requests`` only when its
+    timer fires; until then it is found where ``inspect scheduled`` finds it,
+    in the consumer's timer.
+    """
+    held = dict(worker_state.requests)
+    if _ETA_IN_REQUESTS or _timer is None:
+        return held
+    for waiting in list(_timer.schedule.queue):
+        try:
+            request = waiting.entry.args[0]
+        except (AttributeError, IndexError, TypeError):
+            continue
+        if isinstance(request, Request):
+            held.setdefault(request.id, request)
+    return held
 
 
 @celery_control.control_command()
@@ -60,7 +86,7 @@ def revstore_sync(state: Any, **kwargs: Any) -> dict[str, str]:
     return {"ok": "sync requested"}
 
 
-@celery_control.inspect_command(alias="revstore")
+@celery_control.inspect_command()
 def revstore_status(state: Any, **kwargs: Any) -> dict[str, Any]:
     """revstore's view on this worker: marker, listener, pending writes.
 
@@ -70,6 +96,9 @@ def revstore_status(state: Any, **kwargs: Any) -> dict[str, Any]:
     if _active is None:
         return {"enabled": False, "release": __version__}
     return {"enabled": True, "release": __version__, **_active.status()}
+
+
+add_client_methods()  # every command registered above has its client method
 
 
 def install_wrappers() -> None:
@@ -299,8 +328,9 @@ def _expires_for(ids: list[str], default: Any) -> Any:
     """
     latest = 0.0
     now = datetime.now(timezone.utc)
+    held = held_requests()
     for task_id in ids:
-        request = worker_state.requests.get(task_id)
+        request = held.get(task_id)
         eta = getattr(request, "eta", None) if request is not None else None
         if not eta:
             continue
@@ -328,7 +358,7 @@ def hold_past_etas(sync: RevocationSync, remaining: dict[str, float | None]) -> 
     worker holding that task extends the row (never reviving a restored one).
     """
     # iterate the few requests held, not the (possibly million) applied ids
-    held = [i for i, request in list(worker_state.requests.items()) if i in remaining and getattr(request, "eta", None)]
+    held = [i for i, request in held_requests().items() if i in remaining and getattr(request, "eta", None)]
     if not held:
         return
     expires = _expires_for(held, DEFAULT)

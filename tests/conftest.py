@@ -27,6 +27,27 @@ MYSQL_BASE = os.environ.get("REVSTORE_TEST_MYSQL", "mysql://root@127.0.0.1:3306/
 REDIS_URL = os.environ.get("REVSTORE_TEST_REDIS", "redis://127.0.0.1:6379")
 #: what each ``backend`` parameter stands for: URL scheme and (for proxies) port
 BACKENDS = ("sqlite", "postgresql", "mariadb")
+#: The broker of the worker tests (tests/workerapp.py); the CI matrix also runs them on RabbitMQ.
+BROKER_URL = os.environ.get("TEST_BROKER", "redis://127.0.0.1:6379/5")
+
+#: Fixtures that start real ``celery worker`` processes: a test using one is a worker test.
+WORKER_FIXTURES = {"cluster_factory", "pools"}
+#: Worker tests about the database side (pooler, grants, outages) or a browser,
+#: not about Celery, Python or the broker: the main combination runs them once,
+#: as it runs the SQLite and MariaDB variants (the matrix uses PostgreSQL).
+MAIN_ONLY_MODULES = {"test_pgbouncer", "test_least_privilege", "test_reliability", "test_web_browser"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the tests that run real workers ``worker`` (the CI matrix runs them on every
+    combination) and the worker tests that need to run only once ``main_only``."""
+    for item in items:
+        if WORKER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.worker)
+            callspec = getattr(item, "callspec", None)
+            other_database = callspec is not None and callspec.params.get("backend", "postgresql") != "postgresql"
+            if other_database or (item.module is not None and item.module.__name__ in MAIN_ONLY_MODULES):
+                item.add_marker(pytest.mark.main_only)
 
 
 def admin_engine(url: str, server: str) -> Iterator[Engine]:
@@ -117,8 +138,20 @@ def redis_ready() -> None:
         pytest.fail(f"Redis is required at {REDIS_URL}: {exc}", pytrace=False)
 
 
+@pytest.fixture(scope="session")
+def broker_ready(redis_ready) -> None:  # type: ignore[no-untyped-def]
+    """The worker tests' broker (Redis, or RabbitMQ with TEST_BROKER=amqp://...) answers."""
+    from kombu import Connection
+
+    try:
+        with Connection(BROKER_URL, connect_timeout=5) as conn:
+            conn.ensure_connection(max_retries=2, interval_start=0.5)
+    except Exception as exc:  # a missing broker is a failure, never a skip
+        pytest.fail(f"the broker is required at {BROKER_URL}: {exc}", pytrace=False)
+
+
 @pytest.fixture
-def celery_app(redis_ready):  # type: ignore[no-untyped-def]
+def celery_app(broker_ready):  # type: ignore[no-untyped-def]
     """The test app, as a client: sends tasks and control messages."""
     import sys
 
@@ -150,7 +183,7 @@ def db_proxy(backend: str):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def cluster_factory(tmp_path, request, redis_ready):  # type: ignore[no-untyped-def]
+def cluster_factory(tmp_path, request, broker_ready):  # type: ignore[no-untyped-def]
     """Build a Cluster of real workers on a migrated store of the given backend."""
     from harness import Cluster
 

@@ -47,7 +47,7 @@ def with_password(backend: str, request: pytest.FixtureRequest) -> Callable[[str
 
 
 def status(celery_app, worker) -> dict:  # type: ignore[no-untyped-def]
-    replies = celery_app.app.control.inspect([worker.nodename], timeout=2)._request("revstore_status") or {}
+    replies = celery_app.app.control.inspect([worker.nodename], timeout=2).revstore_status() or {}
     return replies.get(worker.nodename) or {}
 
 

@@ -137,6 +137,7 @@ def test_stamped_header_revocations_survive_restart(cluster_factory, celery_app)
     assert not cluster.ran("stamped")
 
 
+@pytest.mark.main_only  # load and scale, not version compatibility
 def test_200k_stored_revocations_all_stay_effective(cluster_factory, celery_app) -> None:
     cluster = cluster_factory("postgresql")
     ids = [f"bulk-{i:06d}" for i in range(200_000)]

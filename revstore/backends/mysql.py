@@ -41,7 +41,7 @@ from sqlalchemy.sql import ColumnElement, Select, visitors
 
 from ..errors import ConfigurationError
 from ..schema import MAX_KEY_LENGTH, Tables
-from .base import Key, Merge, SqlBackend
+from .base import Key, Merge, Pooling, SqlBackend
 
 #: The largest double: MySQL has no float infinity, so a row that never
 #: expires loads as this and becomes ``inf`` on the way into Python.
@@ -70,13 +70,14 @@ class MysqlBackend(SqlBackend):
     #: keys per upsert: one JSON parameter of ~50 bytes per key
     upsert_chunk: ClassVar[int] = 10_000
 
-    def engine_options(self, pool_size: int) -> dict[str, Any]:
+    def engine_options(self, pooling: Pooling) -> dict[str, Any]:
+        # mysqlclient prepares nothing on the server: revstore_prepare_threshold does not apply
         return {
             "pool_pre_ping": True,
             # the server closes idle connections after wait_timeout (8 h by default)
             "pool_recycle": 3600,
-            "pool_size": pool_size,
-            "max_overflow": 4,
+            "pool_size": pooling.size,
+            "max_overflow": pooling.max_overflow,
             # InnoDB's default REPEATABLE READ takes gap locks on every range a
             # write reads; writers here are ordered by the clock row instead
             "isolation_level": "READ COMMITTED",
@@ -179,25 +180,29 @@ class MysqlBackend(SqlBackend):
         ).scalars().all()
         if found:
             # SQLAlchemy's DELETE has LIMIT (mysql_limit) but no ORDER BY: add it to the compiled text
-            delete = table.delete().where(cut).compile(dialect=conn.dialect, compile_kwargs={"literal_binds": False})
-            conn.exec_driver_sql(f"{delete} ORDER BY {order} LIMIT {len(found)}",
-                                 tuple(delete.params[name] for name in delete.positiontup or ()))
+            sql, params = _driver_sql(conn, table.delete().where(cut))
+            conn.exec_driver_sql(f"{sql} ORDER BY {order} LIMIT {len(found)}", params)
         return [int(v) for v in found]
 
     def task_ids(self, conn: Connection, stmt: Select[Any], chunk: int) -> Iterator[tuple[list[str], array]]:
-        """Streamed through an unbuffered driver cursor as plain tuples (no Row objects)."""
-        dbapi = conn.dialect.loaded_dbapi
-        compiled = stmt.compile(dialect=conn.dialect)
-        params = tuple(compiled.params[name] for name in compiled.positiontup or ())
-        cursor = conn.connection.driver_connection.cursor(dbapi.cursors.SSCursor)  # type: ignore[union-attr]
+        for ids, remaining in self._streamed(conn, stmt, chunk):
+            if remaining and max(remaining) >= NEVER:
+                remaining = array("d", (float("inf") if x >= NEVER else x for x in remaining))
+            yield ids, remaining
+
+    def _streamed(self, conn: Connection, stmt: Select[Any], chunk: int) -> Iterator[tuple[list[str], array]]:
+        """Through an unbuffered driver cursor as plain tuples (no Row objects), where the driver has one."""
+        unbuffered = getattr(getattr(conn.dialect.loaded_dbapi, "cursors", None), "SSCursor", None)
+        if unbuffered is None:  # a driver chosen in the URL without one (Connector/Python)
+            yield from super().task_ids(conn.execution_options(stream_results=True), stmt, chunk)
+            return
+        sql, params = _driver_sql(conn, stmt)
+        cursor = conn.connection.driver_connection.cursor(unbuffered)  # type: ignore[union-attr]
         try:
-            cursor.execute(str(compiled), params)
+            cursor.execute(sql, params)
             while part := cursor.fetchmany(chunk):
                 ids, left = zip(*part)
-                remaining = array("d", left)
-                if remaining and max(remaining) >= NEVER:
-                    remaining = array("d", (float("inf") if x >= NEVER else x for x in remaining))
-                yield list(ids), remaining
+                yield list(ids), array("d", left)
         finally:
             cursor.close()
 
@@ -231,6 +236,14 @@ def _at(cond: ColumnElement[bool], now_sql: ColumnElement[Any], now: datetime) -
     """``cond`` with the server's clock replaced by the instant ``now`` it was read at."""
     return visitors.replacement_traverse(
         cond, {}, lambda e: literal(now, mysql.DATETIME(fsp=6)) if e.compare(now_sql) else None)
+
+
+def _driver_sql(conn: Connection, stmt: Any) -> tuple[str, Any]:
+    """``stmt`` as the driver's SQL text and parameters (positional or named, as its paramstyle wants)."""
+    compiled = stmt.compile(dialect=conn.dialect)
+    if compiled.positiontup is None:
+        return str(compiled), dict(compiled.params)
+    return str(compiled), tuple(compiled.params[name] for name in compiled.positiontup)
 
 
 def _account(name: str) -> str:
