@@ -6,9 +6,12 @@ in ``config.attributes``; the tables are described by ``revstore.schema``.
 
 from __future__ import annotations
 
+import functools
+
 from alembic import context
 from sqlalchemy import text
 
+from revstore.migrate import prepare_offline, prepare_online, record_step
 from revstore.schema import build_tables
 
 config = context.config
@@ -20,6 +23,7 @@ options = dict(
     target_metadata=tables.metadata,
     version_table=tables.version_table,
     version_table_schema=tables.schema,
+    on_version_apply=[functools.partial(record_step, tables)],
 )
 
 
@@ -33,6 +37,8 @@ def run_offline() -> None:
     with context.begin_transaction():
         if tables.schema:
             context.execute(f'CREATE SCHEMA IF NOT EXISTS "{tables.schema}"')
+        if "revstore_offline_from" in config.attributes:  # an upgrade, not a downgrade
+            prepare_offline(context, tables, config.attributes["revstore_offline_from"])
         context.run_migrations()
 
 
@@ -41,7 +47,8 @@ def run_online() -> None:
         store.backend.prepare_migrations(connection)
         if tables.schema:
             connection.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{tables.schema}"'))
-            connection.commit()
+        prepare_online(connection, tables)
+        connection.commit()
         context.configure(connection=connection, **options)
         with context.begin_transaction():
             context.run_migrations()

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+#: Set before the imports below: ``revstore.migrate`` reads it while they run.
+__version__ = "0.2.0"
+
 from .errors import ConfigurationError, DatabaseUnavailable, InvalidInput, RevstoreError, SchemaError
 from .cancel import RevocableTask
 from .cancel import is_revoked as is_current_task_revoked
 from .client import is_revoked, restore, revoke, revoke_by_stamped_headers, revoke_root
 from .integration import install
 from .store import Revocation, RevocationStore, Target
-
-__version__ = "0.1.0"
 
 __all__ = [
     "ConfigurationError",

@@ -108,15 +108,34 @@ def db() -> None:
 
 
 @db.command("upgrade")
-@click.argument("revision", default="head")
+@click.argument("revision", required=False)
 @pass_ctx
 @user_errors
-def db_upgrade(ctx: Context, revision: str) -> None:
-    """Create or upgrade the tables to REVISION (default: head)."""
+def db_upgrade(ctx: Context, revision: str | None) -> None:
+    """Run the expand steps (up to REVISION): safe while older workers run."""
     from . import migrate
 
     migrate.upgrade(ctx.store, revision)
-    click.echo(f"revstore: {ctx.store.url.render_as_string(hide_password=True)} is at {migrate.current_revision(ctx.store)}")
+    _report(ctx.store)
+
+
+@db.command("contract")
+@pass_ctx
+@user_errors
+def db_contract(ctx: Context) -> None:
+    """Run the contract steps too: only once no worker older than the new window remains."""
+    from . import migrate
+
+    migrate.contract(ctx.store)
+    _report(ctx.store)
+
+
+def _report(store: RevocationStore) -> None:
+    from . import migrate
+
+    verdict = migrate.assess_schema(store)
+    click.echo(f"revstore: {store.url.render_as_string(hide_password=True)} is at {migrate.current_revision(store)}")
+    click.echo(verdict.message, err=not verdict.ok)
 
 
 @db.command("downgrade")
@@ -145,22 +164,30 @@ def db_current(ctx: Context) -> None:
 @pass_ctx
 @user_errors
 def db_check(ctx: Context) -> None:
-    """Exit 1 unless the schema is at this revstore's head revision."""
+    """Say whether this release may run here and the next step; exit 1 unless compatible."""
     from . import migrate
 
-    click.echo(f"revstore: schema is at head {migrate.check_schema(ctx.store)}")
+    click.echo(migrate.check_schema(ctx.store).message)
 
 
 @db.command("sql")
-@click.argument("revision", default="head")
-@click.option("--from", "from_rev", help="With a lower REVISION: the downgrade SQL from this revision.")
+@click.argument("revision", required=False)
+@click.option("--since", help="The revision the database is at (`revstore db current`; default: an empty database).")
+@click.option("--phase", type=click.Choice(["all", "expand", "contract"]), default="all", show_default=True,
+              help="Print only the expand or the contract steps.")
+@click.option("--from", "from_rev", help="With REVISION: the downgrade SQL from this revision to REVISION.")
 @pass_ctx
 @user_errors
-def db_sql(ctx: Context, revision: str, from_rev: str | None) -> None:
+def db_sql(ctx: Context, revision: str | None, since: str | None, phase: str, from_rev: str | None) -> None:
     """Print the DDL for DBAs who apply migrations by hand (nothing is run)."""
     from . import migrate
 
-    click.echo(migrate.offline_sql(ctx.store, revision, downgrade_from=from_rev), nl=False)
+    if (revision is None) != (from_rev is None):
+        raise ConfigurationError("revstore: a downgrade takes both REVISION and --from (e.g. `db sql base --from head`)")
+    if revision is not None and from_rev is not None:
+        click.echo(migrate.offline_downgrade_sql(ctx.store, revision, from_rev), nl=False)
+    else:
+        click.echo(migrate.offline_sql(ctx.store, since, phase), nl=False)
 
 
 @db.command("grants")

@@ -21,6 +21,7 @@ from celery.utils.time import maybe_iso8601
 from celery.worker import control as celery_control
 from celery.worker import state as worker_state
 
+from . import __version__
 from .client import DURABLE_FLAG
 from .errors import InvalidInput
 from .store import DEFAULT, Target, as_target, normalize_signal
@@ -57,10 +58,14 @@ def revstore_sync(state: Any, **kwargs: Any) -> dict[str, str]:
 
 @celery_control.inspect_command(alias="revstore")
 def revstore_status(state: Any, **kwargs: Any) -> dict[str, Any]:
-    """revstore's view on this worker: marker, listener, pending writes."""
+    """revstore's view on this worker: marker, listener, pending writes.
+
+    ``release`` tells an admin rolling a fleet which workers still run an
+    older revstore (0.1.0 replies without it) before ``revstore db contract``.
+    """
     if _active is None:
-        return {"enabled": False}
-    return {"enabled": True, **_active.status()}
+        return {"enabled": False, "release": __version__}
+    return {"enabled": True, "release": __version__, **_active.status()}
 
 
 def install_wrappers() -> None:

@@ -4,8 +4,8 @@ Generated from the same table description the store uses (prefix, schema),
 so the grants always name the tables that exist and nothing more.  A worker
 or client needs exactly the DML the store issues: rows of the revocations
 table (upsert, un-revoke, cleanup with ``SELECT ... FOR UPDATE``), the clock
-row (the version bump) and a read of the version table (the start-up schema
-check).  ``LISTEN``/``pg_notify`` need no grant.  Nothing here lets a worker
+row (the version bump) and a read of ``schema_info`` (the start-up window
+check; ``alembic_version`` for 0.1.0 workers).  ``LISTEN``/``pg_notify`` need no grant.  Nothing here lets a worker
 run DDL, which is the point: migrations are an admin's job.
 """
 
@@ -61,6 +61,8 @@ def worker_sql(tables: Tables, role: str = "revstore_worker", *, create_role: bo
         f"GRANT USAGE ON SCHEMA {schema} TO {role};",
         f"GRANT SELECT, INSERT, UPDATE, DELETE ON {table(tables.revocations.name)} TO {role};",
         f"GRANT SELECT, UPDATE ON {table(tables.clock.name)} TO {role};",
-        f"GRANT SELECT ON {table(tables.version_table)} TO {role};",
+        f"GRANT SELECT ON {table(tables.schema_info.name)} TO {role};",
+        # read by revstore 0.1.0 workers at start, while the schema stays compatible with them
+        f"GRANT SELECT ON {table(tables.legacy_version_table)} TO {role};",
     ]
     return "\n".join(lines) + "\n"

@@ -16,6 +16,9 @@ skips a row that commits late (see ``docs/design.md``).  An un-revoke keeps the
 row as a tombstone (``active = false``) so running workers learn of it; the
 cleanup deletes tombstones after ``revstore_tombstone_ttl``.
 
+``schema_info`` holds the compatibility window a worker checks at start
+(see ``revstore.window``).
+
 The migrations in ``migrations/versions`` are the source of truth for DDL;
 this module must describe the head revision exactly (a test compares them).
 """
@@ -49,8 +52,18 @@ MAX_KEY_LENGTH = 255
 MAX_REASON_LENGTH = 1000
 
 #: Alembic's version table gets the prefix too, so revstore can share a
-#: database whose application already uses ``alembic_version``.
-VERSION_TABLE_SUFFIX = "alembic_version"
+#: database whose application already uses ``alembic_version``.  From 0.2.0
+#: on Alembic tracks revisions here; see ``LEGACY_VERSION_SUFFIX``.
+VERSION_TABLE_SUFFIX = "schema_version"
+
+#: The version table revstore 0.1.0 reads at worker start.  0.1.0 demands
+#: exactly its own revision there, so later releases keep it at that
+#: revision for as long as the schema stays compatible with 0.1.0 (see
+#: ``revstore.window``) and only then write their own revision into it.
+LEGACY_VERSION_SUFFIX = "alembic_version"
+
+#: Length of a revision id or release string in the bookkeeping tables.
+VERSION_LENGTH = 32
 
 
 @dataclass(frozen=True)
@@ -60,12 +73,19 @@ class Tables:
     metadata: MetaData
     revocations: Table
     clock: Table
+    schema_info: Table
     prefix: str
     schema: str | None
 
     @property
     def version_table(self) -> str:
+        """Alembic's own version table (revstore 0.2.0 and later)."""
         return f"{self.prefix}{VERSION_TABLE_SUFFIX}"
+
+    @property
+    def legacy_version_table(self) -> str:
+        """The version table revstore 0.1.0 workers read."""
+        return f"{self.prefix}{LEGACY_VERSION_SUFFIX}"
 
 
 def build_tables(prefix: str = "revstore_", schema: str | None = None) -> Tables:
@@ -99,4 +119,31 @@ def build_tables(prefix: str = "revstore_", schema: str | None = None) -> Tables
         # marker is older may have missed an un-revoke and must reload.
         Column("purged_version", BigInteger, nullable=False),
     )
-    return Tables(metadata, revocations, clock, prefix, schema)
+    schema_info = Table(
+        f"{prefix}schema_info",
+        metadata,
+        # exactly one row, id = 1, rewritten after every migration step: what
+        # a worker reads at start to decide whether its release may run here
+        # without needing the scripts of newer releases.
+        Column("id", Integer, primary_key=True, autoincrement=False),
+        Column("revision", String(VERSION_LENGTH), nullable=False),
+        # the release whose migration brought the schema to `revision`
+        Column("schema_release", String(VERSION_LENGTH), nullable=False),
+        # the oldest release whose workers and clients run against it
+        Column("oldest_release", String(VERSION_LENGTH), nullable=False),
+    )
+    return Tables(metadata, revocations, clock, schema_info, prefix, schema)
+
+
+def version_table(name: str, schema: str | None) -> Table:
+    """An Alembic-style version table: Alembic's own, or the legacy one 0.1.0 reads.
+
+    Not part of ``Tables.metadata``: these are bookkeeping, shaped as Alembic
+    creates them (its primary key is named ``<table>_pkc``).
+    """
+    return Table(
+        name,
+        MetaData(schema=schema),
+        Column("version_num", String(VERSION_LENGTH), nullable=False),
+        PrimaryKeyConstraint("version_num", name=f"{name}_pkc"),
+    )

@@ -74,11 +74,11 @@ def test_a_role_missing_a_grant_is_one_clear_line_not_a_traceback(
 ) -> None:
     cluster = cluster_factory("postgresql", worker_url=lambda u: u.replace("postgres@", f"{worker_role}@"))
     grants = [line for line in worker_sql(cluster.store.tables, worker_role).splitlines()
-              if "alembic_version" not in line]
+              if "schema_info" not in line]
     with pg_admin_engine.connect() as conn:
         conn.execute(text("\n".join(grants)))
     worker = cluster.worker("a").start(wait=False)
     assert worker.proc is not None and worker.proc.wait(60) != 0
     log = worker.output()
-    assert "the role needs SELECT on revstore_alembic_version" in log and "revstore db grants" in log
+    assert "the role needs SELECT on revstore_schema_info" in log and "revstore db grants" in log
     assert "Traceback" not in log

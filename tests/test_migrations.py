@@ -123,8 +123,9 @@ def test_unmigrated_schema_is_one_clear_line(sqlite_url) -> None:
 
 
 def test_schema_newer_than_this_revstore_is_one_clear_line(pg_store) -> None:
-    table = f'"{pg_store.tables.schema}".{pg_store.tables.version_table}'
+    """A schema whose window starts after this release: workers and `db check` refuse in one line."""
+    info = pg_store.tables.schema_info
     with pg_store.engine.begin() as conn:
-        conn.execute(text(f"UPDATE {table} SET version_num = 'ffffffffffff'"))
+        conn.execute(info.update().values(revision="ffffffffffff", schema_release="9.1.0", oldest_release="9.0.0"))
     result = revstore("--url", PG_BASE, "--schema", pg_store.tables.schema, "db", "check")
-    assert_one_line_error(result, "newer", "upgrade the revstore package")
+    assert_one_line_error(result, "newer", "needs revstore 9.0.0 or later", "upgrade the revstore package")

@@ -18,6 +18,11 @@ down_revision = None
 branch_labels = None
 depends_on = None
 
+# the compatibility window (see revstore/window.py and docs/migrations.md)
+phase = "expand"
+release = "0.1.0"
+oldest_release = "0.1.0"
+
 
 def _names() -> tuple[str, str | None]:
     tables = context.config.attributes["revstore_tables"]
