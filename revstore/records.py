@@ -174,7 +174,20 @@ class WriteResult:
 
 
 def validate_key(value: Any, what: str = "task id") -> str:
-    """Return ``value`` if it can be stored exactly, else raise InvalidInput."""
+    """Return ``value`` if it is a key Celery accepts (any non-empty string), else raise InvalidInput.
+
+    Length, NUL and lone surrogates are no reason to refuse: stock Celery
+    keeps such ids in memory, and revstore stores them (see revstore.keys).
+    """
+    if not isinstance(value, str):
+        raise InvalidInput(f"revstore: {what} must be a string, not {type(value).__name__}")
+    if not value:
+        raise InvalidInput(f"revstore: {what} must not be empty")
+    return value
+
+
+def validate_label(value: Any, what: str) -> str:
+    """Return ``value`` if it fits a plain ``VARCHAR(255)`` column (``revoked_by``), else raise InvalidInput."""
     if not isinstance(value, str):
         raise InvalidInput(f"revstore: {what} must be a string, not {type(value).__name__}")
     if not value:
