@@ -20,7 +20,7 @@ from typing import Any
 
 from sqlalchemy import create_engine, text
 
-from bench import cleanup, hotpath, memory, propagation, startup, write_path
+from bench import cleanup, console, hotpath, memory, propagation, startup, write_path
 from bench.common import PG_URL, ROOT, Figure, redis_db, report, table
 
 DOC = ROOT / "docs" / "benchmarks.md"
@@ -184,6 +184,7 @@ def main() -> None:
         (write_path.TITLE, lambda: write_path.run(args.quick)),
         (propagation.TITLE, lambda: propagation.run(args.quick)),
         (cleanup.TITLE, lambda: cleanup.run(args.quick)),
+        (console.TITLE, lambda: console.run(args.quick)),
     ]
     figures: list[Figure] = []
     for title, step in steps:

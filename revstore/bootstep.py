@@ -17,10 +17,11 @@ from typing import Any
 
 from celery import bootsteps
 from celery import signals
+from celery.concurrency.solo import TaskPool as SoloPool
 from celery.platforms import signals as platform_signals
 from celery.worker import state as worker_state
 
-from . import cancel, control, migrate
+from . import cancel, control, green, migrate
 from .config import Settings, load_settings
 from .errors import RevstoreError
 from .memory import WorkerMemory
@@ -64,6 +65,7 @@ class Revstore(bootsteps.StartStopStep):
                 "the table is the source of truth (drop --statedb; import it once with `revstore import-statedb`)",
                 self.statedb,
             )
+        green.cooperate_with_eventlet()  # before the first database wait
         try:
             store = RevocationStore.from_settings(self.settings)
         except RevstoreError as exc:
@@ -71,6 +73,8 @@ class Revstore(bootsteps.StartStopStep):
         self.sync = RevocationSync(store, self.settings, WorkerMemory(), c.hostname)
         control.activate(self.sync)
         cancel.activate(self.sync.memory, c.hostname)  # before the pool forks its children
+        # solo runs tasks on the loop thread: is_revoked() must see rows fetched meanwhile
+        self.sync.memory.fetched.enabled = isinstance(c.pool, SoloPool)
         signals.task_received.connect(self._on_task_received, weak=False)
         return None
 
@@ -88,7 +92,11 @@ class Revstore(bootsteps.StartStopStep):
         else:
             sync.request_sync()  # reconnected to the broker: catch up at once
         if self.settings.listen and sync.listener is None:
-            sync.listener = sync.store.listener(sync.request_sync, c.hostname)
+            sync.listener = sync.store.listener(
+                sync.request_sync, c.hostname, url=self.settings.listen_url,
+                check_interval=self.settings.listen_check_interval,
+                fallback_interval=self.settings.poll_interval(False),
+            )
             if sync.listener is not None:
                 sync.listener.start()
         if c.hub is not None:
@@ -121,6 +129,7 @@ class Revstore(bootsteps.StartStopStep):
 
     def shutdown(self, c: Any) -> None:
         self.stop(c)
+        signals.task_received.disconnect(self._on_task_received)
         if self.sync is not None:
             control.activate(None)
             cancel.deactivate()

@@ -8,8 +8,11 @@ child answers ``is_revoked()`` with one ``stat`` call: no database round
 trip, no message, microseconds per call.  Staleness is bounded by how fast
 the main process learns of the revocation (at once for a broadcast, within
 the sync interval or a notification for one written to the table only) plus
-one drain tick (at once after a sync, 0.1 s otherwise).  Thread and solo pools run tasks in the main
-process and read its memory directly.
+one drain tick (at once after a sync, 0.1 s otherwise).  Thread and green
+pools run tasks in the main process and read its memory directly.  The solo
+pool runs the task on the event-loop thread, which applies nothing while the
+task runs: there ``is_revoked()`` also reads the rows the sync thread fetched
+meanwhile (``WorkerMemory.fetched``).
 """
 
 from __future__ import annotations
@@ -18,12 +21,15 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 from celery import Task
 from celery.exceptions import Ignore
 
+from .errors import InvalidInput
 from .memory import WorkerMemory
+from .store import Target
 
 #: Set in the worker's main process before the pool forks; inherited by children.
 _marker_dir: Path | None = None
@@ -49,9 +55,12 @@ def deactivate() -> None:
 
 
 def _request_revoked(memory: WorkerMemory, request: Any) -> bool:
-    if memory.is_revoked(request.id, getattr(request, "root_id", None)):
+    root_id = getattr(request, "root_id", None)
+    if memory.is_revoked(request.id, root_id):
         return True
     stamps = getattr(request, "stamps", None) or {}
+    if memory.fetched.revoked(_targets(request.id, root_id, stamps)):
+        return True
     for header, value in stamps.items():
         revoked = memory.stamps.get(header)
         if not revoked:
@@ -61,6 +70,19 @@ def _request_revoked(memory: WorkerMemory, request: Any) -> bool:
         if any(v in pool for v in values):
             return True
     return False
+
+
+def _targets(task_id: str, root_id: str | None, stamps: dict[str, Any]) -> Iterator[Target]:
+    """What a revocation of this task could name: its id, its workflow root, each stamp."""
+    yield Target.task(task_id)
+    if root_id:
+        yield Target.root(root_id)
+    for header, value in stamps.items():
+        for v in value if isinstance(value, (list, tuple)) else [value]:
+            try:
+                yield Target.stamp(header, v)
+            except InvalidInput:
+                continue
 
 
 def refresh_markers(active_requests: Any) -> None:
@@ -99,7 +121,7 @@ def is_revoked(task_id: str | None = None, request: Any = None) -> bool:
     if os.getpid() == _main_pid and _memory is not None:
         if request is not None and getattr(request, "id", None) == task_id:
             return _request_revoked(_memory, request)
-        return _memory.is_revoked(task_id)
+        return _memory.is_revoked(task_id) or _memory.fetched.revoked([Target.task(task_id)])
     return os.path.exists(os.path.join(_marker_dir, task_id))
 
 

@@ -7,7 +7,9 @@ user error into one line on stderr and a non-zero exit, never a traceback.
 
 from __future__ import annotations
 
+import csv
 import functools
+import io
 import json
 import sys
 from typing import Any, Callable, TypeVar
@@ -17,7 +19,8 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from . import config as _config
 from .errors import ConfigurationError, RevstoreError
-from .store import DEFAULT, RevocationStore, Revocation, Target
+from .inputs import parse_expires, parse_targets
+from .store import RevocationStore, Revocation, Target
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -72,6 +75,15 @@ class Context:
             revstore_table_prefix=self._prefix,
         )
 
+    def override(self, url: str | None, app_name: str | None, schema: str | None, prefix: str | None) -> None:
+        """Options given after the subcommand win over the same options given before it."""
+        if app_name is not None:
+            self._app_name, self._app = app_name, None
+        self._url = url if url is not None else self._url
+        self._schema = schema if schema is not None else self._schema
+        self._prefix = prefix if prefix is not None else self._prefix
+        self._store = None
+
     @property
     def store(self) -> RevocationStore:
         if self._store is None:
@@ -86,12 +98,51 @@ class Context:
 
 pass_ctx = click.make_pass_decorator(Context)
 
+#: The options every command takes, before or after its name: (flags, parameter name, help).
+COMMON_OPTIONS = (
+    (("--url",), "url", "Database URL (default: the -A app's revstore_url, then $REVSTORE_URL)."),
+    (("-A", "--app"), "app_name", "Celery app to read revstore_url and other settings from."),
+    (("--schema",), "schema", "PostgreSQL schema holding the tables (default: the app's, then $REVSTORE_SCHEMA)."),
+    (("--prefix",), "prefix", "Table name prefix (default: the app's, then $REVSTORE_TABLE_PREFIX, then revstore_)."),
+)
+
+
+def common_options(fn: F) -> F:
+    for flags, name, help_ in reversed(COMMON_OPTIONS):
+        fn = click.option(*flags, name, help=help_)(fn)
+    return fn
+
+
+def accept_common_options_after(group: click.Group) -> None:
+    """Let every subcommand take --url/-A/--schema/--prefix too (``revstore db upgrade --url ...``).
+
+    Applied once to the finished command tree, so commands added later get
+    the options without repeating them on each definition.
+    """
+    for command in group.commands.values():
+        if isinstance(command, click.Group):
+            accept_common_options_after(command)
+            continue
+        names = [f"late_{name}" for _, name, _ in COMMON_OPTIONS]
+        for (flags, _, help_), name in zip(COMMON_OPTIONS, names):
+            command.params.append(click.Option([*flags, name], help=help_))
+        callback = command.callback
+        assert callback is not None
+
+        @functools.wraps(callback)
+        def with_overrides(*args: Any, _callback: Callable[..., Any] = callback, _names: list[str] = names,
+                           **kwargs: Any) -> Any:
+            late = [kwargs.pop(name) for name in _names]
+            obj = click.get_current_context().find_object(Context)
+            if obj is not None and any(v is not None for v in late):
+                obj.override(*late)
+            return _callback(*args, **kwargs)
+
+        command.callback = with_overrides
+
 
 @click.group(name="revstore", context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--url", help="Database URL (default: the -A app's revstore_url, then $REVSTORE_URL).")
-@click.option("-A", "--app", "app_name", help="Celery app to read revstore_url and other settings from.")
-@click.option("--schema", help="PostgreSQL schema holding the tables (default: the app's, then $REVSTORE_SCHEMA).")
-@click.option("--prefix", help="Table name prefix (default: the app's, then $REVSTORE_TABLE_PREFIX, then revstore_).")
+@common_options
 @click.pass_context
 def main_group(ctx: click.Context, url: str | None, app_name: str | None, schema: str | None, prefix: str | None) -> None:
     """Durable, shared Celery task revocations."""
@@ -211,22 +262,45 @@ def db_grants(ctx: Context, worker_role: str, admin_role: str, create_role: bool
 # ----------------------------------------------------------- revocations
 
 
-def _targets(ids: tuple[str, ...], root: bool, stamps: tuple[str, ...]) -> list[Target]:
-    targets: list[Target] = [Target.root(i) if root else Target.task(i) for i in ids]
-    for item in stamps:
-        header, sep, value = item.partition("=")
-        if not sep or not header:
-            raise ConfigurationError(f"revstore: --stamp {item!r} must look like HEADER=VALUE")
-        targets.append(Target.stamp(header, value))
-    return targets
-
-
 def _describe(row: Revocation) -> str:
     expires = row.expires_at.isoformat(timespec="seconds") if row.expires_at else "never"
     state = "active" if row.active else "restored"
     term = f" terminate={row.signal}" if row.terminate else ""
     reason = f" reason={row.reason!r}" if row.reason else ""
     return f"{row.target}\t{state}{term}\texpires={expires}\tby={row.revoked_by}{reason}"
+
+
+def _waker(ctx: Context, broker: str | None) -> Callable[[], str]:
+    """Connect to the broker to wake workers with, when one is known; the returned
+    call sends ``revstore_sync`` and gives a note for the output line."""
+    import os
+
+    if broker is not None and broker.strip().lower() in ("", "none"):
+        return lambda: ""
+    app = ctx.app if broker is None else None
+    url = broker or (None if app is not None else os.environ.get("CELERY_BROKER_URL"))
+    if app is None and not url:
+        return lambda: ""
+    from .client import Waker
+
+    waker = Waker(app=app, broker_url=url)
+    where = _config.mask_url(url) if url else "the app's broker"
+
+    def send() -> str:
+        problem = waker.send()
+        if problem is not None:
+            click.echo(f"revstore: stored, but the wake-up through {where} failed ({problem}); "
+                       "workers apply it at their next sync", err=True)
+            return ""
+        return f"; workers woken through {where}"
+
+    return send
+
+
+_broker_option = click.option(
+    "--broker", default=None, metavar="URL",
+    help="Broker to wake workers through with revstore_sync (default: the -A app's, then "
+         "$CELERY_BROKER_URL; 'none': do not wake them).")
 
 
 @main_group.command("revoke")
@@ -237,46 +311,85 @@ def _describe(row: Revocation) -> str:
 @click.option("--reason", default=None, help="Free text kept with the revocation.")
 @click.option("--root", is_flag=True, help="IDS are workflow root ids: revoke every task of those workflows.")
 @click.option("--stamp", "stamps", multiple=True, metavar="HEADER=VALUE", help="Revoke by stamped header (repeatable).")
+@_broker_option
 @pass_ctx
 @user_errors
 def revoke_cmd(ctx: Context, ids: tuple[str, ...], terminate: bool, sig: str | None, expires: str | None,
-               reason: str | None, root: bool, stamps: tuple[str, ...]) -> None:
+               reason: str | None, root: bool, stamps: tuple[str, ...], broker: str | None) -> None:
     """Write revocations to the table; workers apply them on their next sync."""
-    targets = _targets(ids, root, stamps)
+    targets = parse_targets(ids, root, stamps)
     if not targets:
         raise ConfigurationError("revstore: nothing to revoke; give task ids or --stamp HEADER=VALUE")
     if sig is not None and not terminate:
         raise ConfigurationError("revstore: --signal only makes sense with --terminate")
-    lifetime = DEFAULT if expires is None else _config.parse_duration(expires)
+    lifetime = parse_expires(expires)
+    wake = _waker(ctx, broker)
     result = ctx.store.add(targets, terminate=terminate, signal=sig, reason=reason, expires=lifetime)
-    click.echo(f"revstore: revoked {len(targets)} ({result.changed} new or changed)")
+    click.echo(f"revstore: revoked {len(targets)} ({result.changed} new or changed){wake()}")
 
 
 @main_group.command("restore")
 @click.argument("ids", nargs=-1, required=True)
 @click.option("--root", is_flag=True, help="IDS are workflow root ids.")
 @click.option("--stamp", "stamps", multiple=True, metavar="HEADER=VALUE", help="Un-revoke a stamped header value.")
+@_broker_option
 @pass_ctx
 @user_errors
-def restore_cmd(ctx: Context, ids: tuple[str, ...], root: bool, stamps: tuple[str, ...]) -> None:
+def restore_cmd(ctx: Context, ids: tuple[str, ...], root: bool, stamps: tuple[str, ...], broker: str | None) -> None:
     """Un-revoke: the tasks may run again once workers sync."""
-    result = ctx.store.remove(_targets(ids, root, stamps))
-    click.echo(f"revstore: restored {result.changed}")
+    targets = parse_targets(ids, root, stamps)
+    wake = _waker(ctx, broker)
+    result = ctx.store.remove(targets)
+    click.echo(f"revstore: restored {result.changed}{wake()}")
+
+
+LIST_COLUMNS = ("target", "state", "terminate", "expires", "revoked_by", "reason")
+
+
+def _fields(row: Revocation) -> tuple[str, ...]:
+    return (
+        str(row.target),
+        "active" if row.active else "restored",
+        row.signal or "" if row.terminate else "",
+        row.expires_at.isoformat(timespec="seconds") if row.expires_at else "never",
+        row.revoked_by or "",
+        row.reason or "",
+    )
+
+
+def _aligned(rows: list[tuple[str, ...]]) -> list[str]:
+    """Rows padded into columns under a header, for people; the last column is never padded."""
+    table = [tuple(c.upper() for c in LIST_COLUMNS), *rows]
+    widths = [max(len(r[i]) for r in table) for i in range(len(LIST_COLUMNS) - 1)]
+    return ["  ".join([*(cell.ljust(w) for cell, w in zip(r, widths)), r[-1]]).rstrip() for r in table]
 
 
 @main_group.command("list")
 @click.option("--kind", type=click.Choice(["task", "stamp", "root"]), default=None)
 @click.option("--terminate", "only_terminate", is_flag=True, help="Only revocations that terminate.")
 @click.option("--limit", type=click.IntRange(min=1), default=None)
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@click.option("--format", "fmt", type=click.Choice(["table", "tsv", "csv", "json"]), default=None,
+              help="table (default on a terminal), tsv (default otherwise), csv, or json lines.")
+@click.option("--json", "as_json", is_flag=True, help="Same as --format json: one JSON object per line.")
 @pass_ctx
 @user_errors
-def list_cmd(ctx: Context, kind: str | None, only_terminate: bool, limit: int | None, as_json: bool) -> None:
+def list_cmd(ctx: Context, kind: str | None, only_terminate: bool, limit: int | None, fmt: str | None,
+             as_json: bool) -> None:
     """List unexpired revocations, oldest first."""
-    for row in ctx.store.iter_active(kind, limit=limit):  # type: ignore[arg-type]
-        if only_terminate and not row.terminate:
-            continue
-        click.echo(json.dumps(row.as_dict()) if as_json else _describe(row))
+    fmt = "json" if as_json else fmt or ("table" if sys.stdout.isatty() else "tsv")
+    rows = [r for r in ctx.store.iter_active(kind, limit=limit) if r.terminate or not only_terminate]  # type: ignore[arg-type]
+    if fmt == "json":
+        for row in rows:
+            click.echo(json.dumps(row.as_dict()))
+    elif fmt == "table":
+        for line in _aligned([_fields(r) for r in rows]):
+            click.echo(line)
+    else:
+        out = io.StringIO()
+        writer = csv.writer(out, dialect="excel-tab" if fmt == "tsv" else "excel", lineterminator="\n")
+        writer.writerow(LIST_COLUMNS)
+        writer.writerows(_fields(r) for r in rows)
+        click.echo(out.getvalue(), nl=False)
 
 
 @main_group.command("show")
@@ -328,7 +441,7 @@ def import_statedb_cmd(ctx: Context, files: tuple[str, ...], expires: str | None
     """Import the revoked ids of Celery --statedb files (stop those workers first)."""
     from .transfer import read_statedb
 
-    lifetime = DEFAULT if expires is None else _config.parse_duration(expires)
+    lifetime = parse_expires(expires)
     ids: list[str] = []
     for name in files:  # read every file before writing anything
         found = read_statedb(name)
@@ -364,6 +477,23 @@ def import_cmd(ctx: Context, file: Any) -> None:
     click.echo(f"revstore: imported {len(rows)} rows ({result.changed} new or changed)")
 
 
+@main_group.command("web")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (keep it local unless behind TLS).")
+@click.option("--port", type=click.IntRange(1, 65535), default=8765, show_default=True)
+@pass_ctx
+@user_errors
+def web_cmd(ctx: Context, host: str, port: int) -> None:
+    """Serve the operator console (needs `pip install 'revstore[web]'`)."""
+    from .web import Credentials, create_app, serve
+
+    app = ctx.app
+    credentials = Credentials.from_settings(app.conf if app is not None else None)
+    create_app(ctx.store, credentials, app)  # fails here, in one line, if the extra is missing
+    mode = "writes need the token or password" if credentials.writable else "read-only: no write credentials set"
+    click.echo(f"revstore: console on http://{host}:{port}/ for {ctx.store.url.render_as_string(hide_password=True)} ({mode})")
+    serve(ctx.store, credentials, app, host=host, port=port)
+
+
 @main_group.command("demo")
 @click.option("--workdir", default=None, help="Where to keep the demo's SQLite file and broker folders.")
 @user_errors
@@ -374,6 +504,7 @@ def demo_cmd(workdir: str | None) -> None:
     sys.exit(run_demo(workdir))
 
 
+accept_common_options_after(main_group)
 celery_command = main_group
 
 

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .config import load_settings
+from .config import load_settings, mask_url
 from .errors import ConfigurationError
 from .store import DEFAULT, RevocationStore, Target
 
@@ -96,14 +96,18 @@ def _revoke_durably(
     broadcast: bool,
     command: str,
     arguments: dict[str, Any] | None = None,
+    store: RevocationStore | None = None,
+    revoked_by: str | None = None,
 ) -> RevokeReport:
     """Commit the rows, then broadcast ``command`` as the fast path.
 
     With ``arguments`` (a stock revoke command) the broadcast carries the
     terminate request and the flag that tells workers the row is committed.
+    ``store`` is for callers holding their own (the console, given ``--url``).
     """
-    result = store_for(app).add(targets, terminate=terminate, signal=signal if terminate else None,
-                                expires=expires, reason=reason)
+    store = store if store is not None else store_for(app)
+    result = store.add(targets, terminate=terminate, signal=signal if terminate else None,
+                       expires=expires, reason=reason, revoked_by=revoked_by)
     report = RevokeReport([str(t) for t in targets], result.changed, False)
     if not broadcast or not targets:
         report.broadcast_error = "disabled" if not broadcast else "nothing to revoke"
@@ -121,11 +125,13 @@ def revoke(
     expires: float | None = DEFAULT,
     reason: str | None = None,
     broadcast: bool = True,
+    store: RevocationStore | None = None,
+    revoked_by: str | None = None,
 ) -> RevokeReport:
     """Revoke durably, then broadcast through ``app.control`` when possible."""
     ids = _ids(task_ids)
     return _revoke_durably(app, [Target.task(i) for i in ids], terminate, signal, expires, reason, broadcast,
-                           "revoke", {"task_id": ids})
+                           "revoke", {"task_id": ids}, store, revoked_by)
 
 
 def revoke_by_stamped_headers(
@@ -136,10 +142,12 @@ def revoke_by_stamped_headers(
     expires: float | None = DEFAULT,
     reason: str | None = None,
     broadcast: bool = True,
+    store: RevocationStore | None = None,
+    revoked_by: str | None = None,
 ) -> RevokeReport:
     """Revoke every task stamped with one of ``headers``' values, durably."""
     return _revoke_durably(app, _stamp_targets(headers), terminate, signal, expires, reason, broadcast,
-                           "revoke_by_stamped_headers", {"headers": headers})
+                           "revoke_by_stamped_headers", {"headers": headers}, store, revoked_by)
 
 
 def revoke_root(
@@ -150,6 +158,8 @@ def revoke_root(
     expires: float | None = DEFAULT,
     reason: str | None = None,
     broadcast: bool = True,
+    store: RevocationStore | None = None,
+    revoked_by: str | None = None,
 ) -> RevokeReport:
     """Revoke whole workflows: every task whose ``root_id`` is one of these.
 
@@ -157,15 +167,59 @@ def revoke_root(
     table; the broadcast only asks them to sync now.
     """
     targets = [Target.root(i) for i in _ids(root_ids)]
-    return _revoke_durably(app, targets, terminate, signal, expires, reason, broadcast, "revstore_sync")
+    return _revoke_durably(app, targets, terminate, signal, expires, reason, broadcast, "revstore_sync",
+                           None, store, revoked_by)
 
 
-def restore(app: Any, task_ids: str | Iterable[str], broadcast: bool = True) -> int:
-    """Un-revoke: the ids may run again on every worker after its next sync."""
-    result = store_for(app).remove(_ids(task_ids))
+def restore(app: Any, task_ids: str | Iterable[str | Target], broadcast: bool = True,
+            store: RevocationStore | None = None) -> int:
+    """Un-revoke: the ids (or targets) may run again on every worker after its next sync."""
+    result = (store if store is not None else store_for(app)).remove(_ids(task_ids))
     if broadcast:
         _broadcast(app, "revstore_sync", RevokeReport([], 0, False))
     return result.changed
+
+
+class Waker:
+    """Broadcasts ``revstore_sync`` so every connected worker pulls now.
+
+    For writers that have no Celery app (the CLI without ``-A``): a bare app
+    on ``broker_url`` is enough, since ``revstore_sync`` carries nothing.
+    The broker connection is opened first, before the write, so the wake-up
+    follows the commit within a round trip.  The table stays the record: a
+    failed wake-up only leaves workers to their next sync.
+    """
+
+    def __init__(self, app: Any = None, broker_url: str | None = None, timeout: float = 5.0) -> None:
+        from celery import Celery
+
+        self.app = app if app is not None else Celery("revstore-wake", broker=broker_url, set_as_current=False)
+        self.problem: str | None = None
+        self._conn: Any = None
+        try:
+            self._conn = self.app.connection_for_write()
+            self._conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=timeout)
+        except Exception as exc:
+            self._failed(exc)
+
+    def _failed(self, exc: BaseException) -> None:
+        text = str(exc).strip()
+        self.problem = mask_url(text.splitlines()[0] if text else type(exc).__name__)
+        if self._conn is not None:
+            self._conn.release()
+            self._conn = None
+
+    def send(self) -> str | None:
+        """Broadcast now; None, or why the wake-up failed."""
+        if self._conn is not None:
+            try:
+                self.app.control.broadcast("revstore_sync", connection=self._conn)
+            except Exception as exc:
+                self._failed(exc)
+            else:
+                self._conn.release()
+                self._conn = None
+        return self.problem
 
 
 def is_revoked(app: Any, task_id: str) -> bool:

@@ -44,6 +44,15 @@ DEFAULT_TOMBSTONE_TTL = 24 * 3600.0
 
 DEFAULT_TABLE_PREFIX = "revstore_"
 
+#: Connections a process keeps open for revstore's own queries (the worker's
+#: sync thread uses one at a time), and how many more it may open in bursts
+#: (closed again when returned).
+DEFAULT_POOL_SIZE = 1
+DEFAULT_POOL_MAX_OVERFLOW = 4
+
+#: How often a PostgreSQL listener proves it still hears notifications.
+DEFAULT_LISTEN_CHECK_INTERVAL = 30.0
+
 _PREFIX_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,30}$")
 _SCHEMA_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
@@ -59,6 +68,15 @@ ENV = {
     "revstore_tombstone_ttl": "REVSTORE_TOMBSTONE_TTL",
     "revstore_start_without_db": "REVSTORE_START_WITHOUT_DB",
     "revstore_listen": "REVSTORE_LISTEN",
+    "revstore_web_token": "REVSTORE_WEB_TOKEN",
+    "revstore_web_user": "REVSTORE_WEB_USER",
+    "revstore_web_password": "REVSTORE_WEB_PASSWORD",
+    "revstore_listen_url": "REVSTORE_LISTEN_URL",
+    "revstore_listen_check_interval": "REVSTORE_LISTEN_CHECK_INTERVAL",
+    "revstore_pool_size": "REVSTORE_POOL_SIZE",
+    "revstore_pool_max_overflow": "REVSTORE_POOL_MAX_OVERFLOW",
+    "revstore_pool_idle_timeout": "REVSTORE_POOL_IDLE_TIMEOUT",
+    "revstore_prepare_threshold": "REVSTORE_PREPARE_THRESHOLD",
 }
 
 
@@ -118,6 +136,19 @@ def _as_float(name: str, value: Any, *, minimum: float = 0.0, allow_none: bool =
     return number
 
 
+def _as_int(name: str, value: Any, *, minimum: int, allow_none: bool = False) -> int | None:
+    if allow_none and (value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "never"))):
+        return None
+    try:
+        number = int(str(value).strip())
+    except (TypeError, ValueError):
+        number = minimum - 1
+    if number < minimum:
+        hint = " or none" if allow_none else ""
+        raise ConfigurationError(f"revstore: setting {name}={value!r} must be a whole number >= {minimum}{hint}")
+    return number
+
+
 def _as_bool(name: str, value: Any) -> bool:
     if isinstance(value, bool):
         return value
@@ -143,6 +174,15 @@ class Settings:
     tombstone_ttl: float = DEFAULT_TOMBSTONE_TTL
     start_without_db: bool = False
     listen: bool = True
+    #: where LISTEN connects, when not to ``url`` (a direct PostgreSQL behind a pooler)
+    listen_url: URL | None = None
+    listen_check_interval: float = DEFAULT_LISTEN_CHECK_INTERVAL
+    pool_size: int = DEFAULT_POOL_SIZE
+    pool_max_overflow: int = DEFAULT_POOL_MAX_OVERFLOW
+    #: seconds an unused pooled connection stays open; None: until the process ends
+    pool_idle_timeout: float | None = None
+    #: psycopg's prepare_threshold; None: never prepare on the server (poolers)
+    prepare_threshold: int | None = None
     sync_interval_explicit: bool = False
     extra: Mapping[str, Any] = field(default_factory=dict)
 
@@ -175,6 +215,12 @@ def _lookup(name: str, explicit: Mapping[str, Any], conf: Mapping[str, Any] | No
         if value is not None:
             return value
     return environ.get(ENV[name])
+
+
+def setting(name: str, conf: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None,
+            explicit: Mapping[str, Any] | None = None) -> Any:
+    """One raw setting by the same precedence as :func:`load_settings`, for optional features' own settings."""
+    return _lookup(name, explicit or {}, conf, os.environ if environ is None else environ)
 
 
 def load_settings(
@@ -210,6 +256,19 @@ def load_settings(
         "revstore_default_expires", expires_raw, minimum=1.0, allow_none=True)
 
     batch = num("revstore_cleanup_batch", DEFAULT_CLEANUP_BATCH, 1)
+    raw_listen_url = get("revstore_listen_url")
+    listen_url = normalize_url(str(raw_listen_url)) if raw_listen_url not in (None, "") else None
+    if listen_url is not None and url is not None and listen_url.get_backend_name() != url.get_backend_name():
+        raise ConfigurationError(
+            f"revstore: revstore_listen_url={mask_url(listen_url)} must reach the same database as revstore_url "
+            f"({mask_url(url)}), only by another route (e.g. directly rather than through a pooler)"
+        )
+
+    def count(name: str, default: int | None, minimum: int, allow_none: bool = False) -> int | None:
+        value = get(name)
+        return default if value is None else _as_int(name, value, minimum=minimum, allow_none=allow_none)
+
+    idle_raw = get("revstore_pool_idle_timeout")
     listen_raw = get("revstore_listen")
     start_raw = get("revstore_start_without_db")
     return Settings(
@@ -223,6 +282,13 @@ def load_settings(
         tombstone_ttl=num("revstore_tombstone_ttl", DEFAULT_TOMBSTONE_TTL, 1.0),
         start_without_db=False if start_raw is None else _as_bool("revstore_start_without_db", start_raw),
         listen=True if listen_raw is None else _as_bool("revstore_listen", listen_raw),
+        listen_url=listen_url,
+        listen_check_interval=num("revstore_listen_check_interval", DEFAULT_LISTEN_CHECK_INTERVAL, 1.0),
+        pool_size=count("revstore_pool_size", DEFAULT_POOL_SIZE, 1),  # type: ignore[arg-type]
+        pool_max_overflow=count("revstore_pool_max_overflow", DEFAULT_POOL_MAX_OVERFLOW, 0),  # type: ignore[arg-type]
+        pool_idle_timeout=None if idle_raw is None else _as_float(
+            "revstore_pool_idle_timeout", idle_raw, minimum=1.0, allow_none=True),
+        prepare_threshold=count("revstore_prepare_threshold", None, 0, allow_none=True),
         sync_interval_explicit=get("revstore_sync_interval") is not None,
     )
 

@@ -14,6 +14,7 @@ import functools
 import logging
 from collections.abc import Callable
 from datetime import datetime, timezone
+from dataclasses import dataclass, field
 from typing import Any
 
 from celery.utils.functional import maybe_list
@@ -24,7 +25,7 @@ from celery.worker import state as worker_state
 from . import __version__
 from .client import DURABLE_FLAG
 from .errors import InvalidInput
-from .store import DEFAULT, Target, as_target, normalize_signal
+from .store import DEFAULT, Target, as_target, normalize_signal, validate_expires
 from .sync import PendingWrite, RevocationSync
 
 logger = logging.getLogger("revstore")
@@ -32,6 +33,8 @@ logger = logging.getLogger("revstore")
 #: The worker's sync, set by the bootstep; None means "call through only".
 _active: RevocationSync | None = None
 _WRAPPED_ATTR = "__revstore_wrapped__"
+#: Celery's own handlers, by command name
+_originals: dict[str, Callable[..., Any]] = {}
 
 #: Celery's revoke handler makes two or three result-backend round trips per
 #: id (get_state, mark_as_revoked) on the event loop: a million ids would
@@ -75,40 +78,115 @@ def install_wrappers() -> None:
         handler = celery_control.Panel.data.get(name)
         if handler is None or getattr(handler, _WRAPPED_ATTR, False):
             continue
+        _originals[name] = handler
         celery_control.Panel.data[name] = _wrap(handler, split)
 
 
-def _wrap(handler: Callable[..., Any], split: Callable[..., tuple[list[Target], dict[str, Any], dict[str, Any]]]) -> Callable[..., Any]:
+@dataclass
+class Split:
+    """One control message taken apart: what to store, what Celery's handler gets."""
+
+    targets: list[Target]
+    write: dict[str, Any]
+    call: dict[str, Any]
+    #: why items Celery's handler gets anyway are not stored (memory only)
+    not_stored: list[str] = field(default_factory=list)
+    #: an error to report although the revoke itself was applied (a bad signal)
+    error: str | None = None
+    #: call this original handler instead of the wrapped one (``terminate``
+    #: with a signal no process can receive becomes a plain ``revoke``)
+    handler: str | None = None
+
+
+def _wrap(handler: Callable[..., Any], split: Callable[..., Split]) -> Callable[..., Any]:
     @functools.wraps(handler)
     def wrapper(state: Any, *args: Any, **kwargs: Any) -> Any:
         sync = _active
         if sync is None:
             return handler(state, *args, **kwargs)
         try:
-            targets, write, call = split(*args, **kwargs)
-        except InvalidInput as exc:
+            parts = split(*args, **kwargs)
+        except InvalidInput as exc:  # nothing in it that Celery's handler could apply either
             logger.error("%s; control message ignored", exc)
             return {"error": str(exc)}
-        # A revstore client committed the rows before broadcasting (the flag is
-        # the clock version it wrote at, or True from older clients): skip the write.
-        durable = call.pop(DURABLE_FLAG, None)
-        if targets and not durable:
-            sync.submit(PendingWrite(targets, revoked_by=sync.hostname[:255], **write))
+        call = parts.call
+        durable = _durable(call.pop(DURABLE_FLAG, None))
+        if parts.targets and not durable:
+            sync.submit(PendingWrite(parts.targets, revoked_by=sync.hostname[:255], **parts.write))
+        if parts.not_stored:
+            _remember_unstored(sync, call)
+            logger.warning("revstore: %d item(s) of a %s message not stored in the table "
+                           "(Celery's handler still applied all it accepts): %s",
+                           len(parts.not_stored), handler.__name__, "; ".join(_capped(parts.not_stored, 5)))
+        if parts.error:
+            logger.error("%s", parts.error)
+        run = _originals[parts.handler] if parts.handler else handler
         ids = call.get("task_id")
-        if isinstance(ids, list) and len(ids) > HANDLER_CHUNK and "headers" not in call:
-            result = _in_chunks(handler, state, call, ids)
-        else:
-            result = handler(state, **call)
+        try:
+            if isinstance(ids, list) and len(ids) > HANDLER_CHUNK and "headers" not in call:
+                result = _in_chunks(run, state, call, ids)
+            else:
+                result = run(state, **call)
+        except Exception as exc:
+            if not (parts.not_stored or parts.error):
+                raise  # well-formed input: fail exactly as stock Celery does
+            # e.g. Celery's reply text joins the ids and fails on an int, after revoking them
+            logger.error("revstore: Celery's %s handler failed on odd input after applying it: %s: %s",
+                         handler.__name__, type(exc).__name__, exc)
+            result = {"error": f"{type(exc).__name__}: {exc}"}
         if durable and ids:
             hold_past_etas(sync, dict.fromkeys(ids))  # the client could not know the ETA
-        if type(durable) is int and targets and sync.loaded and durable <= sync.marker:
+        if type(durable) is int and parts.targets and sync.loaded and durable <= sync.marker:
             # This worker synced past the write before the broadcast arrived
             # (NOTIFY beats the broker): a restore may have followed it.
-            sync.recheck(targets)
-        return result
+            sync.recheck(parts.targets)
+        return _reply(result, parts)
 
     setattr(wrapper, _WRAPPED_ATTR, True)
     return wrapper
+
+
+def _durable(flag: Any) -> bool | int:
+    """The client's "already committed" flag: True or the clock version, anything else is not."""
+    if flag is True or (type(flag) is int and flag > 0):
+        return flag
+    return False
+
+
+def _capped(items: list[str], limit: int) -> list[str]:
+    return items[:limit] + ([f"and {len(items) - limit} more"] if len(items) > limit else [])
+
+
+def _reply(result: Any, parts: Split) -> Any:
+    """Celery's reply, plus what revstore could not store and a signal error."""
+    if not isinstance(result, dict) or not (parts.not_stored or parts.error):
+        return result
+    reply = dict(result)
+    if parts.error:
+        reply = {"error": parts.error, "revoked": reply.get("ok", reply)}
+    if parts.not_stored:
+        reply["revstore_not_stored"] = _capped(parts.not_stored, 20)
+    return reply
+
+
+def _remember_unstored(sync: RevocationSync, call: dict[str, Any]) -> None:
+    """Keep memory-only revocations across a reload from the table (which lacks them)."""
+    for item in call.get("task_id") or []:
+        if not _storable(Target.task, item):
+            sync.memory.memory_only.add(item)
+    for header, values in (call.get("headers") or {}).items():
+        for value in maybe_list(values) or []:
+            kept = sync.memory.memory_only_stamps
+            if not _storable(lambda v: Target.stamp(header, v), value) and (header, value) not in kept:
+                kept.append((header, value))
+
+
+def _storable(make: Callable[[Any], Target], value: Any) -> bool:
+    try:
+        as_target(make(value))
+    except (InvalidInput, TypeError):
+        return False
+    return True
 
 
 def _in_chunks(handler: Callable[..., Any], state: Any, call: dict[str, Any], ids: list[str]) -> dict[str, str]:
@@ -132,20 +210,44 @@ def _in_chunks(handler: Callable[..., Any], state: Any, call: dict[str, Any], id
     return {"ok": f"{len(ids)} tasks flagged as revoked"}
 
 
-def _valid_ids(task_id: Any) -> list[str]:
-    ids: list[str] = []
+def _ids(task_id: Any) -> tuple[list[Any], list[Target], list[str]]:
+    """Celery's ids (as its handler would take them), the storable ones, why others are not.
+
+    Celery's handler revokes ``set(maybe_list(task_id))``: whatever hashable
+    thing it is given (an int, None, a 1000-character string) goes into
+    memory, so it gets all of them.  Only unhashable items, on which Celery
+    fails the whole message, are left out.
+    """
+    ids: list[Any] = []
+    targets: list[Target] = []
+    not_stored: list[str] = []
+    seen: set[Any] = set()
     for item in maybe_list(task_id) or []:
         try:
-            ids.append(as_target(item).value)
+            if item in seen:
+                continue
+        except TypeError:
+            not_stored.append(f"revstore: task id {item!r:.40} is not hashable; ignored, as Celery would fail on it")
+            continue
+        seen.add(item)
+        ids.append(item)
+        try:
+            targets.append(as_target(Target.task(item)))
         except InvalidInput as exc:
-            logger.error("%s; id ignored in revoke", exc)
-    return list(dict.fromkeys(ids))
+            not_stored.append(f"{exc} [{item!r:.50}]")
+    return ids, targets, not_stored
 
 
-def _signal(signal: Any, terminate: bool) -> str | None:
+def _checked_signal(signal: Any, terminate: Any) -> tuple[str | None, str | None]:
+    """(signal name to store, error): an unknown signal still revokes, without terminate."""
     if not terminate:
-        return None
-    return normalize_signal(signal) if signal else "SIGTERM"
+        return None, None
+    if signal is None:
+        return "SIGTERM", None
+    try:
+        return normalize_signal(signal), None
+    except InvalidInput as exc:
+        return None, f"{exc}; revoked without terminate, nothing was signalled"
 
 
 def _expires_for(ids: list[str], default: Any) -> Any:
@@ -191,41 +293,70 @@ def hold_past_etas(sync: RevocationSync, remaining: dict[str, float | None]) -> 
     expires = _expires_for(held, DEFAULT)
     if expires is DEFAULT:
         return
-    short = [i for i in held if remaining[i] is None or remaining[i] < expires]
+    short = [i for i in held if (remaining[i] is None or remaining[i] < expires) and _storable(Target.task, i)]
     if short:
         sync.extend([Target.task(i) for i in short], expires)
 
 
-def _split_revoke(task_id: Any = None, terminate: bool = False, signal: Any = None, **kwargs: Any):  # type: ignore[no-untyped-def]
-    ids = _valid_ids(task_id)
-    sig = _signal(signal, terminate)
+def _split_revoke(task_id: Any = None, terminate: Any = False, signal: Any = None, **kwargs: Any) -> Split:
+    ids, targets, not_stored = _ids(task_id)
+    sig, error = _checked_signal(signal, terminate)
     expires = kwargs.pop("revstore_expires", DEFAULT)
-    write = {"terminate": bool(terminate), "signal": sig, "expires": _expires_for(ids, expires)}
-    call = {"task_id": ids, "terminate": terminate, "signal": signal, **kwargs}
-    return [Target.task(i) for i in ids], write, call
+    if expires is not DEFAULT:
+        try:
+            validate_expires(expires)
+        except InvalidInput as exc:
+            not_stored.append(f"{exc}; stored with the default expiry")
+            expires = DEFAULT
+    kill = bool(terminate) and error is None
+    write = {"terminate": kill, "signal": sig if kill else None, "expires": _expires_for(ids, expires)}
+    call = {"task_id": ids, "terminate": kill, "signal": sig if kill and signal is not None else None, **kwargs}
+    return Split(targets, write, call, not_stored, error)
 
 
-def _split_terminate(signal: Any = None, task_id: Any = None, **kwargs: Any):  # type: ignore[no-untyped-def]
-    ids = _valid_ids(task_id)
-    write = {"terminate": True, "signal": _signal(signal, True), "expires": _expires_for(ids, DEFAULT)}
-    return [Target.task(i) for i in ids], write, {"signal": signal, "task_id": ids, **kwargs}
+def _split_terminate(signal: Any = None, task_id: Any = None, **kwargs: Any) -> Split:
+    ids, targets, not_stored = _ids(task_id)
+    sig, error = _checked_signal(signal, True)
+    write = {"terminate": error is None, "signal": sig, "expires": _expires_for(ids, DEFAULT)}
+    if error is not None:
+        return Split(targets, write, {"task_id": ids, **kwargs}, not_stored, error, handler="revoke")
+    return Split(targets, write, {"signal": sig, "task_id": ids, **kwargs}, not_stored)
 
 
-def _split_stamps(headers: Any = None, terminate: bool = False, signal: Any = None, **kwargs: Any):  # type: ignore[no-untyped-def]
+def _split_stamps(headers: Any = None, terminate: Any = False, signal: Any = None, **kwargs: Any) -> Split:
+    """Stamps as Celery takes them; a list item ``name=value`` follows Celery's rule.
+
+    Celery turns ``"a=b=c"`` into header ``a``, value ``b`` (the text between
+    the first and second ``=``; the rest is dropped).  revstore stores and
+    applies exactly that.  Items Celery would fail the whole message on (no
+    ``=``, not a string) are skipped and reported; the others still apply.
+    """
+    not_stored: list[str] = []
     if isinstance(headers, list):
-        pairs = {}
+        pairs: dict[str, list[Any]] = {}
         for item in headers:
             if not isinstance(item, str) or "=" not in item:
-                raise InvalidInput(f"revstore: stamped header {item!r} must look like header=value")
-            name, _, value = item.partition("=")
-            pairs[name] = value
+                not_stored.append(f"revstore: stamped header {item!r:.60} must look like header=value; ignored")
+                continue
+            parts = item.split("=")
+            pairs.setdefault(parts[0], []).append(parts[1])
         headers = pairs
     if not isinstance(headers, dict):
         raise InvalidInput(f"revstore: revoke_by_stamped_headers needs a dict of headers, not {type(headers).__name__}")
-    targets = []
+    given: dict[Any, Any] = {}
+    targets: list[Target] = []
     for header, values in headers.items():
-        for value in maybe_list(values) or []:
-            targets.append(as_target(Target.stamp(header, value)))
-    sig = _signal(signal, terminate)
-    write = {"terminate": bool(terminate), "signal": sig}
-    return targets, write, {"headers": headers, "terminate": terminate, "signal": signal, **kwargs}
+        if values is None:
+            not_stored.append(f"revstore: stamped header {header!r:.60} has no values; ignored")
+            continue
+        given[header] = values
+        for value in maybe_list(values):
+            try:
+                targets.append(as_target(Target.stamp(header, value)))
+            except (InvalidInput, TypeError) as exc:
+                not_stored.append(f"{exc} [{header!r:.30}={value!r:.50}]")
+    sig, error = _checked_signal(signal, terminate)
+    kill = bool(terminate) and error is None
+    write = {"terminate": kill, "signal": sig if kill else None}
+    call = {"headers": given, "terminate": kill, "signal": sig if kill else None, **kwargs}
+    return Split(list(dict.fromkeys(targets)), write, call, not_stored, error)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import heapq
 import logging
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -34,6 +35,54 @@ NEVER = 100 * 365 * 24 * 3600.0
 FALLBACK_SET_EXPIRES = 10800.0
 
 
+class FetchedView:
+    """Rows the sync thread fetched, readable from any thread until the loop applies them.
+
+    Celery's structures change only on the loop thread.  In the solo pool the
+    task runs on that thread, so nothing fetched meanwhile (a client's or the
+    CLI's revoke, a NOTIFY) reaches them until the task returns;
+    ``is_revoked()`` reads this view as well.  Guarded by a lock: the sync
+    thread writes, task threads read.
+    """
+
+    def __init__(self) -> None:
+        #: only the solo pool needs it: elsewhere the loop applies rows at once
+        self.enabled = False
+        self._lock = threading.Lock()
+        #: target -> (row version, monotonic deadline or None while revoked; False once un-revoked)
+        self._rows: dict[Target, tuple[int, float | None | bool]] = {}
+
+    def record(self, rows: Iterable[Revocation]) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        with self._lock:
+            for row in rows:
+                live = row.active and (row.remaining is None or row.remaining > 0)
+                until = (None if row.remaining is None else now + row.remaining) if live else False
+                self._rows[row.target] = (row.version, until)
+
+    def applied(self, rows: Iterable[Revocation]) -> None:
+        """The loop thread applied ``rows``: Celery's memory answers for them now."""
+        if not self._rows:
+            return
+        with self._lock:
+            for row in rows:
+                if self._rows.get(row.target, (None,))[0] == row.version:
+                    del self._rows[row.target]
+
+    def revoked(self, targets: Iterable[Target]) -> bool:
+        if not self._rows:
+            return False
+        now = time.monotonic()
+        with self._lock:
+            for target in targets:
+                entry = self._rows.get(target)
+                if entry is not None and entry[1] is not False and (entry[1] is None or entry[1] > now):
+                    return True
+        return False
+
+
 class WorkerMemory:
     """The worker's view of what is revoked: Celery's structures plus roots."""
 
@@ -45,6 +94,11 @@ class WorkerMemory:
         #: (header, json value) -> monotonic deadline, for stamp expiry
         self._stamp_deadlines: dict[tuple[str, str], float] = {}
         self._stamp_heap: list[tuple[float, str, str]] = []
+        #: revoked in memory only (Celery took them, the table cannot hold
+        #: them): kept across a reload from the table
+        self.memory_only: set[Any] = set()
+        self.memory_only_stamps: list[tuple[Any, Any]] = []
+        self.fetched = FetchedView()
 
     # ------------------------------------------------------------ set-up
 
@@ -86,11 +140,16 @@ class WorkerMemory:
 
     def replace(self, snapshot: Snapshot, keep: set[str]) -> None:
         """Reload from a full snapshot: drop what the table no longer holds, except ``keep``."""
-        wanted = set(snapshot.task_ids) | keep
-        for item in [i for i in self.revoked._data if i not in wanted] if hasattr(self.revoked, "_data") else []:
+        wanted = set(snapshot.task_ids) | keep | self.memory_only
+        present = getattr(self.revoked, "_data", {})
+        for item in [i for i in present if i not in wanted]:
             self.revoked.discard(item)
+        self.memory_only.intersection_update(present)  # Celery's expiry applies to these
         for header, values in list(self.stamps.items()):
             self.stamps[header] = []
+        for header, value in self.memory_only_stamps:
+            if value not in self.stamps.setdefault(header, []):
+                self.stamps[header].append(value)
         self._stamp_deadlines.clear()
         self._stamp_heap.clear()
         self.roots.clear()

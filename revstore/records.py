@@ -16,10 +16,11 @@ from array import array
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from .errors import InvalidInput
+from .keys import stored as stored_key
 from .schema import KINDS, MAX_KEY_LENGTH
 
 Kind = Literal["task", "stamp", "root"]
@@ -81,6 +82,10 @@ class Revocation:
     @property
     def task_id(self) -> str:
         return self.target.value
+
+    def page_key(self) -> tuple[str, str, str]:
+        """Where the next page starts in :meth:`RevocationStore.search`: the stored key (a digest for a long one)."""
+        return stored_key(self.target.kind, self.target.header, self.target.value)[0]
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -220,6 +225,16 @@ def normalize_signal(sig: Any) -> str:
     if not isinstance(getattr(_signal, name, None), _signal.Signals):
         raise InvalidInput(f"revstore: unknown signal {sig!r}; use a name like SIGTERM or SIGKILL")
     return name
+
+
+def validate_expires(expires: Any) -> float | None:
+    """Seconds (None: never), or InvalidInput unless ``expires`` is what :meth:`RevocationStore.add` takes."""
+    if expires is None:
+        return None
+    seconds = expires.total_seconds() if isinstance(expires, timedelta) else expires
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0 or seconds > 1e10:
+        raise InvalidInput(f"revstore: expires must be a positive number of seconds or None, not {seconds!r}")
+    return float(seconds)
 
 
 def as_target(item: Target | str) -> Target:

@@ -26,8 +26,8 @@ from sqlalchemy.exc import DBAPIError, NoSuchModuleError, OperationalError, Prog
 from . import backends as _backends
 from . import keys as _keys
 from . import config as _config
-from .backends import Backend, Listener
-from .errors import ConfigurationError, DatabaseUnavailable, InvalidInput, SchemaError
+from .backends import Backend, Listener, Pooling
+from .errors import ConfigurationError, DatabaseUnavailable, SchemaError
 from .records import (
     Changes,
     Kind,
@@ -40,6 +40,7 @@ from .records import (
     gc_paused,
     normalize_signal,
     unique_targets,
+    validate_expires,
     validate_key,
     validate_label,
 )
@@ -48,8 +49,8 @@ from .schema import KINDS, MAX_REASON_LENGTH, Tables, build_tables
 #: The names other modules import from here: the store and what it takes and returns.
 __all__ = [
     "DEFAULT", "Changes", "Kind", "Revocation", "RevocationStore", "Snapshot", "Target", "WriteResult",
-    "as_target", "default_revoker", "gc_paused", "normalize_signal", "short_error", "unique_targets", "validate_key",
-    "validate_label",
+    "as_target", "default_revoker", "gc_paused", "normalize_signal", "short_error", "unique_targets", "validate_expires",
+    "validate_key", "validate_label",
 ]
 
 #: Rows per INSERT of ``put_rows`` (each row its own eleven parameters):
@@ -75,7 +76,9 @@ class RevocationStore:
         default_expires: float | None = _config.DEFAULT_EXPIRES,
         tombstone_ttl: float = _config.DEFAULT_TOMBSTONE_TTL,
         engine: Engine | None = None,
-        pool_size: int = 2,
+        pool_size: int = _config.DEFAULT_POOL_SIZE,
+        max_overflow: int = _config.DEFAULT_POOL_MAX_OVERFLOW,
+        prepare_threshold: int | None = None,
     ) -> None:
         self.url = _config.normalize_url(str(url)) if not isinstance(url, URL) else url
         self.tables: Tables = build_tables(table_prefix, schema)
@@ -84,7 +87,7 @@ class RevocationStore:
         #: what this database does its own way (see revstore.backends)
         self.backend: Backend = _backends.for_dialect(
             engine.dialect.name if engine is not None else self.url.get_backend_name())
-        self.engine = engine or self._make_engine(pool_size)
+        self.engine = engine or self._make_engine(Pooling(pool_size, max_overflow, prepare_threshold))
         self._returning = bool(getattr(self.engine.dialect, "update_returning", False))
 
     @classmethod
@@ -97,14 +100,17 @@ class RevocationStore:
             table_prefix=settings.table_prefix,
             default_expires=settings.default_expires,
             tombstone_ttl=settings.tombstone_ttl,
+            pool_size=settings.pool_size,
+            max_overflow=settings.pool_max_overflow,
+            prepare_threshold=settings.prepare_threshold,
             **kwargs,
         )
 
     # ----------------------------------------------------------------- setup
 
-    def _make_engine(self, pool_size: int) -> Engine:
+    def _make_engine(self, pooling: Pooling) -> Engine:
         try:
-            engine = create_engine(self.url, **self.backend.engine_options(pool_size))
+            engine = create_engine(self.url, **self.backend.engine_options(pooling))
         except (NoSuchModuleError, ModuleNotFoundError, ImportError) as exc:
             raise ConfigurationError(
                 f"revstore: no database driver for {_config.mask_url(self.url)} ({exc}); {self.backend.driver_hint}"
@@ -114,6 +120,11 @@ class RevocationStore:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+    def release_idle(self) -> None:
+        """Close the pooled connections no thread is using (``revstore_pool_idle_timeout``)."""
+        if self.engine.pool.checkedin():
+            self.engine.dispose(close=True)
 
     def _connect(self) -> Connection:
         try:
@@ -164,14 +175,8 @@ class RevocationStore:
         return (expires_at - now).total_seconds()
 
     def _expiry(self, now: datetime, expires: Any) -> datetime | None:
-        seconds = self.default_expires if expires is DEFAULT else expires
-        if seconds is None:
-            return None
-        if isinstance(seconds, timedelta):
-            seconds = seconds.total_seconds()
-        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0 or seconds > 1e10:
-            raise InvalidInput(f"revstore: expires must be a positive number of seconds or None, not {seconds!r}")
-        return now + timedelta(seconds=float(seconds))
+        seconds = validate_expires(self.default_expires if expires is DEFAULT else expires)
+        return None if seconds is None else now + timedelta(seconds=seconds)
 
     # --------------------------------------------------------------- writes
 
@@ -191,14 +196,25 @@ class RevocationStore:
     def _notify(self, conn: Connection, version: int) -> None:
         self.backend.notify(conn, self.channel, version)
 
+    def notify(self, channel: str) -> None:
+        """Notify ``channel`` the way writers do, pooler included (a listener's liveness probe)."""
+        self._run(lambda conn: self.backend.notify(conn, channel, 0))
+
     @property
     def channel(self) -> str:
         """The channel writers signal on where the database can push changes (one per installation)."""
         return f"{self.tables.schema or 'public'}.{self.tables.prefix}changes"[:63]
 
-    def listener(self, on_change: Any, name: str) -> Listener | None:
-        """A not yet started listener calling ``on_change`` when anyone writes; None where changes can only be polled."""
-        return self.backend.listener(self.url, self.channel, on_change, name)
+    def listener(self, on_change: Any, name: str, *, url: URL | None = None,
+                 check_interval: float = _config.DEFAULT_LISTEN_CHECK_INTERVAL,
+                 fallback_interval: float = _config.DEFAULT_SYNC_INTERVAL) -> Listener | None:
+        """A not yet started listener calling ``on_change`` when anyone writes; None where changes can only be polled.
+
+        It connects to ``url`` (``revstore_listen_url``) or the store's, and
+        proves it hears by probes sent through this store every ``check_interval``.
+        """
+        return self.backend.listener(url or self.url, self.channel, on_change, name, probe=self.notify,
+                                     check_interval=check_interval, fallback_interval=fallback_interval)
 
     def add(
         self,
@@ -667,6 +683,87 @@ class RevocationStore:
             return out
 
         return self._run(read)
+
+    def search(
+        self,
+        text_: str | None = None,
+        *,
+        kind: Kind | None = None,
+        active: bool | None = True,
+        terminate: bool | None = None,
+        expiring_within: float | None = None,
+        after: tuple[str, str, str] | None = None,
+        limit: int = 50,
+    ) -> list[Revocation]:
+        """One page of rows for a browsing operator, in key order.
+
+        ``text_`` matches a task or root id by prefix (an exact id included),
+        or a substring of the reason or the revoker.  ``active`` True keeps
+        unexpired revocations, False keeps un-revoke tombstones, None keeps
+        every row.  Pages follow the primary key (``after`` is the last row's
+        :meth:`Revocation.page_key`): a page deep in a million rows costs what
+        the first does, where an ``OFFSET`` would read every row before it.
+        """
+        table = self.tables.revocations
+        key = tuple_(table.c.kind, table.c.header, table.c.value)
+        stmt = select(*self._columns())
+        if kind is not None:
+            stmt = stmt.where(table.c.kind == kind)
+        if active is True:
+            stmt = stmt.where(table.c.active, or_(table.c.expires_at.is_(None), table.c.expires_at > self._now()))
+        elif active is False:
+            stmt = stmt.where(~table.c.active)
+        if terminate is not None:
+            stmt = stmt.where(table.c.terminate == terminate)
+        if expiring_within is not None:
+            stmt = stmt.where(table.c.expires_at > self._now(), table.c.expires_at <= self.backend.now_plus(expiring_within))
+        if after is not None:
+            stmt = stmt.where(key > tuple_(*(literal(v) for v in after)))
+        in_key_order = [table.c.kind, table.c.header, table.c.value]
+        if text_:
+            # Two index-friendly reads instead of one OR: ids by a primary-key
+            # range; reasons and revokers by a scan that sorts only its
+            # matches ("kind || ''" keeps the planner from walking the whole
+            # key index in order, testing every row, to find a few).
+            ids = stmt.where(table.c.kind.in_(("task", "root")), table.c.header == "",
+                             table.c.value >= text_, table.c.value < text_ + "\U0010ffff")
+            words = stmt.where(or_(table.c.reason.contains(text_, autoescape=True),
+                                   table.c.revoked_by.contains(text_, autoescape=True),
+                                   # ids stored by digest, by the start of their text
+                                   table.c.value_full.startswith(_keys.encode_full(text_)[:-1], autoescape=True)))
+            reads = [ids.order_by(*in_key_order).limit(limit),
+                     words.order_by(table.c.kind.concat(""), table.c.header, table.c.value).limit(limit)]
+        else:
+            reads = [stmt.order_by(*in_key_order).limit(limit)]
+
+        def read(conn: Connection) -> list[Revocation]:
+            db_now = self._db_now(conn)
+            found = {r.target: r for q in reads for r in (self._row(row, db_now) for row in conn.execute(q))}
+            return sorted(found.values(), key=Revocation.page_key)[:limit]
+
+        return self._run(read)
+
+    def overview(self, expiring_within: float = 3600.0, days: int = 14) -> dict[str, Any]:
+        """What an operator's front page shows: :meth:`stats`, what expires soon, and writes per day."""
+        table = self.tables.revocations
+        out = self.stats()
+
+        def read(conn: Connection) -> None:
+            now = self._now()
+            out["expiring_soon"] = int(conn.execute(
+                select(func.count()).where(table.c.active, table.c.expires_at > now,
+                                           table.c.expires_at <= self.backend.now_plus(expiring_within))
+            ).scalar_one())
+            day = func.date(table.c.revoked_at)
+            since = self.backend.now_plus(-days * 86400.0)
+            out["per_day"] = [
+                (str(d), int(n)) for d, n in conn.execute(
+                    select(day, func.count()).where(table.c.revoked_at >= since).group_by(day).order_by(day))
+            ]
+            out["expiring_within"] = expiring_within
+
+        self._run(read)
+        return out
 
     def ping(self) -> None:
         """Raise DatabaseUnavailable/SchemaError unless the tables can be read."""

@@ -95,6 +95,8 @@ class RevocationSync:
         self._retry_at = 0.0
         self._warn = RateLimitedWarning()
         self.last_sync_ok: float | None = None
+        #: when the thread last used the database (for revstore_pool_idle_timeout)
+        self._last_used = time.monotonic()
         #: the LISTEN/NOTIFY listener, when there is one (PostgreSQL)
         self.listener: Any = None
         #: called (from the database thread) when there is something to
@@ -182,6 +184,7 @@ class RevocationSync:
             "revoked_in_memory": len(self.memory.revoked),
             "pending_writes": sum(len(w.targets) for w in list(self._pending)),
             "listener_live": self.listener_live,
+            "listener_problem": None if self.listener is None else self.listener.problem,
             "poll_interval": self._interval(),
             "seconds_since_last_sync": None if self.last_sync_ok is None else round(time.monotonic() - self.last_sync_ok, 3),
         }
@@ -204,11 +207,20 @@ class RevocationSync:
             due = min(self._sync_due, self._cleanup_due)
             if self._pending:
                 due = min(due, self._retry_at)
-            self._wake.wait(max(0.0, due - now))
+            idle_timeout = self.settings.pool_idle_timeout
+            release_at = None if idle_timeout is None else self._last_used + idle_timeout
+            if release_at is not None and release_at < due:
+                if self._wake.wait(max(0.0, release_at - now)) is False:
+                    self.store.release_idle()  # nothing to do before the timeout: free the connection
+                    self._last_used = float("inf")  # until the next use
+                    continue
+            else:
+                self._wake.wait(max(0.0, due - now))
             self._wake.clear()
             stopping = self._stop.is_set()
             now = time.monotonic()
             if now >= self._retry_at:
+                self._last_used = now
                 try:
                     if self._needs_load:
                         self._post(self._reload_job())
@@ -279,8 +291,14 @@ class RevocationSync:
             return
         if changes.rows:
             rows = changes.rows
-            self._post(lambda: self.memory.apply(rows))
+            self.memory.fetched.record(rows)
+            self._post(lambda: self._apply(rows))
         self.marker = changes.marker
+
+    def _apply(self, rows: list[Revocation]) -> list[Revocation]:
+        live = self.memory.apply(rows)
+        self.memory.fetched.applied(rows)
+        return live
 
     def _reload_job(self) -> Callable[[], list[Revocation]]:
         rows, marker = self.store.load_active()

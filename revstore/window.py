@@ -168,7 +168,7 @@ def assess(state: SchemaState, chain: Chain, release: str, where: str) -> Verdic
     window = f"schema {state.revision} (revstore {schema_release}) runs revstore {oldest} and later"
     if index is None:
         return Verdict("compatible", "deploy",
-                       f"revstore: compatible: {window}; this is {release}, older than the schema's release; "
+                       f"revstore: compatible: {window}; this revstore {release} has no script for it; "
                        f"next: deploy (install revstore {schema_release} where you run `revstore db`)")
     required = chain.index(chain.required.revision)
     assert required is not None

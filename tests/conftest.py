@@ -7,6 +7,7 @@ fail (``.ci/services`` starts it first); they never skip.
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
+import revstore
 from revstore import migrate
 from revstore.store import RevocationStore
 
@@ -123,3 +125,51 @@ def cluster_factory(tmp_path, request, redis_ready):  # type: ignore[no-untyped-
         return cluster
 
     return make
+
+
+#: The release after this one, whose migrations the ``later_release`` fixture adds.
+LATER_RELEASE = "{}.{}.0".format(revstore.__version__.split(".")[0], int(revstore.__version__.split(".")[1]) + 1)
+
+LATER = '''"""A later release's {phase} step (test only)."""
+import sqlalchemy as sa
+from alembic import context, op
+
+revision = "{rev}"
+down_revision = "{down}"
+branch_labels = None
+depends_on = None
+phase = "{phase}"
+release = "{release}"
+oldest_release = "{oldest}"
+
+
+def _name():
+    tables = context.config.attributes["revstore_tables"]
+    return tables.prefix + "later", tables.schema
+
+
+def upgrade():
+    name, schema = _name()
+    {up}
+
+
+def downgrade():
+    name, schema = _name()
+    {down_body}
+'''
+
+
+@pytest.fixture
+def later_release(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """This package's migrations plus the next release's: an expand step, then a contract step."""
+    scripts = tmp_path / "migrations"
+    shutil.copytree(migrate.migrations_dir(), scripts, ignore=shutil.ignore_patterns("__pycache__"))
+    head = migrate.head_revision()
+    create = 'op.create_table(name, sa.Column("id", sa.Integer, primary_key=True), schema=schema)'
+    drop = "op.drop_table(name, schema=schema)"
+    (scripts / "versions" / "0901_later_expand.py").write_text(LATER.format(
+        rev="0901", down=head, phase="expand", release=LATER_RELEASE, oldest=migrate.chain().head.oldest_release, up=create, down_body=drop))
+    (scripts / "versions" / "0902_later_contract.py").write_text(LATER.format(
+        rev="0902", down="0901", phase="contract", release=LATER_RELEASE, oldest=LATER_RELEASE, up=drop, down_body=create))
+    monkeypatch.setattr(migrate, "migrations_dir", lambda: scripts)
+    return scripts

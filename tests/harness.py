@@ -35,6 +35,11 @@ class Worker:
     env: dict[str, str]
     log: Path
     args: list[str] = field(default_factory=list)
+    #: Celery's execution pool: prefork, threads, gevent, eventlet or solo
+    pool: str = "prefork"
+    # another release's venv interpreter and tests folder (its own workerapp): tests/releases.py
+    python: str = sys.executable
+    cwd: Path = TESTS
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -42,11 +47,11 @@ class Worker:
         return f"{self.name}@testhost"
 
     def start(self, wait: bool = True) -> Worker:
-        cmd = CELERY + ["-A", "workerapp", "worker", "-P", "prefork", "-c", "2", "-n", self.nodename,
-                        "-Q", self.queue, "-l", "info", "--without-mingle", "--without-gossip", *self.args]
+        cmd = [self.python, "-m", "celery", "-A", "workerapp", "worker", "-P", self.pool, "-c", "2",
+               "-n", self.nodename, "-Q", self.queue, "-l", "info", "--without-mingle", "--without-gossip", *self.args]
         self._log_offset = self.log.stat().st_size if self.log.exists() else 0
         with open(self.log, "ab") as fh:
-            self.proc = subprocess.Popen(cmd, cwd=TESTS, env=self.env, stdout=fh, stderr=subprocess.STDOUT,
+            self.proc = subprocess.Popen(cmd, cwd=self.cwd, env=self.env, stdout=fh, stderr=subprocess.STDOUT,
                                          start_new_session=True)
         if wait:
             self.wait_ready()
@@ -68,10 +73,16 @@ class Worker:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(10)
 
-    def stop(self, timeout: float = 20) -> None:
+    def begin_stop(self) -> None:
+        """Ask for a warm shutdown without waiting (stop several workers at once)."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+
+    def stop(self, timeout: float = 20, signalled: bool = False) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return
-        os.killpg(self.proc.pid, signal.SIGTERM)
+        if not signalled:
+            os.killpg(self.proc.pid, signal.SIGTERM)
         try:
             self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -101,9 +112,14 @@ class Cluster:
     def queue(self, name: str) -> str:
         return f"q-{self.run_id}-{name}"
 
-    def worker(self, name: str, queue: str | None = None, args: list[str] | None = None, **env: str) -> Worker:
+    def worker(self, name: str, queue: str | None = None, args: list[str] | None = None, pool: str = "prefork",
+               release: Any = None, **env: str) -> Worker:
+        """``release`` (a ``releases.Release``) runs an earlier revstore's worker instead of this checkout's."""
         w = Worker(f"{name}-{self.run_id}", self.queue(queue or name), {**self.env, **env},
-                   self.tmp / f"{name}.log", args or [])
+                   self.tmp / f"{name}.log", args or [], pool)
+        if release is not None:
+            w.python, w.cwd = str(release.python), release.tests
+            w.env["PYTHONPATH"] = str(release.tests)
         self.workers.append(w)
         return w
 
@@ -115,4 +131,6 @@ class Cluster:
 
     def close(self) -> None:
         for w in self.workers:
-            w.stop()
+            w.begin_stop()
+        for w in self.workers:
+            w.stop(signalled=True)

@@ -13,8 +13,12 @@ import threading
 
 
 class PgProxy:
-    def __init__(self, target: tuple[str, int] = ("127.0.0.1", 5432)) -> None:
+    def __init__(self, target: tuple[str, int] = ("127.0.0.1", 5432), parse: bool = False) -> None:
+        """``parse``: read the server's messages (clients must use sslmode=disable), so that
+        setting ``drop_notifications`` silently drops NOTIFY deliveries on live connections."""
         self.target = target
+        self.parse = parse
+        self.drop_notifications = False
         probe = socket.socket()
         probe.bind(("127.0.0.1", 0))
         self.port = probe.getsockname()[1]
@@ -76,8 +80,9 @@ class PgProxy:
                     upstream.close()
                     return
                 self._conns += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(client, upstream), daemon=True).start()
+            from_server = self._filter if self.parse else self._pipe
+            threading.Thread(target=from_server, args=(upstream, client), daemon=True).start()
 
     @staticmethod
     def _pipe(src: socket.socket, dst: socket.socket) -> None:
@@ -90,11 +95,41 @@ class PgProxy:
         except OSError:
             pass
         finally:
-            for s in (src, dst):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+            _shutdown(src, dst)
+
+    def _filter(self, src: socket.socket, dst: socket.socket) -> None:
+        """Like _pipe for server messages (type byte, int32 length), leaving out
+        NotificationResponse ('A') while ``drop_notifications`` is set."""
+        buffer = b""
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                buffer += data
+                out = []
+                while len(buffer) >= 5:
+                    size = 1 + int.from_bytes(buffer[1:5], "big")
+                    if len(buffer) < size:
+                        break
+                    message, buffer = buffer[:size], buffer[size:]
+                    if not (message[:1] == b"A" and self.drop_notifications):
+                        out.append(message)
+                if out:
+                    dst.sendall(b"".join(out))
+        except OSError:
+            pass
+        finally:
+            _shutdown(src, dst)
 
     def close(self) -> None:
         self.down()
+
+
+def _shutdown(*socks: socket.socket) -> None:
+    """End both directions of a piped pair: the other pipe thread then stops too."""
+    for s in socks:
+        try:
+            s.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass

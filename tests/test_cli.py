@@ -32,7 +32,15 @@ def test_revoke_list_show_restore_stats_round_trip(opts, store) -> None:
     assert by_value[("task", "a")]["reason"] == "bad batch"
     assert by_value[("task", "c")]["expires_at"] is None
     assert [r["value"] for r in map(json.loads, revstore(*opts, "list", "--json", "--terminate").out.splitlines())] == ["a", "b"]
-    assert len(revstore(*opts, "list", "--kind", "task").out.splitlines()) == 3
+    tsv = revstore(*opts, "list", "--kind", "task").out.splitlines()  # not a terminal: tab-separated, header first
+    assert tsv[0].split("\t") == ["target", "state", "terminate", "expires", "revoked_by", "reason"]
+    assert sorted(line.split("\t")[0] for line in tsv[1:]) == ["a", "b", "c"]
+    assert tsv[1:] and all(line.split("\t")[2] == "SIGKILL" for line in tsv[1:] if line.split("\t")[0] in "ab")
+    csv_rows = revstore(*opts, "list", "--format", "csv").out.splitlines()
+    assert csv_rows[0] == "target,state,terminate,expires,revoked_by,reason" and len(csv_rows) == 6
+    table = revstore(*opts, "list", "--format", "table", "--kind", "root").out.splitlines()
+    assert table[0].split() == ["TARGET", "STATE", "TERMINATE", "EXPIRES", "REVOKED_BY", "REASON"]
+    assert table[1].startswith("root:wf-root") and table[1].index("active") == table[0].index("STATE")
 
     shown = json.loads(revstore(*opts, "show", "a", "--json").out)
     assert shown["active"] and shown["terminate"]
@@ -144,3 +152,15 @@ def test_password_is_never_printed(pg_admin_engine, pg_schema) -> None:
             conn.execute(text(f'DROP SCHEMA IF EXISTS "{pg_schema}" CASCADE'))
             conn.execute(text(f"REVOKE CREATE ON DATABASE test FROM {role}"))
             conn.execute(text(f"DROP ROLE {role}"))
+
+
+def test_common_options_work_after_the_subcommand_and_win(store) -> None:
+    """`revstore db current --url ...` works as `revstore --url ... db current` does; the later option wins."""
+    url = store.url.render_as_string(hide_password=False)
+    schema = ["--schema", store.tables.schema] if store.tables.schema else []
+    assert revstore("revoke", "late-opt", *schema, "--url", url).code == 0
+    assert revstore("db", "current", "--url", url, *schema).out.strip()
+    wrong = ["--url", "postgresql://u:hunter2@127.0.0.1:1/db"]
+    shown = revstore(*wrong, "show", "late-opt", "--url", url, *schema, "--json")
+    assert shown.code == 0 and json.loads(shown.out)["value"] == "late-opt", shown.text
+    assert_one_line_error(revstore("list", "--url", "postgresql://u:hunter2@127.0.0.1:1/db"), "cannot connect")

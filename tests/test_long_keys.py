@@ -153,3 +153,16 @@ def test_long_ids_and_stamps_revoked_by_broadcast_survive_sigkill(cluster_factor
     wait_for(lambda: cluster.finished("control"), 30, what="the control task after the restart")
     time.sleep(1)
     assert not cluster.ran("long") and not cluster.ran("longer") and not cluster.ran("stamped")
+
+
+def test_the_console_search_pages_over_and_finds_long_ids(store: RevocationStore) -> None:
+    ids = [f"{c}" * 300 for c in "pqrst"] + ["p-short", "q-short", "z" * 255]
+    store.add(ids)
+    seen: list[str] = []
+    after = None
+    while page := store.search(limit=3, after=after):
+        seen += [r.task_id for r in page]
+        after = page[-1].page_key()
+    assert sorted(seen) == sorted(ids)
+    assert [r.task_id for r in store.search("q" * 20)] == ["q" * 300]
+    assert {r.task_id for r in store.search("p")} == {"p" * 300, "p-short"}

@@ -7,7 +7,6 @@ steps, so the contract path is exercised although 0.2.0 ships none.
 
 from __future__ import annotations
 
-import shutil
 import tomllib
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from sqlalchemy import select
 
 import revstore
 from cli_helpers import revstore as run_cli
-from conftest import PG_BASE
+from conftest import LATER_RELEASE, PG_BASE
 from revstore import migrate
 from revstore.errors import RevstoreError, SchemaError
 from revstore.schema import version_table
@@ -42,51 +41,6 @@ def test_every_migration_declares_a_window_that_follows_the_rules() -> None:
     assert tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"] == revstore.__version__
 
 
-LATER = '''"""A later release's {phase} step (test only)."""
-import sqlalchemy as sa
-from alembic import context, op
-
-revision = "{rev}"
-down_revision = "{down}"
-branch_labels = None
-depends_on = None
-phase = "{phase}"
-release = "0.3.0"
-oldest_release = "{oldest}"
-
-
-def _name():
-    tables = context.config.attributes["revstore_tables"]
-    return tables.prefix + "later", tables.schema
-
-
-def upgrade():
-    name, schema = _name()
-    {up}
-
-
-def downgrade():
-    name, schema = _name()
-    {down_body}
-'''
-
-
-@pytest.fixture
-def later_release(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """This package's migrations plus 0.3.0's: an expand step, then a contract step."""
-    scripts = tmp_path / "migrations"
-    shutil.copytree(migrate.migrations_dir(), scripts, ignore=shutil.ignore_patterns("__pycache__"))
-    head = migrate.head_revision()
-    create = 'op.create_table(name, sa.Column("id", sa.Integer, primary_key=True), schema=schema)'
-    drop = "op.drop_table(name, schema=schema)"
-    (scripts / "versions" / "0901_later_expand.py").write_text(LATER.format(
-        rev="0901", down=head, phase="expand", oldest=migrate.chain().head.oldest_release, up=create, down_body=drop))
-    (scripts / "versions" / "0902_later_contract.py").write_text(LATER.format(
-        rev="0902", down="0901", phase="contract", oldest="0.3.0", up=drop, down_body=create))
-    monkeypatch.setattr(migrate, "migrations_dir", lambda: scripts)
-    return scripts
-
-
 def legacy_revision(store: RevocationStore) -> str:
     table = version_table(store.tables.legacy_version_table, store.tables.schema)
     with store.engine.connect() as conn:
@@ -98,9 +52,9 @@ def test_upgrade_stops_before_contract_steps_and_contract_moves_the_window(store
     migrate.upgrade(store)
     assert migrate.current_revision(store) == "0901"  # the expand step ran, the contract step did not
     assert legacy_revision(store) == LEGACY_HEAD  # 0.1.0 workers still start
-    for release in ("0.1.0", "0.2.0", "0.3.0"):
+    for release in ("0.1.0", revstore.__version__, LATER_RELEASE):
         assert migrate.check_schema(store, release).ok
-    pending = migrate.assess_schema(store, "0.3.0")
+    pending = migrate.assess_schema(store, LATER_RELEASE)
     assert pending.next_step == "deploy" and "then contract (`revstore db contract`" in pending.message
     with pytest.raises(RevstoreError, match="0902 is a contract step; run `revstore db contract`"):
         migrate.upgrade(store, "0902")
@@ -108,12 +62,12 @@ def test_upgrade_stops_before_contract_steps_and_contract_moves_the_window(store
     migrate.contract(store)
     assert migrate.current_revision(store) == "0902"
     assert legacy_revision(store) == "0902"  # 0.1.0 now refuses: "newer than this revstore knows"
-    too_old = migrate.assess_schema(store, "0.2.0")
+    too_old = migrate.assess_schema(store, revstore.__version__)
     assert (too_old.status, too_old.next_step) == ("package too old", "deploy")
-    assert "needs revstore 0.3.0 or later" in too_old.message
+    assert f"needs revstore {LATER_RELEASE} or later" in too_old.message
     with pytest.raises(SchemaError):
-        migrate.check_schema(store, "0.2.0")
-    done = migrate.check_schema(store, "0.3.0")
+        migrate.check_schema(store, revstore.__version__)
+    done = migrate.check_schema(store, LATER_RELEASE)
     assert done.next_step is None and "nothing to do" in done.message
 
     migrate.downgrade(store, "0901")  # the window widens again, 0.1.0's row comes back
@@ -125,7 +79,7 @@ def test_the_shipped_package_judges_a_later_schema_by_its_window(store, later_re
     migrate.upgrade(store)
     monkeypatch.undo()  # back to the scripts this package ships: 0901 is unknown to it
     newer = migrate.check_schema(store, revstore.__version__)
-    assert newer.next_step == "deploy" and "older than the schema's release" in newer.message
+    assert newer.next_step == "deploy" and "has no script for it" in newer.message
     with pytest.raises(SchemaError, match="does not know; run `revstore db` commands with the newer"):
         migrate.upgrade(store)
 
@@ -135,7 +89,7 @@ def test_the_sql_for_dbas_has_an_expand_and_a_contract_part(sqlite_url, later_re
     sql = migrate.offline_sql(store)
     expand, contract = sql.split("-- revstore: contract steps")
     assert "CREATE TABLE revstore_later" in expand and "DROP TABLE revstore_later" in contract
-    assert "0901 -> 0902: run once no worker older than revstore 0.3.0 remains" in contract
+    assert f"0901 -> 0902: run once no worker older than revstore {LATER_RELEASE} remains" in contract
     assert "INSERT INTO revstore_alembic_version (version_num) VALUES ('0902')" in contract
     since = migrate.offline_sql(store, since="0901", phase="contract")
     assert "no expand" not in since and "DROP TABLE revstore_later" in since
@@ -150,13 +104,16 @@ def test_db_check_names_the_next_step(sqlite_url) -> None:
     empty = run_cli(*opts, "db", "check")
     assert empty.code == 1 and "run `revstore db upgrade`" in empty.err
     assert run_cli(*opts, "db", "upgrade", LEGACY_HEAD).code == 0  # the schema 0.1.0 created
-    head = migrate.head_revision()
     behind = run_cli(*opts, "db", "check")
-    assert behind.code == 1 and f"needs {head}; run `revstore db upgrade` (expand steps only" in behind.err
+    steps = migrate.chain()
+    assert behind.code == 1
+    assert f"needs {steps.required.revision}; run `revstore db upgrade` (expand steps only" in behind.err
     up = run_cli(*opts, "db", "upgrade")
     assert up.code == 0 and "next: deploy" in up.out
     check = run_cli(*opts, "db", "check")
-    assert check.code == 0 and check.out.startswith(f"revstore: compatible: schema {head} (revstore 0.2.0) runs revstore 0.1.0")
+    head = steps.head
+    assert check.code == 0
+    assert check.out.startswith(f"revstore: compatible: schema {head.revision} (revstore {head.release}) runs revstore 0.1.0")
     assert run_cli(*opts, "db", "contract").code == 0  # nothing pending: a no-op
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 
 from ..errors import ConfigurationError
-from .base import Backend, Key, Listener, Merge, SqlBackend
+from .base import Backend, Key, Listener, Merge, Pooling, SqlBackend
 
 #: dialect name -> (module, class)
 _MODULES: dict[str, tuple[str, str]] = {
@@ -47,4 +47,4 @@ def for_dialect(dialect: str) -> Backend:
     return backend
 
 
-__all__ = ["Backend", "Key", "Listener", "Merge", "SqlBackend", "default_driver", "for_dialect", "is_known"]
+__all__ = ["Backend", "Key", "Listener", "Merge", "Pooling", "SqlBackend", "default_driver", "for_dialect", "is_known"]

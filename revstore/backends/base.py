@@ -18,10 +18,11 @@ from __future__ import annotations
 
 from array import array
 from collections.abc import Callable, Iterator, Sequence
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any, ClassVar, Protocol
 
-from sqlalchemy import Engine, Table, func, select, tuple_
+from sqlalchemy import Engine, Table, bindparam, func, select, tuple_
 from sqlalchemy.engine import URL, Connection
 from sqlalchemy.sql import ColumnElement, Delete, Select
 
@@ -38,11 +39,24 @@ Key = tuple[str, str, str]
 Merge = Callable[[Any, Any], tuple[dict[str, Any], ColumnElement[bool]]]
 
 
+@dataclass(frozen=True)
+class Pooling:
+    """The connections a process keeps (``revstore_pool_*``) and what the driver may keep on the server."""
+
+    size: int
+    max_overflow: int
+    #: executions before a statement is prepared on the server; None: never
+    #: (a transaction pooler hands each transaction another server connection)
+    prepare_threshold: int | None = None
+
+
 class Listener(Protocol):
     """A background wake-up from the database (PostgreSQL LISTEN/NOTIFY)."""
 
     live: bool
     reconnects: int
+    #: why it is not live (None while it is), for status replies
+    problem: str | None
 
     def start(self) -> None: ...
 
@@ -71,7 +85,7 @@ class Backend(Protocol):
     #: under the driver's bound-parameter and the server's statement limits.
     key_chunk: ClassVar[int]
 
-    def engine_options(self, pool_size: int) -> dict[str, Any]:
+    def engine_options(self, pooling: Pooling) -> dict[str, Any]:
         """``create_engine`` keyword arguments: timeouts, pool, isolation.
 
         Each database needs its own to make concurrent writers queue rather
@@ -93,6 +107,10 @@ class Backend(Protocol):
         Expiry is decided by the database clock, never by a worker's, so
         every comparison and every written time derives from this.
         """
+        ...
+
+    def now_plus(self, seconds: float) -> ColumnElement[Any]:
+        """The server's time ``seconds`` from now (negative: ago), with ``seconds`` a bound parameter."""
         ...
 
     def as_datetime(self, value: Any) -> datetime:
@@ -153,12 +171,17 @@ class Backend(Protocol):
         """Tell listening workers, on commit, that ``version`` was written (or do nothing)."""
         ...
 
-    def listener(self, url: URL, channel: str, on_change: Callable[[], None], name: str) -> Listener | None:
-        """A listener calling ``on_change`` when anyone writes, or None where changes can only be polled."""
+    def listener(self, url: URL, channel: str, on_change: Callable[[], None], name: str, *,
+                 probe: Callable[[str], None], check_interval: float, fallback_interval: float) -> Listener | None:
+        """A listener calling ``on_change`` when anyone writes, or None where changes can only be polled.
+
+        It is live only while it hears ``probe(its own channel)`` every
+        ``check_interval``; ``fallback_interval`` is the poll it announces otherwise.
+        """
         ...
 
     def extra_stats(self, conn: Connection, channel: str) -> dict[str, Any]:
-        """Database-specific figures for ``revstore stats`` (PostgreSQL: the live listeners)."""
+        """Database-specific figures for ``revstore stats`` (PostgreSQL: the live listeners, connections held)."""
         ...
 
     def role_sql(self, tables: Tables, admin_role: str, worker_role: str, *, create_role: bool) -> str:
@@ -176,7 +199,7 @@ class SqlBackend:
     #: SQLite allows 32766 bound parameters: 2000 rows of up to 11 stay under it
     key_chunk: ClassVar[int] = 2000
 
-    def engine_options(self, pool_size: int) -> dict[str, Any]:
+    def engine_options(self, pooling: Pooling) -> dict[str, Any]:
         return {"pool_pre_ping": True}
 
     def configure_engine(self, engine: Engine) -> None:
@@ -187,6 +210,9 @@ class SqlBackend:
 
     def now(self) -> ColumnElement[Any]:
         return func.now()
+
+    def now_plus(self, seconds: float) -> ColumnElement[Any]:
+        return func.now() + bindparam("shift", timedelta(seconds=float(seconds)))
 
     def as_datetime(self, value: Any) -> datetime:
         return value  # type: ignore[no-any-return]
@@ -238,7 +264,8 @@ class SqlBackend:
     def notify(self, conn: Connection, channel: str, version: int) -> None:
         return None
 
-    def listener(self, url: URL, channel: str, on_change: Callable[[], None], name: str) -> Listener | None:
+    def listener(self, url: URL, channel: str, on_change: Callable[[], None], name: str, *,
+                 probe: Callable[[str], None], check_interval: float, fallback_interval: float) -> Listener | None:
         return None
 
     def extra_stats(self, conn: Connection, channel: str) -> dict[str, Any]:

@@ -7,13 +7,13 @@ from array import array
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, ClassVar
 
-from sqlalchemy import Table, bindparam, cast, column, func, literal, literal_column, select, text, tuple_
+from sqlalchemy import Table, bindparam, case, cast, column, func, literal, literal_column, select, text, tuple_
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import URL, Connection
 from sqlalchemy.sql import ColumnElement, Delete, Select
 
 from ..schema import Tables
-from .base import Key, Listener, Merge, SqlBackend
+from .base import Key, Listener, Merge, Pooling, SqlBackend
 
 
 class PostgresBackend(SqlBackend):
@@ -24,12 +24,17 @@ class PostgresBackend(SqlBackend):
     #: keys travel as one JSON array (see _keys), so a statement takes many
     key_chunk: ClassVar[int] = 50_000
 
-    def engine_options(self, pool_size: int) -> dict[str, Any]:
+    def engine_options(self, pooling: Pooling) -> dict[str, Any]:
+        # prepare_threshold None: psycopg prepares nothing on the server.
+        # Behind a transaction pooler (PgBouncer) the next transaction runs on
+        # another server connection, where a prepared name is missing or
+        # already taken by another client.
         return {
             "pool_pre_ping": True,
-            "connect_args": {"connect_timeout": 5, "application_name": "revstore"},
-            "pool_size": pool_size,
-            "max_overflow": 4,
+            "connect_args": {"connect_timeout": 5, "application_name": "revstore",
+                             "prepare_threshold": pooling.prepare_threshold},
+            "pool_size": pooling.size,
+            "max_overflow": pooling.max_overflow,
         }
 
     def seconds_left(self, expires_at: ColumnElement[Any]) -> ColumnElement[Any]:
@@ -154,13 +159,14 @@ class PostgresBackend(SqlBackend):
     def notify(self, conn: Connection, channel: str, version: int) -> None:
         conn.execute(select(func.pg_notify(channel, str(version))))
 
-    def listener(self, url: URL, channel: str, on_change: Callable[[], None], name: str) -> Listener | None:
+    def listener(self, url: URL, channel: str, on_change: Callable[[], None], name: str, *,
+                 probe: Callable[[str], None], check_interval: float, fallback_interval: float) -> Listener | None:
         from .postgresql_listen import Listener as PgListener
 
-        return PgListener(url, channel, on_change, name)
+        return PgListener(url, channel, on_change, probe, name, check_interval, fallback_interval)
 
     def extra_stats(self, conn: Connection, channel: str) -> dict[str, Any]:
-        """Workers whose LISTEN connection on our channel is open right now."""
+        """Workers whose LISTEN connection on our channel is open right now, and the connections revstore holds."""
         rows = conn.execute(
             text(
                 "SELECT application_name FROM pg_stat_activity "
@@ -169,7 +175,26 @@ class PostgresBackend(SqlBackend):
             ),
             {"pattern": f'%LISTEN%"{channel}"%'},
         ).scalars()
-        return {"listeners": [name.removeprefix("revstore-listener ") for name in rows]}
+        listeners = [name.removeprefix("revstore-listener ") for name in rows]
+        return {"listeners": listeners, "connections": self._connections(conn)}
+
+    def _connections(self, conn: Connection) -> dict[str, int]:
+        """Server connections revstore holds, as ``role/application`` -> count.
+
+        Listener names (one per worker) are counted as one group.  Behind a
+        pooler these are the pooler's server connections, named after the
+        last client that used them.
+        """
+        app = column("application_name")
+        name = case((app.like("revstore-listener %"), literal("revstore-listener")), else_=app)
+        rows = conn.execute(
+            select(column("usename"), name, func.count())
+            .select_from(text("pg_stat_activity"))
+            .where(column("datname") == func.current_database(), app.like("revstore%"))
+            .group_by(column("usename"), name)
+            .order_by(column("usename"), name)
+        ).all()
+        return {f"{role}/{app_name}": int(n) for role, app_name, n in rows}
 
     def role_sql(self, tables: Tables, admin_role: str, worker_role: str, *, create_role: bool) -> str:
         from ..roles import admin_sql, worker_sql

@@ -5,12 +5,12 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any, ClassVar
 
-from sqlalchemy import Engine, Table, event, func, literal_column
+from sqlalchemy import Engine, Table, bindparam, event, func, literal_column
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql import ColumnElement
 
-from .base import SqlBackend
+from .base import Pooling, SqlBackend
 
 
 class SqliteBackend(SqlBackend):
@@ -18,7 +18,7 @@ class SqliteBackend(SqlBackend):
     driver_hint: ClassVar[str] = "use a Python built with the sqlite3 module"
     supports_schema: ClassVar[bool] = False
 
-    def engine_options(self, pool_size: int) -> dict[str, Any]:
+    def engine_options(self, pooling: Pooling) -> dict[str, Any]:
         # IMMEDIATE: a write transaction takes the write lock at its first
         # statement, so concurrent writers queue instead of deadlocking;
         # timeout is how long they queue.
@@ -38,6 +38,9 @@ class SqliteBackend(SqlBackend):
     def now(self) -> ColumnElement[Any]:
         # Same text format SQLAlchemy stores, so comparisons are exact.
         return func.strftime("%Y-%m-%d %H:%M:%f000", "now")
+
+    def now_plus(self, seconds: float) -> ColumnElement[Any]:
+        return func.strftime("%Y-%m-%d %H:%M:%f000", "now", bindparam("shift", f"{float(seconds):+} seconds"))
 
     def as_datetime(self, value: Any) -> datetime:
         return datetime.fromisoformat(value[:26]) if isinstance(value, str) else value

@@ -1,0 +1,121 @@
+"""Who may write through the console, and proof that a form came from the console itself.
+
+Reads are open (the console binds to 127.0.0.1 unless told otherwise);
+writes need credentials an operator configured: a token (typed once into the
+login form, then a session cookie) or HTTP basic credentials.  Without any,
+the console is read-only: nothing can write, whoever asks.
+
+Every POST must carry the CSRF token of the caller's session, whatever
+authenticated it: browsers resend cookies and basic credentials on their own,
+so without the token another site could make an operator's browser revoke.
+Sessions are signed with a key made at start-up and kept in memory only:
+restarting the console logs everyone out, and no secret is stored on disk.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from .. import config as _config
+
+SESSION_COOKIE = "revstore_session"
+SESSION_SECONDS = 8 * 3600
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """The write credentials configured for the console; none means read-only."""
+
+    token: str | None = None
+    user: str | None = None
+    password: str | None = None
+
+    @classmethod
+    def from_settings(cls, conf: Mapping[str, Any] | None = None, **explicit: Any) -> Credentials:
+        values = {name: _config.setting(f"revstore_web_{name}", conf, explicit=explicit)
+                  for name in ("token", "user", "password")}
+        return cls(**{k: (str(v) if v not in (None, "") else None) for k, v in values.items()})
+
+    @property
+    def writable(self) -> bool:
+        return bool(self.token) or bool(self.user and self.password)
+
+    def check_token(self, offered: str) -> bool:
+        return bool(self.token) and _same(offered, self.token or "")
+
+    def check_basic(self, header: str | None) -> str | None:
+        """The user name when ``header`` is valid HTTP basic auth for the configured user."""
+        if not (self.user and self.password and header and header.lower().startswith("basic ")):
+            return None
+        try:
+            user, sep, password = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8").partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+        # both comparisons always run: the time taken does not tell which one failed
+        ok_user, ok_password = _same(user, self.user), _same(password, self.password)
+        return user if sep and ok_user and ok_password else None
+
+    def __repr__(self) -> str:  # never show a secret
+        return f"Credentials(token={'***' if self.token else None}, user={self.user!r})"
+
+
+def _same(a: str, b: str) -> bool:
+    return hmac.compare_digest(a.encode("utf-8"), b.encode("utf-8"))
+
+
+@dataclass
+class Session:
+    """What the signed cookie carries: the CSRF token and, once logged in, who."""
+
+    csrf: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    user: str | None = None
+    expires: float = field(default_factory=lambda: time.time() + SESSION_SECONDS)
+
+
+class SessionSigner:
+    """Sign and check session cookies with a per-process key (HMAC-SHA256)."""
+
+    def __init__(self, key: bytes | None = None) -> None:
+        self._key = key or secrets.token_bytes(32)
+
+    def dump(self, session: Session) -> str:
+        body = base64.urlsafe_b64encode(json.dumps(
+            {"c": session.csrf, "u": session.user, "e": session.expires}).encode()).decode()
+        return f"{body}.{self._sign(body)}"
+
+    def load(self, cookie: str | None) -> Session | None:
+        """The session in ``cookie``, or None when it is missing, forged or expired."""
+        if not cookie or "." not in cookie:
+            return None
+        body, _, signature = cookie.rpartition(".")
+        if not hmac.compare_digest(signature, self._sign(body)):
+            return None
+        try:
+            data = json.loads(base64.urlsafe_b64decode(body.encode()))
+            session = Session(csrf=str(data["c"]), user=data["u"], expires=float(data["e"]))
+        except (ValueError, KeyError, TypeError, binascii.Error):
+            return None
+        return session if session.expires > time.time() else None
+
+    def _sign(self, body: str) -> str:
+        return hmac.new(self._key, body.encode(), hashlib.sha256).hexdigest()
+
+
+def csrf_ok(session: Session | None, offered: Any) -> bool:
+    """The form's token matches the session's: the form was served by this console to this browser."""
+    return session is not None and isinstance(offered, str) and _same(offered, session.csrf)
+
+
+def same_origin(origin: str | None, host: str | None, scheme: str) -> bool:
+    """A browser's ``Origin`` header, when it sends one, must name this console."""
+    if origin is None:  # not a browser, or an old one: the CSRF token still has to match
+        return True
+    return host is not None and origin == f"{scheme}://{host}"
