@@ -141,19 +141,19 @@ class RevocationStore:
         try:
             with conn.begin():
                 return fn(conn)
-        except ProgrammingError as exc:
+        except (ProgrammingError, OperationalError) as exc:
+            if _is_missing_column(exc):  # new code before its expand step ran
+                raise SchemaError(
+                    f"revstore: the revstore tables in {_config.mask_url(self.url)} are older than this revstore "
+                    f"({short_error(exc)}); run `revstore db upgrade` as a database admin"
+                ) from None
             if _is_missing_table(exc):
                 raise SchemaError(
                     f"revstore: the revstore tables are missing in {_config.mask_url(self.url)}; "
                     "run `revstore db upgrade` as a database admin"
                 ) from None
-            raise
-        except OperationalError as exc:
-            if _is_missing_table(exc):
-                raise SchemaError(
-                    f"revstore: the revstore tables are missing in {_config.mask_url(self.url)}; "
-                    "run `revstore db upgrade` as a database admin"
-                ) from None
+            if isinstance(exc, ProgrammingError):
+                raise
             raise DatabaseUnavailable(
                 f"revstore: database error on {_config.mask_url(self.url)}: {short_error(exc)}"
             ) from None
@@ -795,6 +795,12 @@ def short_error(exc: BaseException) -> str:
     orig = getattr(exc, "orig", None) or exc
     text_ = str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
     return _config.mask_url(text_) if "://" in text_ else text_
+
+
+def _is_missing_column(exc: DBAPIError) -> bool:
+    msg = str(getattr(exc, "orig", exc)).lower()
+    return ("no such column" in msg or "has no column named" in msg or "unknown column" in msg
+            or ("column" in msg and "does not exist" in msg))
 
 
 def _is_missing_table(exc: DBAPIError) -> bool:

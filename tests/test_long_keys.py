@@ -166,3 +166,13 @@ def test_the_console_search_pages_over_and_finds_long_ids(store: RevocationStore
     assert sorted(seen) == sorted(ids)
     assert [r.task_id for r in store.search("q" * 20)] == ["q" * 300]
     assert {r.task_id for r in store.search("p")} == {"p" * 300, "p-short"}
+
+
+def test_this_release_before_its_expand_step_is_one_line_naming_the_upgrade(store: RevocationStore) -> None:
+    from revstore import migrate
+    from revstore.errors import SchemaError
+
+    migrate.downgrade(store, "0002")
+    for call in (lambda: store.add(["x" * 300]), lambda: store.get("x"), lambda: store.load_active()):
+        with pytest.raises(SchemaError, match=r"older than this revstore .*; run `revstore db upgrade`"):
+            call()

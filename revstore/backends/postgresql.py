@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 from sqlalchemy import Table, bindparam, case, cast, column, func, literal, literal_column, select, text, tuple_
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import URL, Connection
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql import ColumnElement, Delete, Select
 
 from ..schema import Tables
@@ -108,11 +109,15 @@ class PostgresBackend(SqlBackend):
             return
         # plain tuples from a server-side cursor: no Row objects
         cursor = conn.connection.driver_connection.cursor(name="revstore_load", binary=True)  # type: ignore[union-attr]
+        sql, params = self._raw_sql(conn, stmt)
+        dbapi_error = conn.dialect.loaded_dbapi.Error
         try:
-            cursor.execute(*self._raw_sql(conn, stmt))
+            cursor.execute(sql, params)
             while part := cursor.fetchmany(chunk):
                 ids, left = zip(*part)
                 yield list(ids), array("d", left)
+        except dbapi_error as exc:  # as SQLAlchemy would raise it, so the store's messages apply
+            raise DBAPIError.instance(sql, params, exc, dbapi_error) from exc
         finally:
             cursor.close()
 
