@@ -8,6 +8,7 @@ STAMP  := $(VENV)/.installed
 .PHONY: demo test docs bench clean
 
 $(STAMP): pyproject.toml
+	bash .ci/packages
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[test]'
@@ -16,14 +17,17 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/revstore demo
 
+# Every nox session in noxfile.py: the whole suite (3.11, Redis), the worker tests
+# on RabbitMQ and at both ends of the supported range, the docs build.
+# Narrow it with e.g. NOX_ARGS="-s main" PYTEST_ARGS="tests/test_cli.py".
 test: $(STAMP)
 	bash .ci/services
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
-	$(BIN)/mkdocs build --strict --site-dir /tmp/revstore-site-$$$$
+	$(BIN)/nox $(NOX_ARGS) -- $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	bash .ci/services
+	$(BIN)/python -m pip install -q -e '.[test,bench]'
 	$(BIN)/python -m bench.all
 
 clean:
-	rm -rf $(VENV) dist build site
+	rm -rf $(VENV) .nox .cache dist build site

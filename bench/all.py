@@ -20,8 +20,10 @@ from typing import Any
 
 from sqlalchemy import create_engine, text
 
-from bench import cleanup, console, hotpath, memory, propagation, startup, write_path
+from bench import (cleanup, console, fleet, hotpath, mariadb, memory, mingle, mysql_drivers, plots, propagation,
+                   startup, write_path)
 from bench.common import PG_URL, ROOT, Figure, redis_db, report, table
+from revstore.config import normalize_url
 
 DOC = ROOT / "docs" / "benchmarks.md"
 COMMAND = "make bench        # or: .venv/bin/python -m bench.all"
@@ -100,6 +102,10 @@ def machine() -> dict[str, str]:
     with engine.connect() as conn:
         pg = conn.execute(text("SHOW server_version")).scalar_one()
     engine.dispose()
+    engine = create_engine(normalize_url(mariadb.MYSQL_URL))
+    with engine.connect() as conn:
+        maria = conn.execute(text("SELECT VERSION()")).scalar_one()
+    engine.dispose()
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                                 text=True, check=True).stdout.strip()
@@ -115,12 +121,15 @@ def machine() -> dict[str, str]:
         "SQLAlchemy": version("sqlalchemy"),
         "psycopg": version("psycopg"),
         "PostgreSQL": pg.split()[0],
+        "MariaDB": maria.split("-")[0],
+        "mysqlclient": version("mysqlclient"),
         "Redis": str(redis_db().info("server")["redis_version"]),
         "revstore": f"{version('revstore')} (commit {commit})",
     }
 
 
-def document(figures: list[Figure], info: dict[str, str], seconds: float, load: tuple[str, str]) -> str:
+def document(figures: list[Figure], info: dict[str, str], seconds: float, load: tuple[str, str],
+             drawn: list[plots.Plot]) -> str:
     notes = [f"- {f.name}: {f.note}" for f in figures if f.note]
     missed = [f for f in figures if f.met is False]
     verdict = ("Every target is met." if not missed else
@@ -130,14 +139,16 @@ def document(figures: list[Figure], info: dict[str, str], seconds: float, load: 
         "# Benchmarks",
         "",
         "revstore against stock Celery, measured side by side in the same run by `bench/`",
-        "(real `celery worker` processes: prefork, Redis broker, PostgreSQL store).",
+        "(real `celery worker` processes: prefork, Redis broker, PostgreSQL store; MariaDB beside it in the",
+        "`mariadb` rows, and the MySQL drivers compared in the `mysql_drivers` rows).",
         "This page is written by the benchmark itself; do not edit it by hand.",
         "",
         "Reproduce (after the README's setup; PostgreSQL and Redis local):",
         "",
         "```text",
         COMMAND,
-        ".venv/bin/python -m bench.startup   # one benchmark: startup, hotpath, write_path, propagation, memory, cleanup",
+        ".venv/bin/python -m bench.startup   # one benchmark: startup, hotpath, write_path, propagation, memory, "
+        "cleanup, console, mingle, fleet, mariadb, mysql_drivers",
         "```",
         "",
         f"Run took {seconds / 60:.1f} minutes.  Machine: "
@@ -158,9 +169,12 @@ def document(figures: list[Figure], info: dict[str, str], seconds: float, load: 
         "",
         *notes,
         "",
+        "## Plots",
+        "",
+        *[line for name, caption in drawn for line in (f"![{caption}](img/{name})", "", f"*{caption}.*", "")],
         "## What bounds each figure",
         "",
-        BOUNDS,
+        BOUNDS + mingle.BOUNDS + fleet.BOUNDS + mariadb.BOUNDS + mysql_drivers.BOUNDS,
     ])
 
 
@@ -177,14 +191,20 @@ def main() -> None:
         parser.error("--quick measures nothing worth publishing: give --out")
     started, load_before = time.monotonic(), loadavg()
     samples: dict[tuple[str, int], list[Any]] = {}
+    latencies: dict[str, list[float]] = {}
+    raw: dict[str, Any] = {"startup": samples, "propagation": latencies}
     steps: list[tuple[str, Callable[[], list[Figure]]]] = [
         (startup.TITLE, lambda: startup.run(args.quick, keep=samples)),
         (memory.TITLE, lambda: memory.run(args.quick, samples=samples)),
         (hotpath.TITLE, lambda: hotpath.run(args.quick)),
         (write_path.TITLE, lambda: write_path.run(args.quick)),
-        (propagation.TITLE, lambda: propagation.run(args.quick)),
+        (propagation.TITLE, lambda: propagation.run(args.quick, keep=latencies)),
         (cleanup.TITLE, lambda: cleanup.run(args.quick)),
         (console.TITLE, lambda: console.run(args.quick)),
+        (mingle.TITLE, lambda: mingle.run(args.quick)),
+        (fleet.TITLE, lambda: fleet.run(args.quick, keep=raw)),
+        (mariadb.TITLE, lambda: mariadb.run(args.quick)),
+        (mysql_drivers.TITLE, lambda: mysql_drivers.run(args.quick)),
     ]
     figures: list[Figure] = []
     for title, step in steps:
@@ -193,10 +213,11 @@ def main() -> None:
         figures += found
     seconds = time.monotonic() - started
     out = args.out or DOC
-    out.write_text(document(figures, machine(), seconds, (load_before, loadavg())) + "\n")
+    drawn = plots.draw(raw, out.parent / "img")
+    out.write_text(document(figures, machine(), seconds, (load_before, loadavg()), drawn) + "\n")
     print(f"\nall benchmarks in {seconds / 60:.1f} min; wrote {out}")
-    if seconds > 600 and not args.quick:
-        print("warning: over the 10-minute budget", file=sys.stderr)
+    if seconds > 1200 and not args.quick:
+        print("warning: over the 20-minute budget", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,8 @@ app.conf.update(
     worker_prefetch_multiplier=int(os.environ.get("BENCH_PREFETCH", "4")),
     broker_connection_retry_on_startup=True,
     worker_hijack_root_logger=True,
+    # a benchmark whose workers must hear only each other's broadcasts (mingle) names its own
+    control_exchange=os.environ.get("BENCH_CONTROL_EXCHANGE", "celery"),
 )
 if os.environ.get("BENCH_LISTEN") is not None:
     app.conf.revstore_listen = os.environ["BENCH_LISTEN"]

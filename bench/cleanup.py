@@ -68,29 +68,35 @@ def stock_purge_rate(count: int) -> float:
     return count / (time.perf_counter() - started)
 
 
-def run(quick: bool = False) -> list[Figure]:
-    rows = QUICK_ROWS if quick else ROWS
+def timed_purge(store: RevocationStore) -> tuple[int, float, float, list[float], list[float]]:
+    """Purge ``store`` as a worker would while a writer revokes: rows, seconds, longest statement (ms),
+    and the writer's revoke times before and during the purge."""
     writes: list[tuple[float, float]] = []
     stop = threading.Event()
-    with fresh_store() as store:
-        seed(store, rows, expired=True)
-        # the writer has its own engine, so the timer sees the cleanup's statements only
-        writer_store = RevocationStore(store.url, schema=store.tables.schema)
-        thread = threading.Thread(target=writer, args=(writer_store, stop, writes))
-        thread.start()
-        time.sleep(1.0)
-        timer = StatementTimer(store)
-        started = time.perf_counter()
-        deleted = store.purge_expired(DEFAULT_CLEANUP_BATCH)
-        elapsed = time.perf_counter() - started
-        timer.close()
-        stop.set()
-        thread.join()
-        writer_store.dispose()
-    assert deleted == rows, (deleted, rows)
+    # the writer has its own engine, so the timer sees the cleanup's statements only
+    writer_store = RevocationStore(store.url, schema=store.tables.schema)
+    thread = threading.Thread(target=writer, args=(writer_store, stop, writes))
+    thread.start()
+    time.sleep(1.0)
+    timer = StatementTimer(store)
+    started = time.perf_counter()
+    deleted = store.purge_expired(DEFAULT_CLEANUP_BATCH)
+    elapsed = time.perf_counter() - started
+    timer.close()
+    stop.set()
+    thread.join()
+    writer_store.dispose()
     before = [took for at, took in writes if at < started]
     during = [took for at, took in writes if started <= at < started + elapsed]
-    longest = max(timer.durations) * 1000
+    return deleted, elapsed, max(timer.durations) * 1000, before, during
+
+
+def run(quick: bool = False) -> list[Figure]:
+    rows = QUICK_ROWS if quick else ROWS
+    with fresh_store() as store:
+        seed(store, rows, expired=True)
+        deleted, elapsed, longest, before, during = timed_purge(store)
+    assert deleted == rows, (deleted, rows)
     stock = stock_purge_rate(rows)
     log(f"cleanup: {deleted:,} rows in {elapsed:.1f}s; longest statement {longest:.0f} ms")
     return [

@@ -78,7 +78,7 @@ class Figure:
 
 def fmt(value: float, unit: str) -> str:
     """A number as people read it: thousands separated, sensible decimals."""
-    if unit in ("ids/s", "rows/s", "tasks/s", "rows", "B/id"):
+    if unit in ("ids/s", "rows/s", "tasks/s", "rows", "B/id", "conns", "errors"):
         text_ = f"{value:,.0f}"
     elif unit == "MiB":
         text_ = f"{value:,.1f}"
@@ -226,6 +226,8 @@ class Worker:
     store: RevocationStore | None = None
     statedb: Path | None = None
     concurrency: int = 2
+    #: run Celery's mingle step (benchmarks default to --without-mingle)
+    mingle: bool = False
     env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
     started_at: float = 0.0
@@ -248,7 +250,7 @@ class Worker:
     def start(self) -> Worker:
         cmd = [sys.executable, "-m", "celery", "-A", "bench.benchapp", "worker", "-P", "prefork",
                "-c", str(self.concurrency), "-n", f"{self.name}@bench", "-Q", self.queue, "-l", "info",
-               "--without-mingle", "--without-gossip", "--without-heartbeat"]
+               "--without-gossip", "--without-heartbeat"] + ([] if self.mingle else ["--without-mingle"])
         if self.statedb is not None:
             cmd += ["--statedb", str(self.statedb)]
         with open(self.log, "ab") as out:

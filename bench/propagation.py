@@ -80,11 +80,14 @@ def idle_sync_ms(stores: list[RevocationStore], calls: int) -> list[float]:
     return [median(t) * 1000 for t in timings]
 
 
-def run(quick: bool = False) -> list[Figure]:
+def run(quick: bool = False, keep: dict[str, list[float]] | None = None) -> list[Figure]:
+    """``keep`` receives each mode's per-worker latencies (seconds), for the plots."""
     figures = []
     with Run(NAME) as bench_run, fresh_store() as store:
         for mode, (probes, gap) in (QUICK_PROBES if quick else PROBES).items():
             per_worker, all_workers = probe_latencies(bench_run, store, mode == "on", probes, gap)
+            if keep is not None:
+                keep[mode] = per_worker
             log(f"propagation listening {mode}: all-4 p50 {percentile(all_workers, 50) * 1000:.0f} ms, "
                 f"p99 {percentile(all_workers, 99) * 1000:.0f} ms")
             for pct in (50, 99):

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from bench.common import MILLION, Figure, Run, client_app, fresh_store, log, main, median, seed, wait_for, write_statedb
 from revstore.store import RevocationStore
 
 NAME = "startup"
 TITLE = "Start-up: spawn to first task"
-SIZES = (0, 50_000, MILLION)
+SIZES = (0, 50_000, 250_000, 500_000, MILLION)
 QUICK_SIZES = (0, 500, 5_000)
 REPEATS = 3
 TARGET_ADDED = 1.5
@@ -33,10 +34,11 @@ class Sample:
     peak_mib: float
 
 
-def start_once(run: Run, label: str, store: RevocationStore | None = None, statedb: Path | None = None) -> Sample:
-    """Start one worker with a probe already queued; time it; stop it."""
+def start_once(run: Run, label: str, store: RevocationStore | None = None, statedb: Path | None = None,
+               **options: Any) -> Sample:
+    """Start one worker with a probe already queued; time it; stop it (``options``: more Worker fields)."""
     tasks = client_app()
-    worker = run.worker(label, store=store, statedb=statedb)
+    worker = run.worker(label, store=store, statedb=statedb, **options)
     key = run.key(f"{label}-{len(run.workers)}")
     tasks.mark.apply_async((key,), queue=worker.queue)
     results = tasks.results()

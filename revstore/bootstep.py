@@ -71,7 +71,7 @@ class Revstore(bootsteps.StartStopStep):
         except RevstoreError as exc:
             _fatal(exc)
         self.sync = RevocationSync(store, self.settings, WorkerMemory(), c.hostname)
-        control.activate(self.sync)
+        control.activate(self.sync, c.timer)
         cancel.activate(self.sync.memory, c.hostname)  # before the pool forks its children
         # solo runs tasks on the loop thread: is_revoked() must see rows fetched meanwhile
         self.sync.memory.fetched.enabled = isinstance(c.pool, SoloPool)

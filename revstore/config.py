@@ -96,7 +96,8 @@ def normalize_url(raw: str) -> URL:
     """Parse a URL and pick the driver revstore supports for its backend.
 
     ``postgresql://`` and ``postgres://`` mean psycopg 3, since psycopg2 is
-    not a dependency; ``mysql://`` means PyMySQL.
+    not a dependency; ``mysql://`` and ``mariadb://`` mean mysqlclient, the
+    fastest of the three drivers measured (docs/benchmarks.md).
     """
     raw = raw.strip()
     if raw.startswith("postgres://"):
@@ -112,7 +113,7 @@ def normalize_url(raw: str) -> URL:
     if not backends.is_known(backend):
         raise ConfigurationError(
             f"revstore: unsupported database {backend!r} in {mask_url(url)}; "
-            "use a postgresql:// or sqlite:/// URL"
+            "use a postgresql://, mysql://, mariadb:// or sqlite:/// URL"
         )
     driver = backends.default_driver(backend)
     if driver is not None and "+" not in url.drivername:

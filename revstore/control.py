@@ -4,8 +4,9 @@ Celery's handlers (``revoke``, ``terminate``, ``revoke_by_stamped_headers``)
 live in ``Panel.data``.  We wrap them instead of copying them: the wrapper
 validates the ids, queues one durable write on the worker's sync thread,
 then calls Celery's own handler unchanged (memory, terminate, backend
-REVOKED marking).  With no active sync (revstore off) the wrapper only calls
-through.
+REVOKED marking).  Mingle's ``hello`` is wrapped too, so a starting worker is
+not sent what it loads from the table.  With no active sync (revstore off)
+every wrapper only calls through.
 """
 
 from __future__ import annotations
@@ -21,10 +22,12 @@ from celery.utils.functional import maybe_list
 from celery.utils.time import maybe_iso8601
 from celery.worker import control as celery_control
 from celery.worker import state as worker_state
+from celery.worker.request import Request
 
 from . import __version__
 from .client import DURABLE_FLAG
 from .errors import InvalidInput
+from .remote import add_client_methods
 from .store import DEFAULT, Target, as_target, normalize_signal, validate_expires
 from .sync import PendingWrite, RevocationSync
 
@@ -32,6 +35,10 @@ logger = logging.getLogger("revstore")
 
 #: The worker's sync, set by the bootstep; None means "call through only".
 _active: RevocationSync | None = None
+#: The consumer's timer, where older Celery keeps ETA tasks until they are due.
+_timer: Any = None
+#: Newer Celery registers an ETA task in ``worker_state.requests`` on receipt.
+_ETA_IN_REQUESTS = hasattr(worker_state, "task_scheduled")
 _WRAPPED_ATTR = "__revstore_wrapped__"
 #: Celery's own handlers, by command name
 _originals: dict[str, Callable[..., Any]] = {}
@@ -44,10 +51,30 @@ _originals: dict[str, Callable[..., Any]] = {}
 HANDLER_CHUNK = 2000
 
 
-def activate(sync: RevocationSync | None) -> None:
-    global _active
-    _active = sync
+def activate(sync: RevocationSync | None, timer: Any = None) -> None:
+    global _active, _timer
+    _active, _timer = sync, timer
     install_wrappers()
+
+
+def held_requests() -> dict[str, Any]:
+    """The requests this worker holds, ETA tasks waiting for their time included.
+
+    Celery 5.3 puts an ETA task in ``worker_state.requests`` only when its
+    timer fires; until then it is found where ``inspect scheduled`` finds it,
+    in the consumer's timer.
+    """
+    held = dict(worker_state.requests)
+    if _ETA_IN_REQUESTS or _timer is None:
+        return held
+    for waiting in list(_timer.schedule.queue):
+        try:
+            request = waiting.entry.args[0]
+        except (AttributeError, IndexError, TypeError):
+            continue
+        if isinstance(request, Request):
+            held.setdefault(request.id, request)
+    return held
 
 
 @celery_control.control_command()
@@ -59,7 +86,7 @@ def revstore_sync(state: Any, **kwargs: Any) -> dict[str, str]:
     return {"ok": "sync requested"}
 
 
-@celery_control.inspect_command(alias="revstore")
+@celery_control.inspect_command()
 def revstore_status(state: Any, **kwargs: Any) -> dict[str, Any]:
     """revstore's view on this worker: marker, listener, pending writes.
 
@@ -71,15 +98,23 @@ def revstore_status(state: Any, **kwargs: Any) -> dict[str, Any]:
     return {"enabled": True, "release": __version__, **_active.status()}
 
 
+add_client_methods()  # every command registered above has its client method
+
+
 def install_wrappers() -> None:
     """Wrap Celery's handlers once per process (idempotent)."""
-    for name, split in (("revoke", _split_revoke), ("terminate", _split_terminate),
-                        ("revoke_by_stamped_headers", _split_stamps)):
+    wrappers: list[tuple[str, Callable[[Callable[..., Any]], Callable[..., Any]]]] = [
+        (name, functools.partial(_wrap, split=split))
+        for name, split in (("revoke", _split_revoke), ("terminate", _split_terminate),
+                            ("revoke_by_stamped_headers", _split_stamps))
+    ]
+    wrappers.append(("hello", _wrap_hello))
+    for name, wrap in wrappers:
         handler = celery_control.Panel.data.get(name)
         if handler is None or getattr(handler, _WRAPPED_ATTR, False):
             continue
         _originals[name] = handler
-        celery_control.Panel.data[name] = _wrap(handler, split)
+        celery_control.Panel.data[name] = wrap(handler)
 
 
 @dataclass
@@ -189,6 +224,41 @@ def _storable(make: Callable[[Any], Target], value: Any) -> bool:
     return True
 
 
+def _wrap_hello(handler: Callable[..., Any]) -> Callable[..., Any]:
+    """Answer mingle's ``hello`` with what the table does not hold yet.
+
+    A starting worker's mingle step asks every live peer ``hello`` and merges
+    each reply's ``revoked``.  Stock replies with its whole set (at most
+    50,000 ids); a revstore worker holds every stored revocation, uncapped,
+    and the starting worker loads them from the table anyway.  So the reply
+    carries only the ids this worker heard but has not committed yet (its
+    pending writes) or cannot store at all: what the table cannot give the
+    newcomer.  Celery's
+    handler is not called for the reply because it builds the whole set's
+    list (a sort of every entry) on the event loop, once per starting peer.
+    Ids a peer sends are merged as Celery does, skipping those already held
+    (a reconnecting revstore peer sends everything it holds).
+    """
+
+    @functools.wraps(handler)
+    def wrapper(state: Any, from_node: Any = None, revoked: Any = None, **kwargs: Any) -> Any:
+        sync = _active
+        if sync is None or from_node == state.hostname:
+            return handler(state, from_node, revoked=revoked, **kwargs)
+        held = sync.memory.revoked
+        news = [i for i in revoked or () if isinstance(i, str) and i not in held]
+        if news:
+            worker_state.merge_revoked(news)
+        # memory-only ids (too odd for the table) cannot come from the table either
+        pending = sorted(sync.pending_ids | sync.memory.memory_only, key=repr)
+        logger.info("revstore: sync with %s: sent %d uncommitted revocations (the table holds the rest)",
+                    from_node, len(pending))
+        return {"revoked": pending, "clock": state.app.clock.forward()}
+
+    setattr(wrapper, _WRAPPED_ATTR, True)
+    return wrapper
+
+
 def _in_chunks(handler: Callable[..., Any], state: Any, call: dict[str, Any], ids: list[str]) -> dict[str, str]:
     """Revoke ``ids`` in memory now; run Celery's handler on slices from the timer."""
     worker_state.revoked.update(ids)
@@ -258,8 +328,9 @@ def _expires_for(ids: list[str], default: Any) -> Any:
     """
     latest = 0.0
     now = datetime.now(timezone.utc)
+    held = held_requests()
     for task_id in ids:
-        request = worker_state.requests.get(task_id)
+        request = held.get(task_id)
         eta = getattr(request, "eta", None) if request is not None else None
         if not eta:
             continue
@@ -287,7 +358,7 @@ def hold_past_etas(sync: RevocationSync, remaining: dict[str, float | None]) -> 
     worker holding that task extends the row (never reviving a restored one).
     """
     # iterate the few requests held, not the (possibly million) applied ids
-    held = [i for i, request in list(worker_state.requests.items()) if i in remaining and getattr(request, "eta", None)]
+    held = [i for i, request in held_requests().items() if i in remaining and getattr(request, "eta", None)]
     if not held:
         return
     expires = _expires_for(held, DEFAULT)

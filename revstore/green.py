@@ -26,5 +26,7 @@ def cooperate_with_eventlet() -> bool:
         from psycopg import waiting
     except ImportError:  # no PostgreSQL driver: nothing waits in C
         return False
-    waiting.wait = waiting.wait_select
+    # psycopg >= 3.2 has wait_select; 3.1 only wait_selector, on the selectors
+    # module eventlet has patched (its default epoll wait would block)
+    waiting.wait = getattr(waiting, "wait_select", None) or waiting.wait_selector
     return True

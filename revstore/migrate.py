@@ -32,7 +32,7 @@ from . import __version__
 from .config import mask_url
 from .errors import RevstoreError, SchemaError
 from .schema import Tables, version_table
-from .store import RevocationStore, short_error
+from .store import RevocationStore, _is_missing_table, short_error
 from .window import LEGACY_HEAD, SCHEMA_INFO_REVISION, Chain, SchemaState, Step, Verdict, assess
 
 
@@ -80,11 +80,11 @@ def read_state(store: RevocationStore) -> SchemaState:
     table = tables.schema_info.name
     try:
         present = set(inspect(conn).get_table_names(schema=tables.schema))
-        if tables.schema_info.name in present:
-            info = tables.schema_info
-            row = conn.execute(select(info.c.revision, info.c.schema_release, info.c.oldest_release)).first()
-            if row is not None:
-                return SchemaState(row.revision, row.schema_release, row.oldest_release)
+        info = tables.schema_info
+        row = _read_if_there(conn, select(info.c.revision, info.c.schema_release, info.c.oldest_release),
+                             listed=info.name in present)
+        if row is not None:
+            return SchemaState(row.revision, row.schema_release, row.oldest_release)
         for table in (tables.version_table, tables.legacy_version_table):
             if table in present:
                 versions = version_table(table, tables.schema)
@@ -99,6 +99,24 @@ def read_state(store: RevocationStore) -> SchemaState:
         ) from None
     finally:
         conn.close()
+
+
+def _read_if_there(conn: Connection, query: Any, *, listed: bool) -> Any:
+    """The first row of ``query``, None if its table does not exist.
+
+    MySQL lists only the tables a role may read: a table missing from the
+    listing is read anyway (in a savepoint), so a role without the grant
+    gets "needs SELECT" rather than "no revstore schema".
+    """
+    if listed:
+        return conn.execute(query).first()
+    try:
+        with conn.begin_nested():
+            return conn.execute(query).first()
+    except DBAPIError as exc:
+        if _is_missing_table(exc):
+            return None
+        raise
 
 
 def current_revision(store: RevocationStore) -> str | None:

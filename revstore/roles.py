@@ -62,7 +62,7 @@ def worker_sql(tables: Tables, role: str = "revstore_worker", *, create_role: bo
         f"GRANT SELECT, INSERT, UPDATE, DELETE ON {table(tables.revocations.name)} TO {role};",
         f"GRANT SELECT, UPDATE ON {table(tables.clock.name)} TO {role};",
         f"GRANT SELECT ON {table(tables.schema_info.name)} TO {role};",
-        # read by revstore 0.1.0 workers at start, while the schema stays compatible with them
+        "-- read by revstore 0.1.0 workers at start, while the schema stays compatible with them",
         f"GRANT SELECT ON {table(tables.legacy_version_table)} TO {role};",
     ]
     return "\n".join(lines) + "\n"

@@ -72,6 +72,10 @@ LEGACY_VERSION_SUFFIX = "alembic_version"
 #: Length of a revision id or release string in the bookkeeping tables.
 VERSION_LENGTH = 32
 
+#: MySQL/MariaDB DATETIME keeps whole seconds unless given a precision; the
+#: stored value is UTC there (the store sets the session time zone).
+TIMESTAMP = DateTime(timezone=True).with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
+
 
 @dataclass(frozen=True)
 class Tables:
@@ -108,8 +112,8 @@ def build_tables(prefix: str = "revstore_", schema: str | None = None) -> Tables
         Column("signal", String(16), nullable=True),
         Column("reason", Text, nullable=True),
         Column("revoked_by", String(MAX_KEY_LENGTH), nullable=True),
-        Column("revoked_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
-        Column("expires_at", DateTime(timezone=True), nullable=True),
+        Column("revoked_at", TIMESTAMP, nullable=False, server_default=func.now()),
+        Column("expires_at", TIMESTAMP, nullable=True),
         Column("version", BigInteger, nullable=False),
         Column("active", Boolean, nullable=False, server_default=true()),
         # the exact header / value as a JSON string when the key column holds

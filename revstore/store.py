@@ -154,6 +154,11 @@ class RevocationStore:
                 ) from None
             if isinstance(exc, ProgrammingError):
                 raise
+            if exc.connection_invalidated:  # the server or the network went away mid-transaction
+                raise DatabaseUnavailable(
+                    f"revstore: lost the connection to {_config.mask_url(self.url)}: {short_error(exc)}; "
+                    "check that the database is running and revstore_url is right"
+                ) from None
             raise DatabaseUnavailable(
                 f"revstore: database error on {_config.mask_url(self.url)}: {short_error(exc)}"
             ) from None
@@ -467,7 +472,7 @@ class RevocationStore:
                     if tombstones:
                         # lock order clock -> rows, as writers do: no deadlock
                         self._bump(conn)
-                    found = conn.execute(self._delete_expired(tombstones, batch)).scalars().all()
+                    found = self._delete_expired(conn, tombstones, batch)
                     if not found:
                         return 0
                     if tombstones:
@@ -486,12 +491,10 @@ class RevocationStore:
                     break
         return total
 
-    def _delete_expired(self, tombstones: bool, batch: int) -> Any:
-        """One DELETE of up to ``batch`` expired rows (or tombstones), returning versions.
-
-        One statement, so the keys never round-trip through the client.
-        """
+    def _delete_expired(self, conn: Connection, tombstones: bool, batch: int) -> list[int]:
+        """Delete up to ``batch`` expired rows (or tombstones); their versions."""
         return self.backend.delete_expired(
+            conn,
             self.tables.revocations,
             lambda victim: and_(victim.c.expires_at < self._now(), victim.c.active == (not tombstones)),
             batch,

@@ -164,8 +164,13 @@ class RevocationSync:
             self.wake_loop()
 
     @property
+    def pending_targets(self) -> set[Target]:
+        """Targets heard on the control channel and not yet committed."""
+        return {t for w in list(self._pending) for t in w.targets}
+
+    @property
     def pending_ids(self) -> set[str]:
-        return {t.value for w in list(self._pending) for t in w.targets if t.kind == "task"}
+        return {t.value for t in self.pending_targets if t.kind == "task"}
 
     # -------------------------------------------------- database thread
 
@@ -176,7 +181,7 @@ class RevocationSync:
             self._thread.start()
 
     def status(self) -> dict[str, Any]:
-        """For `celery inspect revstore` and logs."""
+        """For `celery inspect revstore_status` and logs."""
         return {
             "database": self.store.url.render_as_string(hide_password=True),
             "loaded": self.loaded,

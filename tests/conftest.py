@@ -1,7 +1,8 @@
-"""Fixtures: real SQLite files and a fresh PostgreSQL schema per test.
+"""Fixtures: real SQLite files, a fresh PostgreSQL schema and a fresh MariaDB database per test.
 
-PostgreSQL at 127.0.0.1:5432 is required: if it cannot be reached the tests
-fail (``.ci/services`` starts it first); they never skip.
+PostgreSQL at 127.0.0.1:5432 and MariaDB at 127.0.0.1:3306 are required: if
+one cannot be reached the tests fail (``.ci/services`` starts them first);
+they never skip.
 """
 
 from __future__ import annotations
@@ -13,26 +14,57 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import Engine, create_engine, text
 
 import revstore
 from revstore import migrate
+from revstore.config import normalize_url
 from revstore.store import RevocationStore
 
 PG_BASE = os.environ.get("REVSTORE_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+#: a server URL without a database: each test gets its own database on it
+MYSQL_BASE = os.environ.get("REVSTORE_TEST_MYSQL", "mysql://root@127.0.0.1:3306/")
 REDIS_URL = os.environ.get("REVSTORE_TEST_REDIS", "redis://127.0.0.1:6379")
+#: what each ``backend`` parameter stands for: URL scheme and (for proxies) port
+BACKENDS = ("sqlite", "postgresql", "mariadb")
+#: The broker of the worker tests (tests/workerapp.py); the CI matrix also runs them on RabbitMQ.
+BROKER_URL = os.environ.get("TEST_BROKER", "redis://127.0.0.1:6379/5")
+
+#: Fixtures that start real ``celery worker`` processes: a test using one is a worker test.
+WORKER_FIXTURES = {"cluster_factory", "pools"}
+#: Worker tests about the database side (pooler, grants, outages) or a browser,
+#: not about Celery, Python or the broker: the main combination runs them once,
+#: as it runs the SQLite and MariaDB variants (the matrix uses PostgreSQL).
+MAIN_ONLY_MODULES = {"test_pgbouncer", "test_least_privilege", "test_reliability", "test_web_browser"}
 
 
-@pytest.fixture(scope="session")
-def pg_admin_engine():  # type: ignore[no-untyped-def]
-    engine = create_engine(PG_BASE, isolation_level="AUTOCOMMIT")
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the tests that run real workers ``worker`` (the CI matrix runs them on every
+    combination) and the worker tests that need to run only once ``main_only``."""
+    for item in items:
+        if WORKER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.worker)
+            callspec = getattr(item, "callspec", None)
+            other_database = callspec is not None and callspec.params.get("backend", "postgresql") != "postgresql"
+            if other_database or (item.module is not None and item.module.__name__ in MAIN_ONLY_MODULES):
+                item.add_marker(pytest.mark.main_only)
+
+
+def admin_engine(url: str, server: str) -> Iterator[Engine]:
+    """An autocommit engine on ``url``; the tests fail (never skip) if the server does not answer."""
+    engine = create_engine(normalize_url(url), isolation_level="AUTOCOMMIT")
     try:
         with engine.connect() as conn:
             conn.execute(text("select 1"))
     except Exception as exc:  # a missing server is a failure, never a skip
-        pytest.fail(f"PostgreSQL is required at {PG_BASE}: {exc}", pytrace=False)
+        pytest.fail(f"{server} is required at {url}: {exc}", pytrace=False)
     yield engine
     engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def pg_admin_engine() -> Iterator[Engine]:
+    yield from admin_engine(PG_BASE, "PostgreSQL")
 
 
 @pytest.fixture
@@ -43,6 +75,26 @@ def pg_schema(pg_admin_engine) -> Iterator[str]:  # type: ignore[no-untyped-def]
         conn.execute(text(f'DROP SCHEMA IF EXISTS "{name}" CASCADE'))
 
 
+@pytest.fixture(scope="session")
+def mysql_admin_engine() -> Iterator[Engine]:
+    yield from admin_engine(MYSQL_BASE, "MariaDB")
+
+
+@pytest.fixture
+def mysql_database(mysql_admin_engine) -> Iterator[str]:  # type: ignore[no-untyped-def]
+    """A new, empty MariaDB database (MySQL has no schemas inside one): dropped after the test."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with mysql_admin_engine.connect() as conn:
+        conn.execute(text(f"CREATE DATABASE `{name}`"))
+    yield name
+    with mysql_admin_engine.connect() as conn:
+        conn.execute(text(f"DROP DATABASE IF EXISTS `{name}`"))
+
+
+def mysql_url(database: str) -> str:
+    return MYSQL_BASE.rstrip("/") + "/" + database
+
+
 @pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'revstore.sqlite3'}"
@@ -51,6 +103,8 @@ def sqlite_url(tmp_path: Path) -> str:
 def make_store(backend: str, request: pytest.FixtureRequest, **kwargs) -> RevocationStore:  # type: ignore[no-untyped-def]
     if backend == "sqlite":
         store = RevocationStore(request.getfixturevalue("sqlite_url"), **kwargs)
+    elif backend == "mariadb":
+        store = RevocationStore(mysql_url(request.getfixturevalue("mysql_database")), **kwargs)
     else:
         store = RevocationStore(PG_BASE, schema=request.getfixturevalue("pg_schema"), **kwargs)
     migrate.upgrade(store)
@@ -58,14 +112,14 @@ def make_store(backend: str, request: pytest.FixtureRequest, **kwargs) -> Revoca
     return store
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest) -> str:
     return request.param
 
 
 @pytest.fixture
 def store(backend: str, request: pytest.FixtureRequest) -> RevocationStore:
-    """A migrated store on SQLite or PostgreSQL (each test runs on both)."""
+    """A migrated store on SQLite, PostgreSQL or MariaDB (each test runs on all three)."""
     return make_store(backend, request)
 
 
@@ -84,8 +138,20 @@ def redis_ready() -> None:
         pytest.fail(f"Redis is required at {REDIS_URL}: {exc}", pytrace=False)
 
 
+@pytest.fixture(scope="session")
+def broker_ready(redis_ready) -> None:  # type: ignore[no-untyped-def]
+    """The worker tests' broker (Redis, or RabbitMQ with TEST_BROKER=amqp://...) answers."""
+    from kombu import Connection
+
+    try:
+        with Connection(BROKER_URL, connect_timeout=5) as conn:
+            conn.ensure_connection(max_retries=2, interval_start=0.5)
+    except Exception as exc:  # a missing broker is a failure, never a skip
+        pytest.fail(f"the broker is required at {BROKER_URL}: {exc}", pytrace=False)
+
+
 @pytest.fixture
-def celery_app(redis_ready):  # type: ignore[no-untyped-def]
+def celery_app(broker_ready):  # type: ignore[no-untyped-def]
     """The test app, as a client: sends tasks and control messages."""
     import sys
 
@@ -107,7 +173,17 @@ def pg_proxy():  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def cluster_factory(tmp_path, request, redis_ready):  # type: ignore[no-untyped-def]
+def db_proxy(backend: str):  # type: ignore[no-untyped-def]
+    """A proxy in front of the ``backend`` server (PostgreSQL or MariaDB), to cut workers off it."""
+    from proxy import TcpProxy
+
+    proxy = TcpProxy(("127.0.0.1", 3306 if backend == "mariadb" else 5432))
+    yield proxy
+    proxy.close()
+
+
+@pytest.fixture
+def cluster_factory(tmp_path, request, broker_ready):  # type: ignore[no-untyped-def]
     """Build a Cluster of real workers on a migrated store of the given backend."""
     from harness import Cluster
 

@@ -40,6 +40,8 @@ class Worker:
     # another release's venv interpreter and tests folder (its own workerapp): tests/releases.py
     python: str = sys.executable
     cwd: Path = TESTS
+    #: run Celery's mingle step (the harness default is --without-mingle)
+    mingle: bool = False
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -48,7 +50,9 @@ class Worker:
 
     def start(self, wait: bool = True) -> Worker:
         cmd = [self.python, "-m", "celery", "-A", "workerapp", "worker", "-P", self.pool, "-c", "2",
-               "-n", self.nodename, "-Q", self.queue, "-l", "info", "--without-mingle", "--without-gossip", *self.args]
+               "-n", self.nodename, "-Q", self.queue, "-l", "info", "--without-gossip", *self.args]
+        if not self.mingle:
+            cmd.append("--without-mingle")
         self._log_offset = self.log.stat().st_size if self.log.exists() else 0
         with open(self.log, "ab") as fh:
             self.proc = subprocess.Popen(cmd, cwd=self.cwd, env=self.env, stdout=fh, stderr=subprocess.STDOUT,
@@ -113,10 +117,10 @@ class Cluster:
         return f"q-{self.run_id}-{name}"
 
     def worker(self, name: str, queue: str | None = None, args: list[str] | None = None, pool: str = "prefork",
-               release: Any = None, **env: str) -> Worker:
+               release: Any = None, mingle: bool = False, **env: str) -> Worker:
         """``release`` (a ``releases.Release``) runs an earlier revstore's worker instead of this checkout's."""
         w = Worker(f"{name}-{self.run_id}", self.queue(queue or name), {**self.env, **env},
-                   self.tmp / f"{name}.log", args or [], pool)
+                   self.tmp / f"{name}.log", args or [], pool, mingle=mingle)
         if release is not None:
             w.python, w.cwd = str(release.python), release.tests
             w.env["PYTHONPATH"] = str(release.tests)

@@ -1,4 +1,4 @@
-"""A TCP proxy in front of PostgreSQL, to cut a worker off its database.
+"""A TCP proxy in front of a database server (PostgreSQL, MariaDB), to cut a worker off its database.
 
 Stopping the real server would disturb every other test; the proxy cuts only
 the connections that go through it.  ``down()`` closes the listening socket
@@ -12,10 +12,10 @@ import socket
 import threading
 
 
-class PgProxy:
+class TcpProxy:
     def __init__(self, target: tuple[str, int] = ("127.0.0.1", 5432), parse: bool = False) -> None:
-        """``parse``: read the server's messages (clients must use sslmode=disable), so that
-        setting ``drop_notifications`` silently drops NOTIFY deliveries on live connections."""
+        """``parse`` (PostgreSQL only): read the server's messages (clients must use sslmode=disable),
+        so that setting ``drop_notifications`` silently drops NOTIFY deliveries on live connections."""
         self.target = target
         self.parse = parse
         self.drop_notifications = False
@@ -26,10 +26,14 @@ class PgProxy:
         self._lock = threading.Lock()
         self._conns: list[socket.socket] = []
         self._server: socket.socket | None = None
+        #: connections accepted so far: more than the first few means clients reconnected
+        self.accepted = 0
         self.up()
 
     def url(self, base: str) -> str:
-        return base.replace("127.0.0.1:5432", f"127.0.0.1:{self.port}")
+        """``base`` (a URL naming the target's host:port) pointed at the proxy instead."""
+        host, port = self.target
+        return base.replace(f"{host}:{port}", f"127.0.0.1:{self.port}")
 
     def up(self) -> None:
         server = socket.socket()
@@ -80,6 +84,7 @@ class PgProxy:
                     upstream.close()
                     return
                 self._conns += [client, upstream]
+                self.accepted += 1
             threading.Thread(target=self._pipe, args=(client, upstream), daemon=True).start()
             from_server = self._filter if self.parse else self._pipe
             threading.Thread(target=from_server, args=(upstream, client), daemon=True).start()
@@ -133,3 +138,7 @@ def _shutdown(*socks: socket.socket) -> None:
             s.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
+
+
+#: the name the PostgreSQL-only tests know it by
+PgProxy = TcpProxy

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from harness import wait_for
 from test_worker_durability import send
 
@@ -47,6 +49,7 @@ def test_garbage_revoke_messages_are_rejected_with_a_log_line(cluster_factory, c
     assert worker.proc.poll() is None
 
 
+@pytest.mark.main_only  # load and scale, not version compatibility
 def test_a_million_ids_in_one_revoke(cluster_factory, celery_app) -> None:
     cluster = cluster_factory("postgresql", revstore_sync_interval=1)
     worker = cluster.worker("a").start()

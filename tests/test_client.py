@@ -14,9 +14,9 @@ from harness import wait_for
 
 
 @pytest.fixture
-def client(celery_app, cluster_factory):  # type: ignore[no-untyped-def]
-    """A cluster on PostgreSQL and the client app pointed at the same table."""
-    cluster = cluster_factory("postgresql", revstore_sync_interval=1)
+def client(celery_app, cluster_factory, request):  # type: ignore[no-untyped-def]
+    """A cluster (on PostgreSQL unless parametrized) and the client app pointed at the same table."""
+    cluster = cluster_factory(getattr(request, "param", "postgresql"), revstore_sync_interval=1)
     conf = celery_app.app.conf
     conf.revstore_url = cluster.env["REVSTORE_URL"]
     conf.revstore_schema = cluster.store.tables.schema
@@ -25,6 +25,7 @@ def client(celery_app, cluster_factory):  # type: ignore[no-untyped-def]
     conf.revstore_schema = None
 
 
+@pytest.mark.parametrize("client", ["postgresql", "mariadb"], indirect=True)
 def test_revoke_with_no_worker_running_is_honoured_later(client, celery_app) -> None:
     worker = client.worker("a")  # not started
     tags = ("api", "stock", "group", "control")
@@ -63,6 +64,7 @@ def test_running_task_stops_cleanly_within_one_step(client, celery_app) -> None:
     assert not client.finished("graceful")
 
 
+@pytest.mark.parametrize("client", ["postgresql", "mariadb"], indirect=True)
 def test_revoking_a_chain_root_stops_the_rest_everywhere_across_restart(client, celery_app) -> None:
     a = client.worker("a").start()
     b = client.worker("b").start()

@@ -109,6 +109,7 @@ def restored(k: int) -> set[str]:
     return {f"c-{i:06d}" for i in range(mine_from, mine_to) if i % 10 == mod}
 
 
+@pytest.mark.main_only  # load and scale, not version compatibility
 @pytest.mark.timeout(900)
 def test_four_workers_four_clients_100k_ids_agree_with_the_table(cluster_factory) -> None:
     """Issue 5: concurrent durable and broadcast-only revokes, overlaps and un-revokes.

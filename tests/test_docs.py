@@ -266,14 +266,18 @@ def _kill(pgid: int) -> None:
 
 def test_role_sql_in_the_docs_is_what_db_grants_prints() -> None:
     """The operations guide's role blocks must not drift from ``revstore db grants``."""
+    from revstore.backends import for_dialect
     from revstore.roles import ADMIN_MARK, WORKER_MARK, admin_sql, worker_sql
     from revstore.schema import build_tables
 
-    sql = {b.code.splitlines()[0].split(" (")[0]: b.code for b in ALL
-           if b.lang == "sql" and b.code.startswith("-- revstore:")}
+    blocks = [b.code for b in ALL if b.lang == "sql" and b.code.startswith("-- revstore:")]
+    # MySQL's accounts are users (CREATE USER), PostgreSQL's roles (CREATE ROLE)
+    mysql = [code for code in blocks if "CREATE USER" in code]
+    sql = {code.splitlines()[0].split(" (")[0]: code for code in blocks if code not in mysql}
     tables = build_tables("revstore_", None)
     assert sql.get(ADMIN_MARK) == admin_sql(tables), sql.get(ADMIN_MARK)
     assert sql.get(WORKER_MARK) == worker_sql(tables), sql.get(WORKER_MARK)
+    assert mysql == [for_dialect("mysql").role_sql(tables, "revstore_admin", "revstore_worker", create_role=True)]
 
 
 def test_configuration_page_lists_every_setting_and_command() -> None:

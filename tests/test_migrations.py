@@ -8,8 +8,9 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, inspect, text
 
 from cli_helpers import assert_one_line_error, revstore
-from conftest import PG_BASE
+from conftest import PG_BASE, mysql_url
 from revstore import migrate
+from revstore.config import normalize_url
 from revstore.schema import build_tables
 
 
@@ -19,12 +20,15 @@ def db_url(backend, request) -> tuple[list[str], str]:  # type: ignore[no-untype
     if backend == "sqlite":
         url = request.getfixturevalue("sqlite_url")
         return ["--url", url], url
+    if backend == "mariadb":
+        url = mysql_url(request.getfixturevalue("mysql_database"))
+        return ["--url", url], url
     schema = request.getfixturevalue("pg_schema")
     return ["--url", PG_BASE, "--schema", schema], PG_BASE
 
 
 def table_names(url: str, schema: str | None = None) -> set[str]:
-    engine = create_engine(url)
+    engine = create_engine(normalize_url(url))
     try:
         return set(inspect(engine).get_table_names(schema=schema))
     finally:
@@ -101,11 +105,16 @@ def test_table_prefix_lets_two_installations_share_a_database(sqlite_url) -> Non
     assert "revstore_revocations" in names and not any(n.startswith("other_") for n in names)
 
 
-@pytest.mark.parametrize("dialect", ["postgresql://postgres@db.invalid:1/x", "sqlite:///nowhere/x.db"])
+@pytest.mark.parametrize("dialect", ["postgresql://postgres@db.invalid:1/x", "sqlite:///nowhere/x.db",
+                                     "mysql://u@db.invalid:1/x", "mariadb://u@db.invalid:1/x"])
 def test_offline_sql_needs_no_database(dialect: str) -> None:
     result = revstore("--url", dialect, "db", "sql")
     assert result.code == 0, result.text
     assert "CREATE TABLE revstore_revocations" in result.out
+    if dialect.startswith(("mysql", "mariadb")):  # exact keys: a binary collation without trailing-space padding
+        collation = "utf8mb4_nopad_bin" if dialect.startswith("mariadb") else "utf8mb4_0900_bin"
+        assert f"ENGINE=InnoDB CHARSET=utf8mb4 COLLATE {collation}" in result.out
+        assert "DATETIME(6)" in result.out
     assert "revstore_alembic_version" in result.out
     down = revstore("--url", dialect, "db", "sql", "base", "--from", "head")
     assert down.code == 0 and "DROP TABLE revstore_revocations" in down.out
@@ -128,4 +137,5 @@ def test_schema_newer_than_this_revstore_is_one_clear_line(pg_store) -> None:
     with pg_store.engine.begin() as conn:
         conn.execute(info.update().values(revision="ffffffffffff", schema_release="9.1.0", oldest_release="9.0.0"))
     result = revstore("--url", PG_BASE, "--schema", pg_store.tables.schema, "db", "check")
-    assert_one_line_error(result, "newer", "needs revstore 9.0.0 or later", "upgrade the revstore package")
+    assert_one_line_error(result, "package too old", "newer", "needs revstore 9.0.0 or later",
+                          "upgrade the revstore package")

@@ -42,7 +42,7 @@ def test_worker_log_inspect_conf_and_report_hide_the_password(cluster_factory, c
     assert report.returncode == 0, report.stderr
     assert "revstore_url" in report.stdout and SECRET not in report.stdout + report.stderr
 
-    status = celery_app.app.control.inspect([worker.nodename], timeout=3)._request("revstore_status") or {}
+    status = celery_app.app.control.inspect([worker.nodename], timeout=3).revstore_status() or {}
     assert status.get(worker.nodename, {}).get("loaded") is True
     assert SECRET not in repr(status)
     worker.stop()

@@ -98,7 +98,7 @@ def test_fleet_rolls_from_the_previous_release_without_refusal_or_lost_revocatio
         wait_for(lambda: in_table(store, ids["old-heard"]), 10, what="A's write-through")
 
         # Expand while they run; A crashes and restarts during the upgrade.
-        assert new_cli(*opts, "db", "check").err.count("run `revstore db upgrade` (expand steps only") == 1
+        assert new_cli(*opts, "db", "check").err.count("upgrade needed: ") == 1
         a.kill()
         a.start(wait=False)
         migrate.upgrade(store)
@@ -170,6 +170,23 @@ def test_workers_start_inside_the_window_and_refuse_outside_it(
         assert "newer than this revstore knows" in refusal(old) and "upgrade the revstore package" in old.output()
         line = refusal(new)
         assert f"than this revstore {revstore.__version__} can run against: it needs revstore {LATER_RELEASE}" in line
-        assert line.endswith("upgrade the revstore package")
+        assert "revstore: package too old: " in line and line.endswith("next: deploy (upgrade the revstore package)")
     finally:
         store.dispose()
+
+
+def test_a_dba_applies_the_expand_sql_to_a_database_0_1_0_created(
+    legacy: Release, fleet: Cluster, pg_schema: str, pg_admin_engine
+) -> None:  # type: ignore[no-untyped-def]
+    """`db sql --since 0001 --phase expand`, run by hand, leaves what `db upgrade` would."""
+    opts = ["--url", PG_BASE, "--schema", pg_schema]
+    assert old_cli(legacy, fleet, *opts, "db", "upgrade").returncode == 0
+    assert old_cli(legacy, fleet, *opts, "revoke", "before-the-upgrade").returncode == 0
+    script = new_cli(*opts, "db", "sql", "--since", "0001", "--phase", "expand")
+    assert script.code == 0 and script.out.startswith("-- revstore: expand steps 0001 -> ")
+    with pg_admin_engine.connect() as conn:
+        conn.exec_driver_sql(script.out)
+    check = new_cli(*opts, "db", "check")
+    assert check.code == 0 and check.out.startswith(f"revstore: compatible: schema {migrate.head_revision()}")
+    assert old_cli(legacy, fleet, *opts, "db", "check").returncode == 0  # 0.1.0 still accepts it
+    assert "before-the-upgrade" in new_cli(*opts, "list").out

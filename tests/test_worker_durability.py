@@ -40,7 +40,7 @@ def revoked_on(celery_app, worker) -> set[str]:
     return set(replies.get(worker.nodename, []))
 
 
-@pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
+@pytest.mark.parametrize("backend", ["postgresql", "sqlite", "mariadb"])
 def test_revoked_eta_task_never_runs_after_sigkill_and_restart(cluster_factory, celery_app, backend) -> None:
     cluster = cluster_factory(backend)
     worker = cluster.worker("a").start()
@@ -61,7 +61,7 @@ def test_revoked_eta_task_never_runs_after_sigkill_and_restart(cluster_factory, 
     assert AsyncResult(revoked, app=celery_app.app).state == "REVOKED"
 
 
-@pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
+@pytest.mark.parametrize("backend", ["postgresql", "sqlite", "mariadb"])
 def test_offline_worker_honours_revocations_it_never_heard(cluster_factory, celery_app, backend) -> None:
     cluster = cluster_factory(backend)
     a = cluster.worker("a").start()
@@ -82,8 +82,9 @@ def test_offline_worker_honours_revocations_it_never_heard(cluster_factory, cele
     assert not cluster.ran("revoked-cli")
 
 
-def test_two_workers_share_revocations_and_restore(cluster_factory, celery_app) -> None:
-    cluster = cluster_factory("postgresql", revstore_sync_interval=1)
+@pytest.mark.parametrize("backend", ["postgresql", "mariadb"])
+def test_two_workers_share_revocations_and_restore(cluster_factory, celery_app, backend) -> None:
+    cluster = cluster_factory(backend, revstore_sync_interval=1)
     a = cluster.worker("a").start()
     b = cluster.worker("b").start()
     task_id = f"shared-{uuid.uuid4().hex[:6]}"
@@ -99,20 +100,21 @@ def test_two_workers_share_revocations_and_restore(cluster_factory, celery_app) 
     wait_for(lambda: cluster.finished("after-restore"), 20, what="the restored task to run")
 
 
-def test_terminate_written_only_to_table_kills_running_task(cluster_factory, celery_app) -> None:
+@pytest.mark.parametrize("backend", ["postgresql", "mariadb"])  # woken by NOTIFY; by polling alone
+def test_terminate_written_only_to_table_kills_running_task(cluster_factory, celery_app, backend) -> None:
     sync_interval = 1.0
-    cluster = cluster_factory("postgresql", revstore_sync_interval=sync_interval)
+    cluster = cluster_factory(backend, revstore_sync_interval=sync_interval)
     b = cluster.worker("b").start()
     task_id = send(celery_app, b.queue, "long", kwargs={"sleep": 30})
     wait_for(lambda: cluster.ran("long"), 15, what="the long task to start")
 
-    started = time.monotonic()
     cli(cluster, "revoke", task_id, "--terminate", "--signal", "SIGKILL")
+    started = time.monotonic()  # the row is committed: the CLI's start-up (seconds on a loaded machine) is behind us
     result = AsyncResult(task_id, app=celery_app.app)
     wait_for(lambda: result.state == "REVOKED", sync_interval + 5, what="the task to be terminated")
     elapsed = time.monotonic() - started
-    print(f"terminate via table only: {elapsed:.2f}s")
-    assert elapsed <= sync_interval + 1.0 + 1.0  # + CLI start-up and result polling
+    print(f"terminate via table only ({backend}): {elapsed:.2f}s after the commit")
+    assert elapsed <= sync_interval + 2.0  # + the kill, the result write and its polling
     time.sleep(1)
     assert not cluster.finished("long")
 
@@ -135,6 +137,7 @@ def test_stamped_header_revocations_survive_restart(cluster_factory, celery_app)
     assert not cluster.ran("stamped")
 
 
+@pytest.mark.main_only  # load and scale, not version compatibility
 def test_200k_stored_revocations_all_stay_effective(cluster_factory, celery_app) -> None:
     cluster = cluster_factory("postgresql")
     ids = [f"bulk-{i:06d}" for i in range(200_000)]
@@ -149,8 +152,9 @@ def test_200k_stored_revocations_all_stay_effective(cluster_factory, celery_app)
     assert [t for t in sample if cluster.ran(t)] == []
 
 
-def test_expired_revocations_leave_table_and_memory(cluster_factory, celery_app) -> None:
-    cluster = cluster_factory("postgresql", revstore_sync_interval=1, revstore_cleanup_interval=1)
+@pytest.mark.parametrize("backend", ["postgresql", "mariadb"])
+def test_expired_revocations_leave_table_and_memory(cluster_factory, celery_app, backend) -> None:
+    cluster = cluster_factory(backend, revstore_sync_interval=1, revstore_cleanup_interval=1)
     short, long_ = f"short-{uuid.uuid4().hex[:6]}", f"long-{uuid.uuid4().hex[:6]}"
     cluster.store.add([short], expires=8)  # outlives a worker start on a loaded machine
     cluster.store.add([long_])

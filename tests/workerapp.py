@@ -35,6 +35,8 @@ app.conf.update(
     worker_hijack_root_logger=True,
     broker_connection_retry_on_startup=True,
     result_expires=600,
+    # a test that needs only its own workers to answer broadcasts (mingle) names its own
+    control_exchange=os.environ.get("TEST_CONTROL_EXCHANGE", "celery"),
 )
 for name in ("revstore_url", "revstore_sync_interval", "revstore_cleanup_interval", "revstore_default_expires",
              "revstore_start_without_db", "revstore_listen"):

@@ -16,22 +16,19 @@ from .base import Backend, Key, Listener, Merge, Pooling, SqlBackend
 _MODULES: dict[str, tuple[str, str]] = {
     "postgresql": ("postgresql", "PostgresBackend"),
     "sqlite": ("sqlite", "SqliteBackend"),
+    # SQLAlchemy names MariaDB URLs ``mariadb``; the server is told apart at connect
+    "mysql": ("mysql", "MysqlBackend"),
+    "mariadb": ("mysql", "MysqlBackend"),
 }
-
-#: Dialects whose URLs parse but that revstore cannot use yet, with the
-#: driver their URLs get.
-_PLANNED: dict[str, str] = {"mysql": "pymysql", "mariadb": "pymysql"}
 
 
 def is_known(dialect: str) -> bool:
-    """Whether a URL of this dialect is accepted in settings (supported or planned)."""
-    return dialect in _MODULES or dialect in _PLANNED
+    """Whether a URL of this dialect is accepted in settings."""
+    return dialect in _MODULES
 
 
 def default_driver(dialect: str) -> str | None:
     """The driver a URL of this dialect that names none gets (``postgresql://`` -> psycopg)."""
-    if dialect in _PLANNED:
-        return _PLANNED[dialect]
     return for_dialect(dialect).default_driver if dialect in _MODULES else None
 
 
@@ -41,7 +38,7 @@ def for_dialect(dialect: str) -> Backend:
         module, cls = _MODULES[dialect]
     except KeyError:
         raise ConfigurationError(
-            f"revstore: {dialect} is not supported yet; use a postgresql:// or sqlite:/// URL"
+            f"revstore: {dialect} is not supported; use a postgresql://, mysql://, mariadb:// or sqlite:/// URL"
         ) from None
     backend: Backend = getattr(importlib.import_module(f"{__name__}.{module}"), cls)()
     return backend

@@ -150,8 +150,9 @@ class Backend(Protocol):
         """Like :meth:`upsert`, each row with its own values (``revstore import``)."""
         ...
 
-    def delete_expired(self, table: Table, expired: Callable[[Any], ColumnElement[bool]], batch: int) -> Delete:
-        """One DELETE of at most ``batch`` rows matching ``expired(alias)``, RETURNING their versions.
+    def delete_expired(self, conn: Connection, table: Table, expired: Callable[[Any], ColumnElement[bool]],
+                       batch: int) -> list[int]:
+        """Delete at most ``batch`` rows matching ``expired(alias)``; the versions of the rows deleted.
 
         Many workers clean at once: a backend that can skip rows another
         cleaner holds should, and each batch must stay short however large
@@ -231,7 +232,7 @@ class SqlBackend:
 
     def insert(self, table: Table) -> Any:
         """An INSERT with this dialect's conflict clause (``on_conflict_do_update``)."""
-        raise ConfigurationError(f"revstore: writes are not supported on {self.name} yet; use PostgreSQL or SQLite")
+        raise NotImplementedError
 
     def _on_conflict(self, stmt: Any, table: Table, merge: Merge) -> Any:
         """``stmt`` resolving key conflicts by ``merge``, returning a row per insert or change."""
@@ -250,11 +251,12 @@ class SqlBackend:
         stmt = self._on_conflict(self.insert(table), table, merge)
         return len(conn.execute(stmt, list(rows)).all())
 
-    def delete_expired(self, table: Table, expired: Callable[[Any], ColumnElement[bool]], batch: int) -> Delete:
+    def delete_expired(self, conn: Connection, table: Table, expired: Callable[[Any], ColumnElement[bool]],
+                       batch: int) -> list[int]:
         victim = table.alias("victim")
         keys = select(victim.c.kind, victim.c.header, victim.c.value).where(expired(victim)).limit(batch)
         match = tuple_(table.c.kind, table.c.header, table.c.value).in_(keys)
-        return table.delete().where(match).returning(table.c.version)
+        return list(conn.execute(table.delete().where(match).returning(table.c.version)).scalars())
 
     def task_ids(self, conn: Connection, stmt: Select[Any], chunk: int) -> Iterator[tuple[list[str], array]]:
         for part in conn.execute(stmt).partitions(chunk):

@@ -81,7 +81,8 @@ class PostgresBackend(SqlBackend):
         # counted by the server rather than one row sent back per key
         return int(conn.execute(select(func.count()).select_from(stmt.cte("written"))).scalar_one())
 
-    def delete_expired(self, table: Table, expired: Callable[[Any], ColumnElement[bool]], batch: int) -> Delete:
+    def delete_expired(self, conn: Connection, table: Table, expired: Callable[[Any], ColumnElement[bool]],
+                       batch: int) -> list[int]:
         """Rows found by ``ctid``, skipping those another cleaner holds.
 
         Keyed by (kind, header, value), the planner hash-joined the whole
@@ -95,7 +96,7 @@ class PostgresBackend(SqlBackend):
         # do not wade through the rows earlier ones deleted
         ctids = ctids.order_by(victim.c.expires_at).limit(batch).with_for_update(skip_locked=True)
         match = literal_column(f"{table.name}.ctid") == func.any(func.array(ctids.scalar_subquery()))
-        return table.delete().where(match).returning(table.c.version)
+        return list(conn.execute(table.delete().where(match).returning(table.c.version)).scalars())
 
     def _raw_sql(self, conn: Connection, stmt: Any) -> tuple[str, dict[str, Any]]:
         """``stmt`` as SQL text and its bound parameters, for a driver cursor."""

@@ -1,0 +1,116 @@
+"""What CI runs (``.ci/run`` -> ``make test`` -> ``nox``): the supported range, both brokers.
+
+- ``main``: the Python of ``.venv`` (3.11) with the latest dependencies, in
+  ``.venv`` itself: the whole suite on Redis, then the worker tests on RabbitMQ.
+- ``oldest``: Python 3.10 with the lowest versions ``pyproject.toml`` allows;
+  ``newest``: Python 3.13 with the latest release of each.  Both run the
+  worker tests on Redis and on RabbitMQ.
+- ``docs``: ``mkdocs build --strict``.
+
+Worker tests are the ones marked ``worker`` (every test using the
+``cluster_factory`` fixture is marked automatically, see tests/conftest.py),
+minus those marked ``main_only`` (load and scale, PgBouncer, grants, database
+outages, the browser: nothing there depends on Celery, Python or the broker,
+so they run once, in ``main``; see MAIN_ONLY_MODULES in tests/conftest.py).  Virtualenvs live in ``.nox/``
+and are reused between runs; pip keeps its download cache.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import nox
+
+nox.options.sessions = ["main", "oldest", "newest", "docs"]
+nox.options.reuse_venv = "yes"
+nox.options.error_on_missing_interpreters = True
+
+BROKERS = {
+    "redis": "redis://127.0.0.1:6379/5",
+    "rabbitmq": "amqp://guest:guest@127.0.0.1:5672//",
+}
+WORKER_TESTS = ["-m", "worker and not main_only"]
+
+#: The floor of every promise in pyproject.toml (and the kombu Celery 5.3.0 shipped with).
+OLDEST_PINS = [
+    "celery==5.3.0",
+    "kombu==5.3.0",
+    "sqlalchemy==2.0.0",
+    "alembic==1.12.0",
+    "psycopg[binary]==3.1.0",
+    "click==8.1.2",  # celery 5.3.0 needs >= 8.1.2 (pyproject says >= 8.1)
+]
+
+
+def _pyenv_python(version: str) -> str:
+    """The pyenv interpreter of this exact version (CI machines provide them with pyenv)."""
+    root = os.environ.get("PYENV_ROOT") or subprocess.run(
+        ["pyenv", "root"], capture_output=True, text=True, check=False
+    ).stdout.strip() or str(Path.home() / ".pyenv")
+    return str(Path(root) / "versions" / version / "bin" / "python")
+
+
+OLDEST_PYTHON = _pyenv_python("3.10.13")
+NEWEST_PYTHON = _pyenv_python("3.13.0")
+
+
+def _pytest(session: nox.Session, python: str, runs: list[tuple[str, list[str]]]) -> None:
+    """One pytest per (broker, arguments); all run even when one fails."""
+    failed = []
+    for broker, args in runs:
+        try:
+            session.run(python, "-m", "pytest", *args, *session.posargs, env={"TEST_BROKER": BROKERS[broker]},
+                        external=True)
+        except nox.command.CommandFailed:
+            failed.append(f"{broker} {' '.join(args) or '(whole suite)'}")
+    if failed:
+        session.error("failed: " + "; ".join(failed))
+
+
+VERSIONS = """
+import sys
+from importlib.metadata import version
+names = ["celery", "kombu", "sqlalchemy", "alembic", "psycopg", "redis", "amqp"]
+print("python", sys.version.split()[0], *(f"| {n} {version(n)}" for n in names))
+"""
+
+
+def _versions(session: nox.Session, python: str) -> None:
+    """Log what this combination really runs (for the CI log and the README table)."""
+    session.log(session.run(python, "-c", VERSIONS, external=True, silent=True).strip())
+
+
+@nox.session(venv_backend="none")
+def main(session: nox.Session) -> None:
+    """Everything on Redis, then the worker tests on RabbitMQ (in .venv)."""
+    _versions(session, sys.executable)
+    _pytest(session, sys.executable, [("redis", []), ("rabbitmq", WORKER_TESTS)])
+
+
+def _range_end(session: nox.Session, *install: str) -> None:
+    session.install("-e", ".[test]", *install)
+    _versions(session, "python")
+    _pytest(session, "python", [(broker, WORKER_TESTS) for broker in BROKERS])
+
+
+@nox.session(python=OLDEST_PYTHON)
+def oldest(session: nox.Session) -> None:
+    """Python 3.10 with the oldest supported Celery, SQLAlchemy, Alembic and psycopg."""
+    _range_end(session, *OLDEST_PINS)
+
+
+@nox.session(python=NEWEST_PYTHON)
+def newest(session: nox.Session) -> None:
+    """Python 3.13 with the latest release of every dependency (upgraded on each run)."""
+    _range_end(session, "--upgrade", "--upgrade-strategy", "eager")
+
+
+@nox.session(venv_backend="none")
+def docs(session: nox.Session) -> None:
+    """The documentation builds without a warning."""
+    with tempfile.TemporaryDirectory(prefix="revstore-site-") as site:
+        session.run(sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", site, external=True)

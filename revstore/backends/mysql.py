@@ -1,0 +1,259 @@
+"""MySQL (8.0+) and MariaDB (10.6+) through mysqlclient: UTC sessions, JSON_TABLE upserts, polling.
+
+What differs from the portable SQL, and why:
+
+* **Time.** ``DATETIME`` holds no zone, and ``NOW()`` follows the session's
+  time zone, which follows the server's.  Every connection sets its session
+  to UTC and the store asks for ``UTC_TIMESTAMP(6)``, so expiry is decided by
+  the database clock in UTC whatever the server's zone.
+* **Upsert.** ``INSERT ... ON DUPLICATE KEY UPDATE`` has no ``WHERE`` and
+  assigns columns left to right, each seeing the ones already assigned.  The
+  core's merge condition is therefore evaluated once, in the first
+  assignment (``version``), and every later column changes only if the
+  version did; a column other expressions read is assigned after them.
+* **Counting.** No ``RETURNING`` on MySQL, and ``ON DUPLICATE KEY``'s row
+  count mixes inserts, changes and untouched duplicates.  Every row a write
+  transaction changes carries that transaction's version (the clock row
+  serialises writers), so the version index counts them exactly.
+* **Keys.** An upsert sends its keys as one JSON parameter read by
+  ``JSON_TABLE`` (one short statement for 10,000 keys); lookups, updates and
+  deletes use a row-value ``IN`` list, which both servers turn into primary
+  key range reads (a ``JSON_TABLE`` subquery made ``UPDATE`` scan the table).
+* **Cleanup.** ``DELETE ... ORDER BY expires_at LIMIT n`` walks the expiry
+  index and stops after ``n`` rows: short statements however large the table.
+* **Changes.** MySQL has no ``LISTEN/NOTIFY``: workers poll (plus the broker
+  wake-up and the ``revstore_sync`` broadcast), see docs/design.md.
+"""
+
+from __future__ import annotations
+
+import graphlib
+import json
+from array import array
+from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime, timezone
+from typing import Any, ClassVar
+
+from sqlalchemy import Column, Engine, Table, bindparam, event, func, literal, literal_column, select, text
+from sqlalchemy.dialects import mysql
+from sqlalchemy.engine import Connection
+from sqlalchemy.sql import ColumnElement, Select, visitors
+
+from ..errors import ConfigurationError
+from ..schema import MAX_KEY_LENGTH, Tables
+from .base import Key, Merge, Pooling, SqlBackend
+
+#: The largest double: MySQL has no float infinity, so a row that never
+#: expires loads as this and becomes ``inf`` on the way into Python.
+NEVER = 1.7976931348623157e308
+
+#: Worker and admin account names go into GRANT statements, which take no
+#: bound parameters: plain names only.
+_ACCOUNT_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789_")
+
+
+def _utc_session(dbapi_connection: Any, _record: Any) -> None:
+    """Every connection's session in UTC: CURRENT_TIMESTAMP defaults and any NOW() agree with UTC_TIMESTAMP()."""
+    cursor = dbapi_connection.cursor()
+    cursor.execute("SET time_zone = '+00:00'")
+    cursor.close()
+
+
+class MysqlBackend(SqlBackend):
+    name: ClassVar[str] = "mysql"
+    default_driver: ClassVar[str | None] = "mysqldb"
+    driver_hint: ClassVar[str] = "pip install 'revstore[mysql]'"
+    #: a MySQL schema is a database: name it in the URL
+    supports_schema: ClassVar[bool] = False
+    #: 2,000 keys make a 6,000-value IN list, well inside max_allowed_packet
+    key_chunk: ClassVar[int] = 2000
+    #: keys per upsert: one JSON parameter of ~50 bytes per key
+    upsert_chunk: ClassVar[int] = 10_000
+
+    def engine_options(self, pooling: Pooling) -> dict[str, Any]:
+        # mysqlclient prepares nothing on the server: revstore_prepare_threshold does not apply
+        return {
+            "pool_pre_ping": True,
+            # the server closes idle connections after wait_timeout (8 h by default)
+            "pool_recycle": 3600,
+            "pool_size": pooling.size,
+            "max_overflow": pooling.max_overflow,
+            # InnoDB's default REPEATABLE READ takes gap locks on every range a
+            # write reads; writers here are ordered by the clock row instead
+            "isolation_level": "READ COMMITTED",
+            "connect_args": {"connect_timeout": 5},
+        }
+
+    def configure_engine(self, engine: Engine) -> None:
+        event.listen(engine, "connect", _utc_session)
+
+    def now(self) -> ColumnElement[Any]:
+        return func.utc_timestamp(literal_column("6"))
+
+    def now_plus(self, seconds: float) -> ColumnElement[Any]:
+        return func.timestampadd(literal_column("MICROSECOND"), bindparam("shift", round(float(seconds) * 1e6)),
+                                 self.now())
+
+    def column_time(self, value: datetime) -> datetime:
+        # DATETIME holds naive UTC, the kind of value UTC_TIMESTAMP() returns
+        return value.astimezone(timezone.utc).replace(tzinfo=None)
+
+    def seconds_left(self, expires_at: ColumnElement[Any]) -> ColumnElement[Any]:
+        # * 1e-6 (a DOUBLE literal) keeps it a float: a DECIMAL would load as Decimal objects
+        return func.timestampdiff(literal_column("MICROSECOND"), self.now(), expires_at) * literal_column("1e-6")
+
+    def infinity(self) -> ColumnElement[Any]:
+        return literal_column(repr(NEVER))
+
+    def insert(self, table: Table) -> Any:
+        return mysql.insert(table)
+
+    def _on_duplicate(self, stmt: Any, table: Table, merge: Merge) -> Any:
+        """``stmt`` resolving key conflicts by ``merge``, assignments ordered for MySQL's left-to-right update.
+
+        ``version`` goes first and takes the new version only where the
+        merge condition holds (read while every column is still old); each
+        later column takes its merged value only if ``version`` changed.  A
+        column whose old value another expression reads is assigned after
+        that expression (a cycle would make the order matter: refused).
+        """
+        new = stmt.inserted
+        set_, where = merge(table.c, new)
+        changed = table.c.version == set_["version"]
+        readers: dict[str, set[str]] = {name: set() for name in set_}
+        for name, value in set_.items():
+            if isinstance(value, ColumnElement):
+                for col in visitors.iterate(value):
+                    if isinstance(col, Column) and col.table is table and col.name != name and col.name in readers:
+                        readers[col.name].add(name)
+        readers.pop("version")
+        for names in readers.values():
+            names.discard("version")
+        try:
+            order = list(graphlib.TopologicalSorter(readers).static_order())
+        except graphlib.CycleError:
+            raise ConfigurationError("revstore: merge columns read each other; MySQL cannot order them") from None
+        assignments = [("version", func.if_(where, set_["version"], table.c.version))]
+        assignments += [(name, func.if_(changed, set_[name], table.c[name])) for name in order]
+        return stmt.on_duplicate_key_update(assignments)
+
+    def _written(self, conn: Connection, table: Table, version: Any) -> int:
+        """Rows carrying ``version``: what this transaction inserted or changed so far."""
+        return int(conn.execute(select(func.count()).where(table.c.version == version)).scalar_one())
+
+    def upsert(self, conn: Connection, table: Table, keys: Sequence[dict[str, Any]], shared: dict[str, Any],
+               merge: Merge) -> int:
+        before = self._written(conn, table, shared["version"])
+        # Columns NULL in every key (the full texts, nearly always) stay out of
+        # the JSON; a key's NULL is an absent member (NULL ON EMPTY).
+        names = [name for name in keys[0] if any(key[name] is not None for key in keys)]
+        columns = ", ".join(
+            f"{name} {'LONGTEXT' if name.endswith('_full') else f'VARCHAR({8 if name == 'kind' else MAX_KEY_LENGTH})'}"
+            f" CHARACTER SET utf8mb4 PATH '$.{name}'" for name in names)
+        source = text(f"JSON_TABLE(:revstore_keys, '$[*]' COLUMNS ({columns})) AS revstore_keys").bindparams(
+            revstore_keys=json.dumps([{n: key[n] for n in names if key[n] is not None} for key in keys],
+                                     ensure_ascii=False))
+        values = [literal(v, table.c[name].type) for name, v in shared.items()]
+        keyed = [literal_column(f"revstore_keys.{name}") for name in names]
+        stmt = self.insert(table).from_select([*names, *shared], select(*keyed, *values).select_from(source))
+        conn.execute(self._on_duplicate(stmt, table, merge))
+        return self._written(conn, table, shared["version"]) - before
+
+    def upsert_rows(self, conn: Connection, table: Table, rows: Sequence[dict[str, Any]], merge: Merge) -> int:
+        if not rows:
+            return 0
+        version = rows[0]["version"]
+        before = self._written(conn, table, version)
+        conn.execute(self._on_duplicate(self.insert(table), table, merge), list(rows))
+        return self._written(conn, table, version) - before
+
+    def delete_expired(self, conn: Connection, table: Table, expired: Callable[[Any], ColumnElement[bool]],
+                       batch: int) -> list[int]:
+        """Oldest first along the expiry index, at most ``batch`` rows; their versions.
+
+        The cut-off is read once, so the rows locked by the first statement
+        are exactly the ones the second deletes (ordered by expiry then key,
+        the index's own order: no ties); MySQL has no ``DELETE ... RETURNING``.
+        """
+        cut = _at(expired(table), self.now(), conn.execute(select(self.now())).scalar_one())
+        order = ", ".join(f"`{name}`" for name in ("expires_at", "kind", "header", "value"))
+        found = conn.execute(
+            select(table.c.version).where(cut).order_by(text(order)).limit(batch).with_for_update()
+        ).scalars().all()
+        if found:
+            # SQLAlchemy's DELETE has LIMIT (mysql_limit) but no ORDER BY: add it to the compiled text
+            sql, params = _driver_sql(conn, table.delete().where(cut))
+            conn.exec_driver_sql(f"{sql} ORDER BY {order} LIMIT {len(found)}", params)
+        return [int(v) for v in found]
+
+    def task_ids(self, conn: Connection, stmt: Select[Any], chunk: int) -> Iterator[tuple[list[str], array]]:
+        for ids, remaining in self._streamed(conn, stmt, chunk):
+            if remaining and max(remaining) >= NEVER:
+                remaining = array("d", (float("inf") if x >= NEVER else x for x in remaining))
+            yield ids, remaining
+
+    def _streamed(self, conn: Connection, stmt: Select[Any], chunk: int) -> Iterator[tuple[list[str], array]]:
+        """Through an unbuffered driver cursor as plain tuples (no Row objects), where the driver has one."""
+        unbuffered = getattr(getattr(conn.dialect.loaded_dbapi, "cursors", None), "SSCursor", None)
+        if unbuffered is None:  # a driver chosen in the URL without one (Connector/Python)
+            yield from super().task_ids(conn.execution_options(stream_results=True), stmt, chunk)
+            return
+        sql, params = _driver_sql(conn, stmt)
+        cursor = conn.connection.driver_connection.cursor(unbuffered)  # type: ignore[union-attr]
+        try:
+            cursor.execute(sql, params)
+            while part := cursor.fetchmany(chunk):
+                ids, left = zip(*part)
+                yield list(ids), array("d", left)
+        finally:
+            cursor.close()
+
+    def role_sql(self, tables: Tables, admin_role: str, worker_role: str, *, create_role: bool) -> str:
+        """Accounts for the database the statements run in (``mysql <database> < grants.sql``).
+
+        The admin may create, alter and drop tables in that database and
+        hand the worker its grants; the worker gets rows of the two tables
+        and a read of ``schema_info`` (the start-up window check), nothing
+        else: no DDL anywhere.  No 0.1.0 worker ever ran on MySQL (it could
+        not write there), so unlike PostgreSQL no legacy version table grant.
+        """
+        admin, worker = _account(admin_role), _account(worker_role)
+        create = (lambda who: [f"CREATE USER IF NOT EXISTS {who} IDENTIFIED BY 'change-me';"]) if create_role else (
+            lambda who: [])
+        lines = [
+            "-- revstore: admin role (runs `revstore db upgrade`; run this in the revstore database)",
+            *create(admin),
+            f"GRANT CREATE, ALTER, DROP, INDEX, SELECT, INSERT, UPDATE, DELETE ON * TO {admin} WITH GRANT OPTION;",
+            "",
+            "-- revstore: worker role (rows only, no DDL; run after `revstore db upgrade`)",
+            *create(worker),
+            f"GRANT SELECT, INSERT, UPDATE, DELETE ON {_table(tables.revocations.name)} TO {worker};",
+            f"GRANT SELECT, UPDATE ON {_table(tables.clock.name)} TO {worker};",
+            f"GRANT SELECT ON {_table(tables.schema_info.name)} TO {worker};",
+        ]
+        return "\n".join(lines) + "\n"
+
+
+def _at(cond: ColumnElement[bool], now_sql: ColumnElement[Any], now: datetime) -> ColumnElement[bool]:
+    """``cond`` with the server's clock replaced by the instant ``now`` it was read at."""
+    return visitors.replacement_traverse(
+        cond, {}, lambda e: literal(now, mysql.DATETIME(fsp=6)) if e.compare(now_sql) else None)
+
+
+def _driver_sql(conn: Connection, stmt: Any) -> tuple[str, Any]:
+    """``stmt`` as the driver's SQL text and parameters (positional or named, as its paramstyle wants)."""
+    compiled = stmt.compile(dialect=conn.dialect)
+    if compiled.positiontup is None:
+        return str(compiled), dict(compiled.params)
+    return str(compiled), tuple(compiled.params[name] for name in compiled.positiontup)
+
+
+def _account(name: str) -> str:
+    if not name or len(name) > 32 or not set(name) <= _ACCOUNT_CHARS or name[0].isdigit():
+        raise ConfigurationError(f"revstore: account name {name!r} must be lower-case letters, digits and _")
+    return f"'{name}'@'%'"
+
+
+def _table(name: str) -> str:
+    return "`" + name.replace("`", "``") + "`"
+

@@ -1,0 +1,88 @@
+"""Mingle stays cheap: live revstore peers do not ship what the table holds.
+
+Celery's mingle step asks every live peer ``hello`` when a worker starts and
+merges each reply's ``revoked``.  revstore peers hold every stored
+revocation, uncapped; they answer with only what they have not committed.
+Real workers, their own control exchange (only this test's workers answer),
+a real outage (PgProxy) to keep one peer's write pending.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+from celery import Celery
+
+from conftest import REDIS_URL
+from harness import Cluster, Worker, wait_for
+
+STORED = 200_000
+
+
+def client_for(cluster: Cluster, exchange: str) -> Celery:
+    """A plain Celery client on the workers' broker and control exchange (no revstore: stock broadcasts)."""
+    app = Celery("mingle-client", broker=f"{REDIS_URL}/5", set_as_current=False)
+    app.conf.control_exchange = exchange
+    return app
+
+
+def seconds_to_ready(worker: Worker) -> float:
+    started = time.monotonic()
+    worker.start()
+    return time.monotonic() - started
+
+
+def test_mingle_ships_only_uncommitted_revocations(cluster_factory, pg_proxy) -> None:
+    exchange = f"revstore-mingle-{uuid.uuid4().hex[:8]}"
+    cluster = cluster_factory("postgresql", revstore_listen="false")
+    cluster.env["TEST_CONTROL_EXCHANGE"] = exchange
+    cluster.store.add([f"stored-{i:06d}" for i in range(STORED)])
+    client = client_for(cluster, exchange)
+    try:
+        cut_off = cluster.worker("a", REVSTORE_URL=pg_proxy.url(cluster.env["REVSTORE_URL"])).start()
+        direct = cluster.worker("b").start()
+        stock = cluster.worker("s", REVSTORE_URL="").start()  # revstore inactive: stock replies
+
+        pg_proxy.down()
+        heard = f"heard-{uuid.uuid4().hex[:6]}"  # only the cut-off peer hears it: it cannot commit
+        client.control.revoke(heard, destination=[cut_off.nodename])
+        stock_only = f"stock-{uuid.uuid4().hex[:6]}"
+        client.control.revoke(stock_only, destination=[stock.nodename])
+
+        def pending() -> int:
+            replies = client.control.broadcast("revstore_status", destination=[cut_off.nodename], reply=True,
+                                               timeout=2)
+            return next(iter(replies[0].values())).get("pending_writes", 0) if replies else 0
+
+        wait_for(lambda: pending() == 1, 15, what="the cut-off peer to queue its write")
+
+        replies = client.control.inspect(timeout=2).hello("probe@testhost", []) or {}
+        assert replies[cut_off.nodename]["revoked"] == [heard]
+        assert replies[direct.nodename]["revoked"] == []
+        assert stock_only in replies[stock.nodename]["revoked"]  # stock behaviour without revstore
+
+        without = seconds_to_ready(cluster.worker("c1", queue="c"))
+        cluster.workers[-1].stop()
+        late = cluster.worker("c2", queue="c", mingle=True)
+        with_mingle = seconds_to_ready(late)
+        print(f"\nready with mingle {with_mingle:.2f} s, --without-mingle {without:.2f} s, "
+              f"{STORED:,} stored, 2 revstore peers + 1 stock")
+        assert "mingle: sync with 3 nodes" in late.output()
+        # mingle waits 1 s for replies; shipping the table made it seconds more
+        assert with_mingle <= without + 1 + 3, (with_mingle, without)
+
+        assert cluster.store.get(heard) is None  # known to the late worker through mingle only
+        client.send_task("workerapp.record", ("heard",), task_id=heard, queue=late.queue)
+        client.send_task("workerapp.record", ("stored",), task_id="stored-000000", queue=late.queue)
+        client.send_task("workerapp.record", ("control",), queue=late.queue)
+        wait_for(lambda: cluster.finished("control"), 30, what="the control task")
+        time.sleep(1)
+        assert not cluster.ran("heard") and not cluster.ran("stored")
+
+        pg_proxy.up()
+        wait_for(lambda: cluster.store.get(heard) is not None, 40, what="the cut-off peer's write to land")
+        assert client.control.inspect([cut_off.nodename], timeout=2).hello("probe@testhost", [])[
+            cut_off.nodename]["revoked"] == []
+    finally:
+        client.close()
