@@ -129,7 +129,7 @@ def test_release_0_1_0_reads_a_table_holding_digest_rows(pg_store: RevocationSto
             json.loads(value)  # 0.1.0 decodes every stamp value
 
 
-@pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
+@pytest.mark.parametrize("backend", ["postgresql", "sqlite", "mariadb"])
 def test_long_ids_and_stamps_revoked_by_broadcast_survive_sigkill(cluster_factory, celery_app, backend) -> None:
     cluster = cluster_factory(backend)
     worker = cluster.worker("a").start()

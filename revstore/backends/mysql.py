@@ -37,11 +37,12 @@ from typing import Any, ClassVar
 from sqlalchemy import Column, Engine, Table, bindparam, event, func, literal, literal_column, select, text
 from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql import ColumnElement, Select, visitors
 
 from ..errors import ConfigurationError
 from ..schema import MAX_KEY_LENGTH, Tables
-from .base import Key, Merge, Pooling, SqlBackend
+from .base import Merge, Pooling, SqlBackend
 
 #: The largest double: MySQL has no float infinity, so a row that never
 #: expires loads as this and becomes ``inf`` on the way into Python.
@@ -147,9 +148,9 @@ class MysqlBackend(SqlBackend):
         # Columns NULL in every key (the full texts, nearly always) stay out of
         # the JSON; a key's NULL is an absent member (NULL ON EMPTY).
         names = [name for name in keys[0] if any(key[name] is not None for key in keys)]
-        columns = ", ".join(
-            f"{name} {'LONGTEXT' if name.endswith('_full') else f'VARCHAR({8 if name == 'kind' else MAX_KEY_LENGTH})'}"
-            f" CHARACTER SET utf8mb4 PATH '$.{name}'" for name in names)
+        sql_type = {"kind": "VARCHAR(8)", "header": f"VARCHAR({MAX_KEY_LENGTH})",
+                    "value": f"VARCHAR({MAX_KEY_LENGTH})", "header_full": "LONGTEXT", "value_full": "LONGTEXT"}
+        columns = ", ".join(f"{name} {sql_type[name]} CHARACTER SET utf8mb4 PATH '$.{name}'" for name in names)
         source = text(f"JSON_TABLE(:revstore_keys, '$[*]' COLUMNS ({columns})) AS revstore_keys").bindparams(
             revstore_keys=json.dumps([{n: key[n] for n in names if key[n] is not None} for key in keys],
                                      ensure_ascii=False))
@@ -200,11 +201,14 @@ class MysqlBackend(SqlBackend):
             return
         sql, params = _driver_sql(conn, stmt)
         cursor = conn.connection.driver_connection.cursor(unbuffered)  # type: ignore[union-attr]
+        dbapi_error = conn.dialect.loaded_dbapi.Error
         try:
             cursor.execute(sql, params)
             while part := cursor.fetchmany(chunk):
                 ids, left = zip(*part)
                 yield list(ids), array("d", left)
+        except dbapi_error as exc:  # as SQLAlchemy would raise it, so the store's messages apply
+            raise DBAPIError.instance(sql, params, exc, dbapi_error) from exc
         finally:
             cursor.close()
 
