@@ -19,7 +19,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import Engine, and_, case, create_engine, func, literal, or_, select, tuple_, update
+from sqlalchemy import Engine, and_, case, create_engine, func, literal, or_, select, true, tuple_, update
 from sqlalchemy.engine import URL, Connection
 from sqlalchemy.exc import DBAPIError, NoSuchModuleError, OperationalError, ProgrammingError
 
@@ -232,6 +232,7 @@ class RevocationStore:
         expires: float | timedelta | None = DEFAULT,
         if_needed: bool = False,
         decided_ago: float | None = None,
+        heard_at: datetime | None = None,
     ) -> WriteResult:
         """Revoke ``targets`` (task ids or :class:`Target`) in one transaction.
 
@@ -245,6 +246,9 @@ class RevocationStore:
         worker's queued write-through).  An un-revoke made since then wins:
         the write does not bring back a target restored after it was heard,
         so a slow worker's copy of an old broadcast cannot undo a restore.
+        ``heard_at`` says the same as a database time (a worker's spool,
+        replayed long after, or a write that waited for a reconnect: an age
+        would count the wait for the connection as well).
         """
         items = unique_targets(targets)
         sig = normalize_signal(signal) if signal is not None else ("SIGTERM" if terminate else None)
@@ -276,6 +280,8 @@ class RevocationStore:
                 "active": True,
             }
             heard = None if decided_ago is None else now - timedelta(seconds=max(0.0, decided_ago))
+            if heard_at is not None:
+                heard = self.backend.column_time(heard_at.astimezone(timezone.utc))
             changed = 0
             for chunk in self._key_chunks(items):
                 changed += self._upsert(conn, chunk, shared, expires_at, heard)
@@ -403,14 +409,41 @@ class RevocationStore:
     def remove(self, targets: Iterable[Target | str], *, revoked_by: str | None = None) -> WriteResult:
         """Un-revoke: the targets become runnable again on every worker.
 
-        The row stays as a tombstone until ``tombstone_ttl`` so running
-        workers learn of the change on their next sync.
+        Each target gets a tombstone dated now (database time), whether or
+        not it had a row: a revoke heard before this restore but committed
+        after it (a worker's queued or spooled write-through, see
+        ``add(decided_ago=...)``) then finds the tombstone and loses.  The
+        tombstone stays until ``tombstone_ttl`` so running workers learn of
+        the change on their next sync.  ``changed`` counts the targets that
+        were revoked.
         """
         by = validate_label(revoked_by, "revoked_by") if revoked_by is not None else default_revoker()
-        return self._update_active(targets, lambda version, now: {
-            "active": False, "terminate": False, "signal": None, "version": version, "revoked_by": by,
-            "revoked_at": now, "expires_at": now + timedelta(seconds=self.tombstone_ttl),
-        })
+        items = unique_targets(targets)
+        if not items:
+            return WriteResult(0, 0)
+        table = self.tables.revocations
+
+        def write(conn: Connection) -> WriteResult:
+            version = self._bump(conn)
+            now = self._db_now(conn)
+            shared = {
+                "terminate": False, "signal": None, "reason": None, "revoked_by": by, "revoked_at": now,
+                "expires_at": now + timedelta(seconds=self.tombstone_ttl), "version": version, "active": False,
+            }
+            was_active = 0
+
+            def merge(old: Any, new: Any) -> tuple[dict[str, Any], Any]:
+                return {name: getattr(new, name) for name in shared if name != "reason"}, true()
+
+            for chunk in self._key_chunks(items):
+                was_active += int(conn.execute(
+                    select(func.count()).select_from(table).where(self._key_in(chunk), table.c.active)
+                ).scalar_one())
+                self.backend.upsert(conn, table, _stored_rows(chunk), shared, merge)
+            self._notify(conn, version)
+            return WriteResult(was_active, version)
+
+        return self._run(write, write=True)
 
     def extend(self, targets: Iterable[Target | str], expires: float) -> WriteResult:
         """Keep active revocations at least ``expires`` seconds from now (database time).
@@ -686,6 +719,11 @@ class RevocationStore:
             return out
 
         return self._run(read)
+
+    def db_now(self) -> datetime:
+        """The database server's current time, timezone-aware (a worker's clock anchor)."""
+        value = self._run(self._db_now)
+        return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
 
     def search(
         self,
