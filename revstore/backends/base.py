@@ -24,7 +24,8 @@ from typing import Any, ClassVar, Protocol
 
 from sqlalchemy import Engine, Table, bindparam, func, select, tuple_
 from sqlalchemy.engine import URL, Connection
-from sqlalchemy.sql import ColumnElement, Delete, Select
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.sql import ColumnElement, Select
 
 from ..errors import ConfigurationError
 from ..schema import Tables
@@ -188,6 +189,26 @@ class Backend(Protocol):
     def role_sql(self, tables: Tables, admin_role: str, worker_role: str, *, create_role: bool) -> str:
         """The SQL for a migrating admin role and a DML-only worker role (``revstore db grants``)."""
         ...
+
+
+def stream_id_rows(conn: Connection, cursor: Any, sql: str, params: Any,
+                   chunk: int) -> Iterator[tuple[list[str], array]]:
+    """``(id, seconds left)`` rows from a driver cursor in pieces, as the start-up load takes them.
+
+    A raw cursor skips SQLAlchemy's Row objects (a million of them cost more
+    than the ids); its errors are re-raised as SQLAlchemy's, so the store's
+    one-line messages still apply.  The cursor is closed in any case.
+    """
+    dbapi_error = conn.dialect.loaded_dbapi.Error
+    try:
+        cursor.execute(sql, params)
+        while part := cursor.fetchmany(chunk):
+            ids, left = zip(*part)
+            yield list(ids), array("d", left)
+    except dbapi_error as exc:
+        raise DBAPIError.instance(sql, params, exc, dbapi_error) from exc
+    finally:
+        cursor.close()
 
 
 class SqlBackend:

@@ -37,12 +37,11 @@ from typing import Any, ClassVar
 from sqlalchemy import Column, Engine, Table, bindparam, event, func, literal, literal_column, select, text
 from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql import ColumnElement, Select, visitors
 
 from ..errors import ConfigurationError
 from ..schema import MAX_KEY_LENGTH, Tables
-from .base import Merge, Pooling, SqlBackend
+from .base import Merge, Pooling, SqlBackend, stream_id_rows
 
 #: The largest double: MySQL has no float infinity, so a row that never
 #: expires loads as this and becomes ``inf`` on the way into Python.
@@ -201,16 +200,7 @@ class MysqlBackend(SqlBackend):
             return
         sql, params = _driver_sql(conn, stmt)
         cursor = conn.connection.driver_connection.cursor(unbuffered)  # type: ignore[union-attr]
-        dbapi_error = conn.dialect.loaded_dbapi.Error
-        try:
-            cursor.execute(sql, params)
-            while part := cursor.fetchmany(chunk):
-                ids, left = zip(*part)
-                yield list(ids), array("d", left)
-        except dbapi_error as exc:  # as SQLAlchemy would raise it, so the store's messages apply
-            raise DBAPIError.instance(sql, params, exc, dbapi_error) from exc
-        finally:
-            cursor.close()
+        yield from stream_id_rows(conn, cursor, sql, params, chunk)
 
     def role_sql(self, tables: Tables, admin_role: str, worker_role: str, *, create_role: bool) -> str:
         """Accounts for the database the statements run in (``mysql <database> < grants.sql``).

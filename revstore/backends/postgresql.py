@@ -10,11 +10,10 @@ from typing import Any, ClassVar
 from sqlalchemy import Table, bindparam, case, cast, column, func, literal, literal_column, select, text, tuple_
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import URL, Connection
-from sqlalchemy.exc import DBAPIError
-from sqlalchemy.sql import ColumnElement, Delete, Select
+from sqlalchemy.sql import ColumnElement, Select
 
 from ..schema import Tables
-from .base import Key, Listener, Merge, Pooling, SqlBackend
+from .base import Key, Listener, Merge, Pooling, SqlBackend, stream_id_rows
 
 
 class PostgresBackend(SqlBackend):
@@ -111,16 +110,7 @@ class PostgresBackend(SqlBackend):
         # plain tuples from a server-side cursor: no Row objects
         cursor = conn.connection.driver_connection.cursor(name="revstore_load", binary=True)  # type: ignore[union-attr]
         sql, params = self._raw_sql(conn, stmt)
-        dbapi_error = conn.dialect.loaded_dbapi.Error
-        try:
-            cursor.execute(sql, params)
-            while part := cursor.fetchmany(chunk):
-                ids, left = zip(*part)
-                yield list(ids), array("d", left)
-        except dbapi_error as exc:  # as SQLAlchemy would raise it, so the store's messages apply
-            raise DBAPIError.instance(sql, params, exc, dbapi_error) from exc
-        finally:
-            cursor.close()
+        yield from stream_id_rows(conn, cursor, sql, params, chunk)
 
     def _packed(self, conn: Connection, stmt: Any) -> tuple[list[str], array] | None:
         """``(value, remaining)`` rows of ``stmt`` aggregated server-side; None: stream them instead.

@@ -12,6 +12,7 @@ import base64
 import binascii
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
@@ -227,34 +228,35 @@ class Console:
         return str(report)
 
     async def restore(self, request: Request) -> Response:
+        return await self._on_target(request, self._restore)
+
+    async def extend(self, request: Request) -> Response:
+        return await self._on_target(request, self._extend)
+
+    async def _on_target(self, request: Request, action: Callable[[Target, dict[str, str]], Any]) -> Response:
+        """A write action on one revocation from its detail page; back to that page when done."""
         checked = await self.writer(request)
         if isinstance(checked, Response):
             return checked
         _, form = checked
         target = Target(form.get("kind", "task"), form.get("value", ""), form.get("header", ""))  # type: ignore[arg-type]
         try:
-            if self.celery_app is not None:
-                await run_in_threadpool(client.restore, self.celery_app, [target], True, self.store)
-            else:
-                await run_in_threadpool(self.store.remove, [target])
+            await run_in_threadpool(action, target, form)
         except RevstoreError as exc:
             return self.error(request, 400, str(exc))
         return RedirectResponse(_detail_link(target), status_code=303)
 
-    async def extend(self, request: Request) -> Response:
-        checked = await self.writer(request)
-        if isinstance(checked, Response):
-            return checked
-        _, form = checked
-        target = Target(form.get("kind", "task"), form.get("value", ""), form.get("header", ""))  # type: ignore[arg-type]
-        try:
-            expires = parse_expires(form.get("expires"))
-            if not isinstance(expires, float):
-                raise InvalidInput("revstore: extend needs a lifetime such as 12h or 7d")
-            await run_in_threadpool(self.store.extend, [target], expires)
-        except RevstoreError as exc:
-            return self.error(request, 400, str(exc))
-        return RedirectResponse(_detail_link(target), status_code=303)
+    def _restore(self, target: Target, form: dict[str, str]) -> None:
+        if self.celery_app is not None:
+            client.restore(self.celery_app, [target], True, self.store)
+        else:
+            self.store.remove([target])
+
+    def _extend(self, target: Target, form: dict[str, str]) -> None:
+        expires = parse_expires(form.get("expires"))
+        if not isinstance(expires, float):
+            raise InvalidInput("revstore: extend needs a lifetime such as 12h or 7d")
+        self.store.extend([target], expires)
 
     async def fleet(self, request: Request) -> Response:
         if self.celery_app is None:
