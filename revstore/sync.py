@@ -271,6 +271,8 @@ class RevocationSync:
                 if_needed=True,
                 decided_ago=started - max(w.queued_at for w in batch),
             )
+            ids = [t.value for t in targets if t.kind == "task"]
+            self._post(lambda ids=ids: self.memory.committed(ids) or [])  # Celery's set is the loop's
             for w in batch:
                 self._pending.remove(w)
             if result.unwritten:
