@@ -23,6 +23,8 @@ SIZES = (0, 50_000, 250_000, 500_000, MILLION)
 QUICK_SIZES = (0, 500, 5_000)
 REPEATS = 3
 TARGET_ADDED = 1.5
+#: Load from the table every time (no local snapshot): bench.snapshot_start compares the two
+FROM_TABLE = {"REVSTORE_STATE_DIR": "none"}
 
 
 @dataclass
@@ -66,7 +68,7 @@ def measure(run: Run, store: RevocationStore, sizes: tuple[int, ...], repeats: i
         for i in range(repeats):  # alternate, so both see the same machine load
             for kind in ("stock", "revstore"):
                 sample = (start_once(run, f"stock{size}", statedb=statedb) if kind == "stock"
-                          else start_once(run, f"rev{size}", store=store))
+                          else start_once(run, f"rev{size}", store=store, env=FROM_TABLE))
                 samples.setdefault((kind, size), []).append(sample)
                 log(f"startup {kind} {size:,}: {sample.seconds:.2f}s rss {sample.rss_mib:.0f} MiB")
     return samples

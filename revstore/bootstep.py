@@ -23,7 +23,8 @@ from celery.worker import state as worker_state
 
 from . import cancel, control, green, migrate
 from .config import Settings, load_settings
-from .errors import RevstoreError
+from .errors import DatabaseUnavailable, RevstoreError
+from .localstate import LocalState
 from .memory import WorkerMemory
 from .store import Revocation, RevocationStore
 from .sync import RevocationSync
@@ -68,9 +69,11 @@ class Revstore(bootsteps.StartStopStep):
         green.cooperate_with_eventlet()  # before the first database wait
         try:
             store = RevocationStore.from_settings(self.settings)
+            state = LocalState.open(self.settings, store, c.hostname)
         except RevstoreError as exc:
             _fatal(exc)
-        self.sync = RevocationSync(store, self.settings, WorkerMemory(), c.hostname)
+        self.sync = RevocationSync(store, self.settings, WorkerMemory(), c.hostname, state)
+        self.sync.replay_spool()
         self.sync.memory.track()  # before Mingle merges its peers' replies
         control.activate(self.sync, c.timer)
         cancel.activate(self.sync.memory, c.hostname)  # before the pool forks its children
@@ -86,6 +89,8 @@ class Revstore(bootsteps.StartStopStep):
             try:
                 migrate.check_schema(sync.store)
                 sync.load()
+            except DatabaseUnavailable as exc:
+                self._start_offline(sync, exc)
             except RevstoreError as exc:
                 if not self.settings.start_without_db:
                     _fatal(exc)
@@ -107,6 +112,26 @@ class Revstore(bootsteps.StartStopStep):
             sync.wake_loop = self._waker.wake
         sync.start()
         self._tref = c.timer.call_repeatedly(DRAIN_INTERVAL, self._drain, (c,), priority=10)
+
+    def _start_offline(self, sync: RevocationSync, exc: DatabaseUnavailable) -> None:
+        """The database is down: start from the local snapshot and spool, or refuse (or start blind if allowed)."""
+        local = sync.start_from_snapshot()
+        if local is not None:
+            logger.critical(
+                "%s; STARTED FROM THE LOCAL SNAPSHOT %s (in step with the table %.0fs ago, marker %d; "
+                "%d revocations held, %d spooled writes among them); catching up when the database is back",
+                exc, sync.state.snapshot.base_path if sync.state else "", local.age, local.marker,
+                sync.memory.live_count(), sync.pending_count)
+            return
+        if sync.state is None:
+            why = "no local snapshot (revstore_state_dir is off or not writable)"
+        else:
+            why = (f"no local snapshot in {sync.state.folder} in step with the table within "
+                   f"revstore_snapshot_max_age ({self.settings.snapshot_max_age:.0f}s)")
+        if not self.settings.start_without_db:
+            _fatal(f"{exc}; {why}")
+        sync.apply_pending()
+        logger.error("%s; %s; starting anyway (revstore_start_without_db) and retrying the load", exc, why)
 
     def _drain(self, c: Any) -> None:
         assert self.sync is not None
@@ -236,7 +261,7 @@ def _as_list(value: Any) -> list[Any]:
     return list(value) if isinstance(value, (list, tuple, set)) else [value]
 
 
-def _fatal(exc: BaseException) -> None:
+def _fatal(exc: BaseException | str) -> None:
     """One clear line, then stop the worker: it must not take tasks blind."""
     logger.critical("%s", exc)
     raise SystemExit(f"{exc}")

@@ -27,30 +27,89 @@ from typing import Any
 from celery import Task
 from celery.exceptions import Ignore
 
+from . import locks
 from .errors import InvalidInput
 from .memory import WorkerMemory
 from .store import Target
+
+
+def _lock_path(folder: Path) -> Path:
+    """Beside the folder, not in it: every name in the folder is a task id."""
+    return folder.with_name(folder.name + ".lock")
+
 
 #: Set in the worker's main process before the pool forks; inherited by children.
 _marker_dir: Path | None = None
 _main_pid: int | None = None
 _memory: WorkerMemory | None = None
+_lock_fd: int | None = None
 
 
 def activate(memory: WorkerMemory, hostname: str) -> Path:
-    """Create the marker folder; call before the pool starts its children."""
-    global _marker_dir, _main_pid, _memory
+    """Claim the marker folder; call before the pool starts its children.
+
+    The folder is named after the node, so a worker restarted after a
+    ``SIGKILL`` reuses its own instead of adding one more to a RAM-backed
+    file system; folders whose owner died (their lock is free) are removed.
+    """
+    global _marker_dir, _main_pid, _memory, _lock_fd
     base = Path("/dev/shm") if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else Path(tempfile.gettempdir())
-    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in hostname)[:80]
-    _marker_dir = Path(tempfile.mkdtemp(prefix=f"revstore-{safe}-", dir=base))
-    _main_pid, _memory = os.getpid(), memory
-    return _marker_dir
+    remove_stale_marker_dirs(base)
+    name = f"revstore-{locks.safe_name(hostname)}"
+    # a second live worker of the same node name on this host gets its own folder
+    for path in (base / name, base / f"{name}-{os.getpid()}"):
+        fd = None
+        try:
+            fd = locks.try_lock(_lock_path(path))  # lock first: a cleaner only sees locked folders
+            if fd is None:
+                continue
+            path.mkdir(mode=0o700, exist_ok=True)
+            for stale in os.listdir(path):  # markers of the crashed run's tasks
+                (path / stale).unlink(missing_ok=True)
+            break
+        except OSError:
+            locks.release(fd)
+            continue
+    else:
+        path, fd = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=base)), None
+    _marker_dir, _main_pid, _memory, _lock_fd = path, os.getpid(), memory, fd
+    return path
+
+
+def remove_stale_marker_dirs(base: Path) -> int:
+    """Delete this user's marker folders that no live worker holds; return how many.
+
+    Folders without a lock file (revstore 0.1.0, or one being created right
+    now) are left alone: nothing tells whether their owner is alive.
+    """
+    removed = 0
+    uid = os.getuid()
+    for path in base.glob("revstore-*"):
+        try:
+            if path.is_symlink() or not path.is_dir() or path.stat().st_uid != uid:
+                continue
+        except OSError:
+            continue
+        fd = locks.try_lock(_lock_path(path), create=False)
+        if fd is None:
+            continue
+        try:
+            shutil.rmtree(path, ignore_errors=True)
+            _lock_path(path).unlink(missing_ok=True)
+            removed += 1
+        finally:
+            locks.release(fd)
+    return removed
 
 
 def deactivate() -> None:
-    global _marker_dir, _memory
+    global _marker_dir, _memory, _lock_fd
     if _marker_dir is not None and os.getpid() == _main_pid:
         shutil.rmtree(_marker_dir, ignore_errors=True)
+        if _lock_fd is not None:
+            _lock_path(_marker_dir).unlink(missing_ok=True)
+        locks.release(_lock_fd)
+        _lock_fd = None
     _marker_dir, _memory = None, None
 
 

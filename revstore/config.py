@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Mapping
 
 from sqlalchemy.engine import URL, make_url
@@ -44,6 +45,17 @@ DEFAULT_TOMBSTONE_TTL = 24 * 3600.0
 
 DEFAULT_TABLE_PREFIX = "revstore_"
 
+#: A worker may start from its local snapshot while the database is down
+#: only if the snapshot was in step with the table this recently: as long
+#: as tombstones are kept, so a catch-up from its marker never has to
+#: guess which un-revokes it missed.
+DEFAULT_SNAPSHOT_MAX_AGE = DEFAULT_TOMBSTONE_TTL
+
+
+def default_state_dir(environ: Mapping[str, str]) -> Path:
+    """``$XDG_STATE_HOME/revstore``, else ``~/.local/state/revstore``: per user, on disk, not in /tmp."""
+    base = environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return Path(base) / "revstore"
 #: Connections a process keeps open for revstore's own queries (the worker's
 #: sync thread uses one at a time), and how many more it may open in bursts
 #: (closed again when returned).
@@ -68,6 +80,8 @@ ENV = {
     "revstore_tombstone_ttl": "REVSTORE_TOMBSTONE_TTL",
     "revstore_start_without_db": "REVSTORE_START_WITHOUT_DB",
     "revstore_listen": "REVSTORE_LISTEN",
+    "revstore_state_dir": "REVSTORE_STATE_DIR",
+    "revstore_snapshot_max_age": "REVSTORE_SNAPSHOT_MAX_AGE",
     "revstore_web_token": "REVSTORE_WEB_TOKEN",
     "revstore_web_user": "REVSTORE_WEB_USER",
     "revstore_web_password": "REVSTORE_WEB_PASSWORD",
@@ -185,6 +199,11 @@ class Settings:
     #: psycopg's prepare_threshold; None: never prepare on the server (poolers)
     prepare_threshold: int | None = None
     sync_interval_explicit: bool = False
+    #: the worker's spool and snapshot folder; None: keep nothing locally
+    state_dir: Path | None = None
+    #: set explicitly (a folder that cannot be written is then fatal)
+    state_dir_explicit: bool = False
+    snapshot_max_age: float = DEFAULT_SNAPSHOT_MAX_AGE
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def poll_interval(self, listening: bool) -> float:
@@ -272,6 +291,13 @@ def load_settings(
     idle_raw = get("revstore_pool_idle_timeout")
     listen_raw = get("revstore_listen")
     start_raw = get("revstore_start_without_db")
+    state_raw = get("revstore_state_dir")
+    if state_raw is None:
+        state_dir: Path | None = default_state_dir(environ)
+    elif str(state_raw).strip().lower() in ("", "none", "off"):
+        state_dir = None
+    else:
+        state_dir = Path(os.path.expanduser(str(state_raw))).absolute()
     return Settings(
         url=url,
         schema=schema,
@@ -291,6 +317,9 @@ def load_settings(
             "revstore_pool_idle_timeout", idle_raw, minimum=1.0, allow_none=True),
         prepare_threshold=count("revstore_prepare_threshold", None, 0, allow_none=True),
         sync_interval_explicit=get("revstore_sync_interval") is not None,
+        state_dir=state_dir,
+        state_dir_explicit=state_raw is not None,
+        snapshot_max_age=num("revstore_snapshot_max_age", DEFAULT_SNAPSHOT_MAX_AGE),
     )
 
 

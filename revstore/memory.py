@@ -177,13 +177,18 @@ class WorkerMemory:
 
     # ------------------------------------------------------------- loads
 
-    def load(self, snapshot: Snapshot) -> int:
-        """Add a start-up snapshot; return the count."""
+    def load(self, snapshot: Snapshot, shift: float = 0.0) -> int:
+        """Add a start-up snapshot; return the count.
+
+        Lifetimes are ``remaining + shift``: a local snapshot holds deadlines
+        on the database clock and passes minus the database's time as shift.
+        """
         now = time.monotonic()
         for kind, header, value, remaining in snapshot.others:
-            self._add_other(Target(kind, value, header), remaining, now)  # type: ignore[arg-type]
+            left = None if remaining is None else remaining + shift
+            self._add_other(Target(kind, value, header), left, now)  # type: ignore[arg-type]
         with gc_paused():
-            self._bulk_add(snapshot.task_ids, snapshot.task_remaining, now - self.revoked.expires)
+            self._bulk_add(snapshot.task_ids, snapshot.task_remaining, now - self.revoked.expires + shift)
         if self.uncommitted:  # e.g. merged from mingle replies before the load
             self.committed([i for i in snapshot.task_ids if i in self.uncommitted])
         return len(snapshot)
@@ -203,7 +208,7 @@ class WorkerMemory:
         data.update(zip(ids, zip(stamps, seq, ids)))
         lset._refresh_heap()
 
-    def replace(self, snapshot: Snapshot, keep: set[str]) -> None:
+    def replace(self, snapshot: Snapshot, keep: set[str], shift: float = 0.0) -> None:
         """Reload from a full snapshot: drop what the table no longer holds, except ``keep``."""
         wanted = set(snapshot.task_ids) | keep | self.memory_only | set(self.uncommitted)
         present = getattr(self.revoked, "_data", {})
@@ -218,7 +223,7 @@ class WorkerMemory:
         self._stamp_deadlines.clear()
         self._stamp_heap.clear()
         self.roots.clear()
-        self.load(snapshot)
+        self.load(snapshot, shift)
 
     # ----------------------------------------------------------- changes
 
@@ -301,6 +306,10 @@ class WorkerMemory:
             self.roots.pop(root, None)
 
     # ------------------------------------------------------------- query
+
+    def live_count(self) -> int:
+        """Revocations held: task ids, stamp values and workflow roots."""
+        return len(self.revoked) + len(self._stamp_deadlines) + len(self.roots)
 
     def is_revoked(self, task_id: str, root_id: str | None = None) -> bool:
         return task_id in self.revoked or (root_id is not None and root_id in self.roots)

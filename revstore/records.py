@@ -20,6 +20,7 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from .errors import InvalidInput
+from .keys import stored as stored_key
 from .schema import KINDS, MAX_KEY_LENGTH
 
 Kind = Literal["task", "stamp", "root"]
@@ -83,8 +84,8 @@ class Revocation:
         return self.target.value
 
     def page_key(self) -> tuple[str, str, str]:
-        """Where the next page starts in :meth:`RevocationStore.search`."""
-        return (self.target.kind, self.target.header, self.target.value)
+        """Where the next page starts in :meth:`RevocationStore.search`: the stored key (a digest for a long one)."""
+        return stored_key(self.target.kind, self.target.header, self.target.value)[0]
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -178,7 +179,20 @@ class WriteResult:
 
 
 def validate_key(value: Any, what: str = "task id") -> str:
-    """Return ``value`` if it can be stored exactly, else raise InvalidInput."""
+    """Return ``value`` if it is a key Celery accepts (any non-empty string), else raise InvalidInput.
+
+    Length, NUL and lone surrogates are no reason to refuse: stock Celery
+    keeps such ids in memory, and revstore stores them (see revstore.keys).
+    """
+    if not isinstance(value, str):
+        raise InvalidInput(f"revstore: {what} must be a string, not {type(value).__name__}")
+    if not value:
+        raise InvalidInput(f"revstore: {what} must not be empty")
+    return value
+
+
+def validate_label(value: Any, what: str) -> str:
+    """Return ``value`` if it fits a plain ``VARCHAR(255)`` column (``revoked_by``), else raise InvalidInput."""
     if not isinstance(value, str):
         raise InvalidInput(f"revstore: {what} must be a string, not {type(value).__name__}")
     if not value:

@@ -47,9 +47,15 @@ from sqlalchemy.sql import func
 
 KINDS = ("task", "stamp", "root")
 
-#: Longest id, header or stamp value accepted: Celery ids are 36 characters;
-#: 255 leaves room for custom ids and fits every database's indexed VARCHAR.
+#: Longest id, header or stamp value stored as itself in the primary key:
+#: Celery ids are 36 characters; 255 leaves room for custom ids and fits every
+#: database's indexed VARCHAR.  Longer ones are stored by digest, their text
+#: in ``header_full``/``value_full`` (see revstore.keys).
 MAX_KEY_LENGTH = 255
+
+#: A key's full text, whatever its length: TEXT, LONGTEXT on MySQL (whose
+#: TEXT stops at 64 KB).
+FULL_KEY_TYPE = Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")
 MAX_REASON_LENGTH = 1000
 
 #: Alembic's version table gets the prefix too, so revstore can share a
@@ -110,6 +116,10 @@ def build_tables(prefix: str = "revstore_", schema: str | None = None) -> Tables
         Column("expires_at", TIMESTAMP, nullable=True),
         Column("version", BigInteger, nullable=False),
         Column("active", Boolean, nullable=False, server_default=true()),
+        # the exact header / value as a JSON string when the key column holds
+        # its digest (revision 0003); NULL: the key column is the text itself
+        Column("header_full", FULL_KEY_TYPE, nullable=True),
+        Column("value_full", FULL_KEY_TYPE, nullable=True),
         PrimaryKeyConstraint("kind", "header", "value", name=f"{prefix}revocations_pk"),
         Index(f"{prefix}revocations_version_ix", "version"),
         Index(f"{prefix}revocations_expires_ix", "expires_at"),

@@ -19,11 +19,12 @@ from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import Engine, and_, case, create_engine, func, literal, or_, select, tuple_, update
+from sqlalchemy import Engine, and_, case, create_engine, func, literal, or_, select, true, tuple_, update
 from sqlalchemy.engine import URL, Connection
 from sqlalchemy.exc import DBAPIError, NoSuchModuleError, OperationalError, ProgrammingError
 
 from . import backends as _backends
+from . import keys as _keys
 from . import config as _config
 from .backends import Backend, Listener, Pooling
 from .errors import ConfigurationError, DatabaseUnavailable, SchemaError
@@ -41,6 +42,7 @@ from .records import (
     unique_targets,
     validate_expires,
     validate_key,
+    validate_label,
 )
 from .schema import KINDS, MAX_REASON_LENGTH, Tables, build_tables
 
@@ -48,7 +50,7 @@ from .schema import KINDS, MAX_REASON_LENGTH, Tables, build_tables
 __all__ = [
     "DEFAULT", "Changes", "Kind", "Revocation", "RevocationStore", "Snapshot", "Target", "WriteResult",
     "as_target", "default_revoker", "gc_paused", "normalize_signal", "short_error", "unique_targets", "validate_expires",
-    "validate_key",
+    "validate_key", "validate_label",
 ]
 
 #: Rows per INSERT of ``put_rows`` (each row its own eleven parameters):
@@ -139,19 +141,19 @@ class RevocationStore:
         try:
             with conn.begin():
                 return fn(conn)
-        except ProgrammingError as exc:
+        except (ProgrammingError, OperationalError) as exc:
+            if _is_missing_column(exc):  # new code before its expand step ran
+                raise SchemaError(
+                    f"revstore: the revstore tables in {_config.mask_url(self.url)} are older than this revstore "
+                    f"({short_error(exc)}); run `revstore db upgrade` as a database admin"
+                ) from None
             if _is_missing_table(exc):
                 raise SchemaError(
                     f"revstore: the revstore tables are missing in {_config.mask_url(self.url)}; "
                     "run `revstore db upgrade` as a database admin"
                 ) from None
-            raise
-        except OperationalError as exc:
-            if _is_missing_table(exc):
-                raise SchemaError(
-                    f"revstore: the revstore tables are missing in {_config.mask_url(self.url)}; "
-                    "run `revstore db upgrade` as a database admin"
-                ) from None
+            if isinstance(exc, ProgrammingError):
+                raise
             if exc.connection_invalidated:  # the server or the network went away mid-transaction
                 raise DatabaseUnavailable(
                     f"revstore: lost the connection to {_config.mask_url(self.url)}: {short_error(exc)}; "
@@ -230,6 +232,7 @@ class RevocationStore:
         expires: float | timedelta | None = DEFAULT,
         if_needed: bool = False,
         decided_ago: float | None = None,
+        heard_at: datetime | None = None,
     ) -> WriteResult:
         """Revoke ``targets`` (task ids or :class:`Target`) in one transaction.
 
@@ -243,12 +246,15 @@ class RevocationStore:
         worker's queued write-through).  An un-revoke made since then wins:
         the write does not bring back a target restored after it was heard,
         so a slow worker's copy of an old broadcast cannot undo a restore.
+        ``heard_at`` says the same as a database time (a worker's spool,
+        replayed long after, or a write that waited for a reconnect: an age
+        would count the wait for the connection as well).
         """
         items = unique_targets(targets)
         sig = normalize_signal(signal) if signal is not None else ("SIGTERM" if terminate else None)
         if reason is not None:
             reason = str(reason)[:MAX_REASON_LENGTH].replace("\x00", "")
-        by = validate_key(revoked_by, "revoked_by") if revoked_by is not None else default_revoker()
+        by = validate_label(revoked_by, "revoked_by") if revoked_by is not None else default_revoker()
         if not items:
             return WriteResult(0, 0)
         # validate expires before touching the database
@@ -274,6 +280,8 @@ class RevocationStore:
                 "active": True,
             }
             heard = None if decided_ago is None else now - timedelta(seconds=max(0.0, decided_ago))
+            if heard_at is not None:
+                heard = self.backend.column_time(heard_at.astimezone(timezone.utc))
             changed = 0
             for chunk in self._key_chunks(items):
                 changed += self._upsert(conn, chunk, shared, expires_at, heard)
@@ -298,7 +306,8 @@ class RevocationStore:
                     stmt = stmt.where(table.c.expires_at.is_(None))
                 else:
                     stmt = stmt.where(or_(table.c.expires_at.is_(None), table.c.expires_at >= wanted - EXTEND_SLACK))
-                found.update(Target(k, v, h) for k, h, v in conn.execute(stmt))
+                stored = {_keys.stored(t.kind, t.header, t.value)[0]: t for t in chunk}
+                found.update(stored[tuple(key)] for key in conn.execute(stmt))  # type: ignore[index]
             return found
 
         return self._run(read)
@@ -311,7 +320,7 @@ class RevocationStore:
 
     def _key_in(self, items: list[Target]) -> Any:
         """A WHERE condition: the row's key is one of ``items``."""
-        return self.backend.key_in(self.tables.revocations, [(t.kind, t.header, t.value) for t in items])
+        return self.backend.key_in(self.tables.revocations, [_keys.stored(t.kind, t.header, t.value)[0] for t in items])
 
     def put_rows(self, rows: Sequence[Revocation]) -> WriteResult:
         """Write rows exactly as given (times, reason, revoker), for ``revstore import``.
@@ -345,7 +354,7 @@ class RevocationStore:
             for start in range(0, len(items), WRITE_CHUNK):
                 values = [
                     {
-                        "kind": r.target.kind, "header": r.target.header, "value": r.target.value,
+                        **_stored_row(r.target),
                         "terminate": r.terminate and r.active,
                         "signal": normalize_signal(r.signal) if r.signal and r.active else None,
                         "reason": r.reason,
@@ -395,20 +404,46 @@ class RevocationStore:
                 ~old.active, old.revoked_at < literal(heard, old.revoked_at.type))
             return set_, or_(revive, and_(old.active, or_(stronger, longer)))
 
-        keys = [(t.kind, t.header, t.value) for t in items]
-        return self.backend.upsert(conn, self.tables.revocations, keys, shared, merge)
+        return self.backend.upsert(conn, self.tables.revocations, _stored_rows(items), shared, merge)
 
     def remove(self, targets: Iterable[Target | str], *, revoked_by: str | None = None) -> WriteResult:
         """Un-revoke: the targets become runnable again on every worker.
 
-        The row stays as a tombstone until ``tombstone_ttl`` so running
-        workers learn of the change on their next sync.
+        Each target gets a tombstone dated now (database time), whether or
+        not it had a row: a revoke heard before this restore but committed
+        after it (a worker's queued or spooled write-through, see
+        ``add(decided_ago=...)``) then finds the tombstone and loses.  The
+        tombstone stays until ``tombstone_ttl`` so running workers learn of
+        the change on their next sync.  ``changed`` counts the targets that
+        were revoked.
         """
-        by = validate_key(revoked_by, "revoked_by") if revoked_by is not None else default_revoker()
-        return self._update_active(targets, lambda version, now: {
-            "active": False, "terminate": False, "signal": None, "version": version, "revoked_by": by,
-            "revoked_at": now, "expires_at": now + timedelta(seconds=self.tombstone_ttl),
-        })
+        by = validate_label(revoked_by, "revoked_by") if revoked_by is not None else default_revoker()
+        items = unique_targets(targets)
+        if not items:
+            return WriteResult(0, 0)
+        table = self.tables.revocations
+
+        def write(conn: Connection) -> WriteResult:
+            version = self._bump(conn)
+            now = self._db_now(conn)
+            shared = {
+                "terminate": False, "signal": None, "reason": None, "revoked_by": by, "revoked_at": now,
+                "expires_at": now + timedelta(seconds=self.tombstone_ttl), "version": version, "active": False,
+            }
+            was_active = 0
+
+            def merge(old: Any, new: Any) -> tuple[dict[str, Any], Any]:
+                return {name: getattr(new, name) for name in shared if name != "reason"}, true()
+
+            for chunk in self._key_chunks(items):
+                was_active += int(conn.execute(
+                    select(func.count()).select_from(table).where(self._key_in(chunk), table.c.active)
+                ).scalar_one())
+                self.backend.upsert(conn, table, _stored_rows(chunk), shared, merge)
+            self._notify(conn, version)
+            return WriteResult(was_active, version)
+
+        return self._run(write, write=True)
 
     def extend(self, targets: Iterable[Target | str], expires: float) -> WriteResult:
         """Keep active revocations at least ``expires`` seconds from now (database time).
@@ -504,15 +539,15 @@ class RevocationStore:
         t = self.tables.revocations
         return [
             t.c.kind, t.c.header, t.c.value, t.c.terminate, t.c.signal, t.c.reason,
-            t.c.revoked_by, t.c.revoked_at, t.c.expires_at, t.c.version, t.c.active,
+            t.c.revoked_by, t.c.revoked_at, t.c.expires_at, t.c.version, t.c.active, t.c.header_full, t.c.value_full,
         ]
 
     def _row(self, row: Sequence[Any], now: datetime) -> Revocation:
-        kind, header, value, terminate, sig, reason, by, at, exp, version, active = row
+        kind, header, value, terminate, sig, reason, by, at, exp, version, active, header_full, value_full = row
         if isinstance(now, datetime) and exp is not None and (exp.tzinfo is None) != (now.tzinfo is None):
             exp = exp.replace(tzinfo=now.tzinfo)
         return Revocation(
-            Target(kind, value, header), bool(terminate), sig, reason, by, at, exp,
+            _target(kind, header, value, header_full, value_full), bool(terminate), sig, reason, by, at, exp,
             int(version), bool(active), self._remaining(exp, now),
         )
 
@@ -565,8 +600,9 @@ class RevocationStore:
         than Celery's own set.  Task ids (nearly all rows) come as two
         columns, an id list and a float array, as compactly as the backend
         can send them (packed by the server on PostgreSQL, elsewhere in
-        ``chunk``-row pieces).  The remaining lifetime is computed by the
-        database.
+        ``chunk``-row pieces).  Ids stored by digest (rare: too long for the
+        index, see revstore.keys) come with the stamps and roots, decoded
+        here.  The remaining lifetime is computed by the database.
         The marker is the clock read *before* the rows: every version at or
         below it had committed, so the rows include all of them; anything
         newer that the load also saw comes again from ``changes_since``,
@@ -575,8 +611,11 @@ class RevocationStore:
         table, clock = self.tables.revocations, self.tables.clock
         remaining, never = self.backend.seconds_left(table.c.expires_at), self.backend.infinity()
         live = and_(table.c.active, or_(table.c.expires_at.is_(None), table.c.expires_at > self._now()))
-        tasks = select(table.c.value, func.coalesce(remaining, never)).where(table.c.kind == "task", live)
-        others = select(table.c.kind, table.c.header, table.c.value, remaining).where(table.c.kind != "task", live)
+        task = and_(table.c.kind == "task", table.c.value_full.is_(None))
+        tasks = select(table.c.value, func.coalesce(remaining, never)).where(task, live)
+        # the one scan that reads stamps and roots also reads ids stored by digest
+        others = select(table.c.kind, table.c.header, table.c.value, table.c.header_full, table.c.value_full,
+                        remaining).where(~task, live)
 
         def read(conn: Connection) -> tuple[Snapshot, int]:
             marker = int(conn.execute(select(clock.c.version).where(clock.c.id == 1)).scalar_one())
@@ -587,7 +626,13 @@ class RevocationStore:
                     snapshot.task_remaining.extend(left)
                 else:
                     snapshot.task_ids, snapshot.task_remaining = ids, left
-            snapshot.others.extend((k, h, v, None if r is None else float(r)) for k, h, v, r in conn.execute(others))
+            for k, h, v, hf, vf, r in conn.execute(others):
+                target = _target(k, h, v, hf, vf)
+                if k == "task":
+                    snapshot.task_ids.append(target.value)
+                    snapshot.task_remaining.append(float("inf") if r is None else float(r))
+                else:
+                    snapshot.others.append((k, target.header, target.value, None if r is None else float(r)))
             return snapshot, marker
 
         with gc_paused():
@@ -620,19 +665,18 @@ class RevocationStore:
         key = tuple_(table.c.kind, table.c.header, table.c.value)
         after: tuple[str, str, str] | None = None
         while True:
-            def read(conn: Connection) -> list[Revocation]:
-                now = self._db_now(conn)
+            def read(conn: Connection) -> list[Sequence[Any]]:
                 stmt = select(*self._columns()).order_by(table.c.kind, table.c.header, table.c.value).limit(page)
                 if after is not None:
                     stmt = stmt.where(key > tuple_(*(literal(v) for v in after)))
-                return [self._row(r, now) for r in conn.execute(stmt)]
+                now = self._db_now(conn)
+                return [(r[:3], self._row(r, now)) for r in conn.execute(stmt)]
 
             rows = self._run(read)
-            yield from rows
+            yield from (revocation for _, revocation in rows)
             if len(rows) < page:
                 return
-            last = rows[-1].target
-            after = (last.kind, last.header, last.value)
+            after = tuple(rows[-1][0])  # the stored key, a digest for a long one
 
     def current_version(self) -> int:
         clock = self.tables.clock
@@ -675,6 +719,11 @@ class RevocationStore:
             return out
 
         return self._run(read)
+
+    def db_now(self) -> datetime:
+        """The database server's current time, timezone-aware (a worker's clock anchor)."""
+        value = self._run(self._db_now)
+        return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
 
     def search(
         self,
@@ -720,7 +769,9 @@ class RevocationStore:
             ids = stmt.where(table.c.kind.in_(("task", "root")), table.c.header == "",
                              table.c.value >= text_, table.c.value < text_ + "\U0010ffff")
             words = stmt.where(or_(table.c.reason.contains(text_, autoescape=True),
-                                   table.c.revoked_by.contains(text_, autoescape=True)))
+                                   table.c.revoked_by.contains(text_, autoescape=True),
+                                   # ids stored by digest, by the start of their text
+                                   table.c.value_full.startswith(_keys.encode_full(text_)[:-1], autoescape=True)))
             reads = [ids.order_by(*in_key_order).limit(limit),
                      words.order_by(table.c.kind.concat(""), table.c.header, table.c.value).limit(limit)]
         else:
@@ -761,11 +812,36 @@ class RevocationStore:
         self._run(lambda conn: conn.execute(select(clock.c.version)).first())
 
 
+def _target(kind: str, header: str, value: str, header_full: str | None, value_full: str | None) -> Target:
+    """The target a row stands for: its full texts where the key columns hold digests."""
+    return Target(
+        kind,  # type: ignore[arg-type]
+        value if value_full is None else _keys.decode_full(value_full),
+        header if header_full is None else _keys.decode_full(header_full),
+    )
+
+
+def _stored_row(target: Target) -> dict[str, str | None]:
+    """The key columns ``target`` is stored under (see revstore.keys)."""
+    (kind, header, value), header_full, value_full = _keys.stored(target.kind, target.header, target.value)
+    return {"kind": kind, "header": header, "value": value, "header_full": header_full, "value_full": value_full}
+
+
+def _stored_rows(items: list[Target]) -> list[dict[str, str | None]]:
+    return [_stored_row(t) for t in items]
+
+
 def short_error(exc: BaseException) -> str:
     """First line of a driver error, with any URL password masked."""
     orig = getattr(exc, "orig", None) or exc
     text_ = str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
     return _config.mask_url(text_) if "://" in text_ else text_
+
+
+def _is_missing_column(exc: DBAPIError) -> bool:
+    msg = str(getattr(exc, "orig", exc)).lower()
+    return ("no such column" in msg or "has no column named" in msg or "unknown column" in msg
+            or ("column" in msg and "does not exist" in msg))
 
 
 def _is_missing_table(exc: DBAPIError) -> bool:

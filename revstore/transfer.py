@@ -98,7 +98,12 @@ def export_jsonl(rows: Iterable[Revocation], out: IO[str]) -> int:
     """Write one JSON object per row; returns how many."""
     n = 0
     for row in rows:
-        out.write(json.dumps(row.as_dict(), ensure_ascii=False) + "\n")
+        line = json.dumps(row.as_dict(), ensure_ascii=False)
+        try:
+            line.encode("utf-8")
+        except UnicodeEncodeError:  # a key with a lone surrogate (stock Celery takes those): escape it
+            line = json.dumps(row.as_dict())
+        out.write(line + "\n")
         n += 1
     return n
 

@@ -152,19 +152,20 @@ def assess(state: SchemaState, chain: Chain, release: str, where: str) -> Verdic
     index = chain.index(state.revision)
     if state.revision is None:
         return Verdict("upgrade needed", "expand",
-                       f"revstore: {where} has no revstore schema; run `revstore db upgrade` as a database admin")
+                       f"revstore: upgrade needed: {where} has no revstore schema; "
+                       "next: expand (run `revstore db upgrade` as a database admin)")
     known = chain.steps[index] if index is not None and index >= 0 else None
     schema_release = state.schema_release or (known.release if known else None)
     oldest = state.oldest_release or (known.oldest_release if known else None)
     if schema_release is None or oldest is None:
         return Verdict("package too old", "deploy",
-                       f"revstore: {where} has schema revision {state.revision}, newer than this revstore "
-                       f"{release} knows; upgrade the revstore package")
+                       f"revstore: package too old: {where} has schema revision {state.revision}, newer than "
+                       f"this revstore {release} knows; next: deploy (upgrade the revstore package)")
     if release_key(release) < release_key(oldest):
         return Verdict("package too old", "deploy",
-                       f"revstore: {where} has schema revision {state.revision} (revstore {schema_release}), "
-                       f"newer than this revstore {release} can run against: it needs revstore {oldest} or later; "
-                       "upgrade the revstore package")
+                       f"revstore: package too old: {where} has schema revision {state.revision} (revstore "
+                       f"{schema_release}), newer than this revstore {release} can run against: it needs revstore "
+                       f"{oldest} or later; next: deploy (upgrade the revstore package)")
     window = f"schema {state.revision} (revstore {schema_release}) runs revstore {oldest} and later"
     if index is None:
         return Verdict("compatible", "deploy",
@@ -174,8 +175,8 @@ def assess(state: SchemaState, chain: Chain, release: str, where: str) -> Verdic
     assert required is not None
     if index < required:
         return Verdict("upgrade needed", "expand",
-                       f"revstore: {where} is at schema revision {state.revision}, revstore {release} needs "
-                       f"{chain.required.revision}; run `revstore db upgrade` (expand steps only: running "
+                       f"revstore: upgrade needed: {where} is at schema revision {state.revision}, revstore {release} "
+                       f"needs {chain.required.revision}; next: expand (run `revstore db upgrade`: running "
                        f"workers of revstore {oldest} and later keep working)")
     contracts = [s for s in chain.pending(state.revision) if s.phase == "contract"]
     if contracts:

@@ -106,6 +106,7 @@ class Cluster:
             "TEST_OUT": str(self.out),
             "REVSTORE_URL": url,
             "PYTHONPATH": str(TESTS),
+            "REVSTORE_STATE_DIR": str(tmp / "state"),  # spool and snapshot files, per test
         })
         if schema:
             self.env["REVSTORE_SCHEMA"] = schema

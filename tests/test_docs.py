@@ -218,6 +218,7 @@ def run_page(page: Path, db: str, folder: Path) -> str | None:
     state = folder / ".exported"
     groups: list[int] = []
     env = sample_env()
+    env["XDG_STATE_HOME"] = str(folder / ".state")  # workers' spool and snapshot: the default place, not $HOME
     try:
         for block in blocks(page):
             code = rewrite(block.code, db)

@@ -137,4 +137,5 @@ def test_schema_newer_than_this_revstore_is_one_clear_line(pg_store) -> None:
     with pg_store.engine.begin() as conn:
         conn.execute(info.update().values(revision="ffffffffffff", schema_release="9.1.0", oldest_release="9.0.0"))
     result = revstore("--url", PG_BASE, "--schema", pg_store.tables.schema, "db", "check")
-    assert_one_line_error(result, "newer", "needs revstore 9.0.0 or later", "upgrade the revstore package")
+    assert_one_line_error(result, "package too old", "newer", "needs revstore 9.0.0 or later",
+                          "upgrade the revstore package")

@@ -107,7 +107,8 @@ def test_db_check_names_the_next_step(sqlite_url) -> None:
     behind = run_cli(*opts, "db", "check")
     steps = migrate.chain()
     assert behind.code == 1
-    assert f"needs {steps.required.revision}; run `revstore db upgrade` (expand steps only" in behind.err
+    assert behind.err.startswith("revstore: upgrade needed: ")
+    assert f"needs {steps.required.revision}; next: expand (run `revstore db upgrade`" in behind.err
     up = run_cli(*opts, "db", "upgrade")
     assert up.code == 0 and "next: deploy" in up.out
     check = run_cli(*opts, "db", "check")

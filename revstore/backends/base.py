@@ -133,13 +133,16 @@ class Backend(Protocol):
         """A WHERE condition: the row's primary key is one of ``keys`` (at most ``key_chunk``)."""
         ...
 
-    def upsert(self, conn: Connection, table: Table, keys: Sequence[Key], shared: dict[str, Any],
+    def upsert(self, conn: Connection, table: Table, keys: Sequence[dict[str, Any]], shared: dict[str, Any],
                merge: Merge) -> int:
-        """Insert a row per key with the ``shared`` column values, merging into existing rows.
+        """Insert a row per entry of ``keys`` plus the ``shared`` column values, merging into existing rows.
 
-        Returns how many rows were inserted or changed: a write that changed
-        nothing must not wake every worker.  This is the hot path of a bulk
-        revoke, so a backend sends the keys as compactly as its driver allows.
+        Each entry of ``keys`` holds the same columns: the primary key and
+        the key's full texts (``header_full``, ``value_full``, NULL unless the
+        key is stored by digest).  Returns how many rows were inserted or
+        changed: a write that changed nothing must not wake every worker.
+        This is the hot path of a bulk revoke, so a backend sends the keys as
+        compactly as its driver allows.
         """
         ...
 
@@ -240,10 +243,9 @@ class SqlBackend:
         # executemany's rowcount is unreliable across drivers.
         return stmt.returning(table.c.version)
 
-    def upsert(self, conn: Connection, table: Table, keys: Sequence[Key], shared: dict[str, Any],
+    def upsert(self, conn: Connection, table: Table, keys: Sequence[dict[str, Any]], shared: dict[str, Any],
                merge: Merge) -> int:
-        rows = [{"kind": k, "header": h, "value": v, **shared} for k, h, v in keys]
-        return self.upsert_rows(conn, table, rows, merge)
+        return self.upsert_rows(conn, table, [{**key, **shared} for key in keys], merge)
 
     def upsert_rows(self, conn: Connection, table: Table, rows: Sequence[dict[str, Any]], merge: Merge) -> int:
         stmt = self._on_conflict(self.insert(table), table, merge)

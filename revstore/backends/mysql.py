@@ -37,11 +37,12 @@ from typing import Any, ClassVar
 from sqlalchemy import Column, Engine, Table, bindparam, event, func, literal, literal_column, select, text
 from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql import ColumnElement, Select, visitors
 
 from ..errors import ConfigurationError
 from ..schema import MAX_KEY_LENGTH, Tables
-from .base import Key, Merge, Pooling, SqlBackend
+from .base import Merge, Pooling, SqlBackend
 
 #: The largest double: MySQL has no float infinity, so a row that never
 #: expires loads as this and becomes ``inf`` on the way into Python.
@@ -141,19 +142,21 @@ class MysqlBackend(SqlBackend):
         """Rows carrying ``version``: what this transaction inserted or changed so far."""
         return int(conn.execute(select(func.count()).where(table.c.version == version)).scalar_one())
 
-    def upsert(self, conn: Connection, table: Table, keys: Sequence[Key], shared: dict[str, Any],
+    def upsert(self, conn: Connection, table: Table, keys: Sequence[dict[str, Any]], shared: dict[str, Any],
                merge: Merge) -> int:
         before = self._written(conn, table, shared["version"])
-        source = text(
-            "JSON_TABLE(:revstore_keys, '$[*]' COLUMNS ("
-            f"kind VARCHAR(8) CHARACTER SET utf8mb4 PATH '$[0]', "
-            f"header VARCHAR({MAX_KEY_LENGTH}) CHARACTER SET utf8mb4 PATH '$[1]', "
-            f"value VARCHAR({MAX_KEY_LENGTH}) CHARACTER SET utf8mb4 PATH '$[2]')) AS revstore_keys"
-        ).bindparams(revstore_keys=json.dumps([list(k) for k in keys], ensure_ascii=False))
+        # Columns NULL in every key (the full texts, nearly always) stay out of
+        # the JSON; a key's NULL is an absent member (NULL ON EMPTY).
+        names = [name for name in keys[0] if any(key[name] is not None for key in keys)]
+        sql_type = {"kind": "VARCHAR(8)", "header": f"VARCHAR({MAX_KEY_LENGTH})",
+                    "value": f"VARCHAR({MAX_KEY_LENGTH})", "header_full": "LONGTEXT", "value_full": "LONGTEXT"}
+        columns = ", ".join(f"{name} {sql_type[name]} CHARACTER SET utf8mb4 PATH '$.{name}'" for name in names)
+        source = text(f"JSON_TABLE(:revstore_keys, '$[*]' COLUMNS ({columns})) AS revstore_keys").bindparams(
+            revstore_keys=json.dumps([{n: key[n] for n in names if key[n] is not None} for key in keys],
+                                     ensure_ascii=False))
         values = [literal(v, table.c[name].type) for name, v in shared.items()]
-        keyed = [literal_column(f"revstore_keys.{name}") for name in ("kind", "header", "value")]
-        stmt = self.insert(table).from_select(["kind", "header", "value", *shared],
-                                              select(*keyed, *values).select_from(source))
+        keyed = [literal_column(f"revstore_keys.{name}") for name in names]
+        stmt = self.insert(table).from_select([*names, *shared], select(*keyed, *values).select_from(source))
         conn.execute(self._on_duplicate(stmt, table, merge))
         return self._written(conn, table, shared["version"]) - before
 
@@ -198,11 +201,14 @@ class MysqlBackend(SqlBackend):
             return
         sql, params = _driver_sql(conn, stmt)
         cursor = conn.connection.driver_connection.cursor(unbuffered)  # type: ignore[union-attr]
+        dbapi_error = conn.dialect.loaded_dbapi.Error
         try:
             cursor.execute(sql, params)
             while part := cursor.fetchmany(chunk):
                 ids, left = zip(*part)
                 yield list(ids), array("d", left)
+        except dbapi_error as exc:  # as SQLAlchemy would raise it, so the store's messages apply
+            raise DBAPIError.instance(sql, params, exc, dbapi_error) from exc
         finally:
             cursor.close()
 

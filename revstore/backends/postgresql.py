@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 from sqlalchemy import Table, bindparam, case, cast, column, func, literal, literal_column, select, text, tuple_
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import URL, Connection
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql import ColumnElement, Delete, Select
 
 from ..schema import Tables
@@ -43,8 +44,8 @@ class PostgresBackend(SqlBackend):
     def infinity(self) -> ColumnElement[Any]:
         return literal_column("'Infinity'::float8")
 
-    def _keys(self, keys: Sequence[Key]) -> Any:
-        """``keys`` as a ``(kind, header, value)`` relation built from one JSON parameter.
+    def _keys(self, keys: Sequence[Sequence[Any]], names: Sequence[str] = ("kind", "header", "value")) -> Any:
+        """``keys`` as a relation of columns ``names`` built from one JSON parameter.
 
         Row-value IN lists and multi-row VALUES carry three or more
         parameters per key: psycopg re-parses such statements every time,
@@ -52,12 +53,13 @@ class PostgresBackend(SqlBackend):
         large table).  One JSON array of ``[kind, header, value]`` makes a
         short statement and an index join; JSON because psycopg serialises
         it in C, where it quotes each element of a text array in Python.
+        A JSON null becomes SQL NULL.
         """
         key = column("key", postgresql.JSON)
         rows = func.json_array_elements(
             bindparam("keys", [list(k) for k in keys], type_=postgresql.JSON)
         ).table_valued(key).render_derived()
-        return select(*(rows.c.key[i].astext.label(name) for i, name in enumerate(("kind", "header", "value")))).subquery()
+        return select(*(rows.c.key[i].astext.label(name) for i, name in enumerate(names))).subquery()
 
     def key_in(self, table: Table, keys: Sequence[Key]) -> ColumnElement[bool]:
         return tuple_(table.c.kind, table.c.header, table.c.value).in_(select(*self._keys(keys).c))
@@ -65,13 +67,16 @@ class PostgresBackend(SqlBackend):
     def insert(self, table: Table) -> Any:
         return postgresql.insert(table)
 
-    def upsert(self, conn: Connection, table: Table, keys: Sequence[Key], shared: dict[str, Any],
+    def upsert(self, conn: Connection, table: Table, keys: Sequence[dict[str, Any]], shared: dict[str, Any],
                merge: Merge) -> int:
         # The keys as one JSON array, the shared values once: a multi-row
         # VALUES list of eleven parameters per row was most of the cost of
-        # a 10,000-id revoke.
+        # a 10,000-id revoke.  Columns that are NULL in every key (the full
+        # texts, nearly always) are left out of the array.
+        names = [name for name in keys[0] if any(key[name] is not None for key in keys)]
+        rows = self._keys([[key[name] for name in names] for key in keys], names)
         values = [cast(literal(v, table.c[name].type), table.c[name].type) for name, v in shared.items()]
-        stmt = self.insert(table).from_select(["kind", "header", "value", *shared], select(*self._keys(keys).c, *values))
+        stmt = self.insert(table).from_select([*names, *shared], select(*rows.c, *values))
         stmt = self._on_conflict(stmt, table, merge)
         # counted by the server rather than one row sent back per key
         return int(conn.execute(select(func.count()).select_from(stmt.cte("written"))).scalar_one())
@@ -105,11 +110,15 @@ class PostgresBackend(SqlBackend):
             return
         # plain tuples from a server-side cursor: no Row objects
         cursor = conn.connection.driver_connection.cursor(name="revstore_load", binary=True)  # type: ignore[union-attr]
+        sql, params = self._raw_sql(conn, stmt)
+        dbapi_error = conn.dialect.loaded_dbapi.Error
         try:
-            cursor.execute(*self._raw_sql(conn, stmt))
+            cursor.execute(sql, params)
             while part := cursor.fetchmany(chunk):
                 ids, left = zip(*part)
                 yield list(ids), array("d", left)
+        except dbapi_error as exc:  # as SQLAlchemy would raise it, so the store's messages apply
+            raise DBAPIError.instance(sql, params, exc, dbapi_error) from exc
         finally:
             cursor.close()
 
