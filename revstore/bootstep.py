@@ -74,6 +74,7 @@ class Revstore(bootsteps.StartStopStep):
             _fatal(exc)
         self.sync = RevocationSync(store, self.settings, WorkerMemory(), c.hostname, state)
         self.sync.replay_spool()
+        self.sync.memory.track()  # before Mingle merges its peers' replies
         control.activate(self.sync, c.timer)
         cancel.activate(self.sync.memory, c.hostname)  # before the pool forks its children
         # solo runs tasks on the loop thread: is_revoked() must see rows fetched meanwhile
@@ -158,6 +159,7 @@ class Revstore(bootsteps.StartStopStep):
         if self.sync is not None:
             control.activate(None)
             cancel.deactivate()
+            self.sync.memory.untrack()
             self.sync.close()
             self.sync.store.dispose()
         if self._waker is not None:
@@ -171,7 +173,7 @@ class Revstore(bootsteps.StartStopStep):
             return
         root = getattr(request, "root_id", None)
         if root is not None and root in sync.memory.roots:
-            sync.memory.revoked.add(request.id)
+            sync.memory.revoke_member(request.id)
 
 
 class LoopWaker:
@@ -238,7 +240,7 @@ def terminate_matching(rows: list[Revocation], pool: Any, memory: WorkerMemory) 
         elif target.kind == "root":
             matches = [r for r in list(requests.values()) if getattr(r, "root_id", None) == target.value]
             for r in matches:
-                memory.revoked.add(r.id)
+                memory.revoke_member(r.id)
         else:
             value = target.stamp_value
             matches = [

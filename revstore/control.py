@@ -225,19 +225,21 @@ def _storable(make: Callable[[Any], Target], value: Any) -> bool:
 
 
 def _wrap_hello(handler: Callable[..., Any]) -> Callable[..., Any]:
-    """Answer mingle's ``hello`` with what the table does not hold yet.
+    """Answer mingle's ``hello`` with what the table cannot give the newcomer.
 
     A starting worker's mingle step asks every live peer ``hello`` and merges
     each reply's ``revoked``.  Stock replies with its whole set (at most
     50,000 ids); a revstore worker holds every stored revocation, uncapped,
-    and the starting worker loads them from the table anyway.  So the reply
-    carries only the ids this worker heard but has not committed yet (its
-    pending writes) or cannot store at all: what the table cannot give the
-    newcomer.  Celery's
-    handler is not called for the reply because it builds the whole set's
-    list (a sort of every entry) on the event loop, once per starting peer.
-    Ids a peer sends are merged as Celery does, skipping those already held
-    (a reconnecting revstore peer sends everything it holds).
+    and the starting worker loads those from the table anyway.  So the reply
+    carries the ids this worker holds that revstore has not committed: its
+    pending writes, ids too odd for the table, and ids Celery's set took by
+    paths revstore does not write (a stock peer's reply, a direct
+    ``revoked.add``; see ``WorkerMemory.track``), the peer's own just-merged
+    ones included, as stock echoes them.  Celery's handler is not called for
+    the reply because it builds the whole set's list (a sort of every entry)
+    on the event loop, once per starting peer.  Ids a peer sends are merged
+    as Celery does, skipping those already held: re-adding one would replace
+    its database expiry with Celery's.
     """
 
     @functools.wraps(handler)
@@ -245,18 +247,34 @@ def _wrap_hello(handler: Callable[..., Any]) -> Callable[..., Any]:
         sync = _active
         if sync is None or from_node == state.hostname:
             return handler(state, from_node, revoked=revoked, **kwargs)
-        held = sync.memory.revoked
-        news = [i for i in revoked or () if isinstance(i, str) and i not in held]
+        news = _unheld(revoked, sync.memory.revoked)
         if news:
-            worker_state.merge_revoked(news)
-        # memory-only ids (too odd for the table) cannot come from the table either
-        pending = sorted(sync.pending_ids | sync.memory.memory_only, key=repr)
-        logger.info("revstore: sync with %s: sent %d uncommitted revocations (the table holds the rest)",
-                    from_node, len(pending))
-        return {"revoked": pending, "clock": state.app.clock.forward()}
+            # Celery 5.3 has no merge_revoked; its update() stamps a list's ids locally too
+            getattr(worker_state, "merge_revoked", worker_state.revoked.update)(news)
+        ids = sync.memory.not_in_table(sorted(sync.pending_ids | sync.memory.memory_only, key=repr))
+        logger.info("revstore: sync with %s: sent %d revocations the table does not hold", from_node, len(ids))
+        return {"revoked": ids, "clock": state.app.clock.forward()}
 
     setattr(wrapper, _WRAPPED_ATTR, True)
     return wrapper
+
+
+def _unheld(revoked: Any, held: Any) -> list[Any]:
+    """The ids of a peer's ``revoked`` (a list, or Celery 5.3's id -> stamp dict) not held yet."""
+    try:
+        items = list(revoked or ())
+    except TypeError:
+        logger.error("revstore: ignored a hello whose revoked is a %s, not a list of task ids",
+                     type(revoked).__name__)
+        return []
+    news = []
+    for item in items:
+        try:
+            if item not in held:
+                news.append(item)
+        except TypeError:  # unhashable: no set can hold it
+            continue
+    return news
 
 
 def _in_chunks(handler: Callable[..., Any], state: Any, call: dict[str, Any], ids: list[str]) -> dict[str, str]:

@@ -99,6 +99,11 @@ class WorkerMemory:
         self.memory_only: set[Any] = set()
         self.memory_only_stamps: list[tuple[Any, Any]] = []
         self.fetched = FetchedView()
+        #: ids Celery's set took from anything but the table (see :meth:`track`)
+        self.uncommitted = LimitedSet(maxlen=worker_state.REVOKES_MAX, expires=worker_state.REVOKE_EXPIRES)
+        #: the set's own ``add``, which :meth:`track` leaves untracked for revstore's table loads
+        self._add = type(self.revoked).add.__get__(self.revoked)
+        self._tracking: tuple[Any, Any] | None = None
 
     # ------------------------------------------------------------ set-up
 
@@ -107,6 +112,64 @@ class WorkerMemory:
         self.revoked.maxlen = 0
         if not self.revoked.expires:
             self.revoked.expires = FALLBACK_SET_EXPIRES
+
+    def track(self) -> None:
+        """Note the ids that enter Celery's set other than from the table.
+
+        Celery code paths revstore does not wrap (a stock peer's mingle
+        reply, ``revoked.add`` in a task or another step, a ``--statedb``
+        merge) put ids in the set that no table will ever give a starting
+        worker; mingle's ``hello`` reply must carry them, as stock's does.
+        The set's ``add``/``update`` are shadowed by instance attributes (the
+        object itself is never replaced: Celery holds references to it);
+        revstore's own loads and applies use the class's methods.  Capped
+        and expired like stock's own set, so a reply is never bigger.
+        """
+        lset, record = self.revoked, self.uncommitted
+        add, update = self._add, type(lset).update.__get__(lset)
+
+        def tracked_add(item: Any, now: Any = None) -> None:
+            add(item, now)
+            record.add(item, now)
+
+        def tracked_update(other: Any) -> None:
+            if isinstance(other, LimitedSet):  # the only branch that bypasses ``add``
+                record.update(other)
+            update(other)
+
+        self.untrack()
+        lset.add, lset.update = tracked_add, tracked_update
+        self._tracking = (tracked_add, tracked_update)
+
+    def untrack(self) -> None:
+        """Give Celery's set its own methods back (revstore shutting down)."""
+        if self._tracking is None:
+            return
+        for name, wrapper in zip(("add", "update"), self._tracking):
+            if vars(self.revoked).get(name) is wrapper:
+                delattr(self.revoked, name)
+        self._tracking = None
+
+    def committed(self, ids: Iterable[Any]) -> None:
+        """The table holds ``ids`` now: a starting worker loads them itself."""
+        for item in ids:
+            self.uncommitted.discard(item)
+
+    def not_in_table(self, also: Iterable[Any]) -> list[Any]:
+        """Ids held in memory that the table cannot give a starting worker, oldest first.
+
+        What Celery's set took from elsewhere, plus ``also`` (pending writes,
+        memory-only ids), each only while Celery's set still holds it.
+        """
+        self.uncommitted.purge()
+        held = self.revoked
+        ids = [i for i in self.uncommitted if i in held]
+        seen = set(ids)
+        return ids + [i for i in also if i not in seen and i in held]
+
+    def revoke_member(self, task_id: str) -> None:
+        """Revoke a task of a revoked workflow: the table holds its root, not the task."""
+        self._add(task_id)
 
     def _stamp(self, remaining: float | None, now: float) -> float:
         life = NEVER if remaining is None else remaining
@@ -126,6 +189,8 @@ class WorkerMemory:
             self._add_other(Target(kind, value, header), left, now)  # type: ignore[arg-type]
         with gc_paused():
             self._bulk_add(snapshot.task_ids, snapshot.task_remaining, now - self.revoked.expires + shift)
+        if self.uncommitted:  # e.g. merged from mingle replies before the load
+            self.committed([i for i in snapshot.task_ids if i in self.uncommitted])
         return len(snapshot)
 
     def _bulk_add(self, ids: list[str], remaining: Sequence[float], base: float) -> None:
@@ -135,7 +200,7 @@ class WorkerMemory:
         stamps = map(base.__add__, remaining)
         if len(ids) < 1000 or not isinstance(data, dict) or seq is None or not hasattr(lset, "_refresh_heap"):
             for item, stamp in zip(ids, stamps):
-                lset.add(item, now=stamp)
+                self._add(item, stamp)
             return
         # Fast path for a million rows: fill the dict and heapify once, the
         # way LimitedSet.update(LimitedSet) does, instead of a heappush each;
@@ -145,7 +210,7 @@ class WorkerMemory:
 
     def replace(self, snapshot: Snapshot, keep: set[str], shift: float = 0.0) -> None:
         """Reload from a full snapshot: drop what the table no longer holds, except ``keep``."""
-        wanted = set(snapshot.task_ids) | keep | self.memory_only
+        wanted = set(snapshot.task_ids) | keep | self.memory_only | set(self.uncommitted)
         present = getattr(self.revoked, "_data", {})
         for item in [i for i in present if i not in wanted]:
             self.revoked.discard(item)
@@ -172,7 +237,8 @@ class WorkerMemory:
             if not live:
                 self.forget(target)
             elif target.kind == "task":
-                self.revoked.add(target.value, now=self._stamp(row.remaining, now))
+                self._add(target.value, self._stamp(row.remaining, now))
+                self.uncommitted.discard(target.value)
             else:
                 self._add_other(target, row.remaining, now)
             if live:
@@ -195,6 +261,7 @@ class WorkerMemory:
         """Drop one revocation from memory (un-revoked or expired)."""
         if target.kind == "task":
             self.revoked.discard(target.value)
+            self.uncommitted.discard(target.value)
         else:
             self._remove_other(target)
 

@@ -447,6 +447,8 @@ class RevocationSync:
                     if_needed=True,
                     heard_at=datetime.fromtimestamp(heard, timezone.utc),
                 )
+            ids = [t.value for t in targets if t.kind == "task"]
+            self._post(lambda ids=ids: self.memory.committed(ids) or [])  # Celery's set is the loop's
             for w in batch:
                 self._pending.remove(w)
                 self._committed_seq = max(self._committed_seq, w.seq or 0)

@@ -2,7 +2,8 @@
 
 Celery's mingle step asks every live peer ``hello`` when a worker starts and
 merges each reply's ``revoked``.  revstore peers hold every stored
-revocation, uncapped; they answer with only what they have not committed.
+revocation, uncapped; they answer with only what they have not committed:
+pending writes and ids their memory took from paths revstore does not write.
 Real workers, their own control exchange (only this test's workers answer),
 a real outage (PgProxy) to keep one peer's write pending.
 """
@@ -62,6 +63,12 @@ def test_mingle_ships_only_uncommitted_revocations(cluster_factory, pg_proxy) ->
         assert replies[direct.nodename]["revoked"] == []
         assert stock_only in replies[stock.nodename]["revoked"]  # stock behaviour without revstore
 
+        # An id that reached a revstore peer's memory by a path revstore does not
+        # write (a stock worker's mingle hello): only that peer's reply can carry it.
+        merged = f"merged-{uuid.uuid4().hex[:6]}"
+        echo = client.control.inspect([direct.nodename], timeout=2).hello("stock@testhost", [merged]) or {}
+        assert echo[direct.nodename]["revoked"] == [merged]  # echoed, as stock does
+
         without = seconds_to_ready(cluster.worker("c1", queue="c"))
         cluster.workers[-1].stop()
         late = cluster.worker("c2", queue="c", mingle=True)
@@ -73,12 +80,14 @@ def test_mingle_ships_only_uncommitted_revocations(cluster_factory, pg_proxy) ->
         assert with_mingle <= without + 1 + 3, (with_mingle, without)
 
         assert cluster.store.get(heard) is None  # known to the late worker through mingle only
+        assert cluster.store.get(merged) is None  # never in the table
         client.send_task("workerapp.record", ("heard",), task_id=heard, queue=late.queue)
+        client.send_task("workerapp.record", ("merged",), task_id=merged, queue=late.queue)
         client.send_task("workerapp.record", ("stored",), task_id="stored-000000", queue=late.queue)
         client.send_task("workerapp.record", ("control",), queue=late.queue)
         wait_for(lambda: cluster.finished("control"), 30, what="the control task")
         time.sleep(1)
-        assert not cluster.ran("heard") and not cluster.ran("stored")
+        assert not cluster.ran("heard") and not cluster.ran("stored") and not cluster.ran("merged")
 
         pg_proxy.up()
         wait_for(lambda: cluster.store.get(heard) is not None, 40, what="the cut-off peer's write to land")
