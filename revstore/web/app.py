@@ -194,6 +194,8 @@ class Console:
 
     def _revoke(self, form: dict[str, str], user: str) -> str:
         kind = form.get("kind", "task")
+        if kind not in KINDS:
+            raise InvalidInput(f"revstore: unknown revocation kind {kind!r}")
         items = split_pasted(form.get("ids", ""))
         if not items:
             raise InvalidInput("revstore: nothing to revoke; give task ids or --stamp HEADER=VALUE")
