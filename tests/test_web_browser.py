@@ -109,7 +109,7 @@ def test_operator_revokes_finds_and_restores_in_a_browser(browser, cluster_facto
         assert "<b>order</b>" in b.find_element(By.ID, "reason").text  # shown as text, not markup
         shoot(b, "detail", out)
         b.find_element(By.ID, "restore").click()
-        assert wait_for(lambda: _text(b, "state"), 10, what="the detail page").startswith("restored")
+        wait_for(lambda: _text(b, "state").startswith("restored"), 10, what="the detail page to show the restore")
         assert not store.is_revoked(held)
         wait_for(lambda: held not in revoked_on(celery_app, worker), 15, what="the worker to forget the revoke")
 
