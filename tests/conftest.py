@@ -32,10 +32,12 @@ BROKER_URL = os.environ.get("TEST_BROKER", "redis://127.0.0.1:6379/5")
 
 #: Fixtures that start real ``celery worker`` processes: a test using one is a worker test.
 WORKER_FIXTURES = {"cluster_factory", "pools"}
-#: Worker tests about the database side (pooler, grants, outages) or a browser,
-#: not about Celery, Python or the broker: the main combination runs them once,
-#: as it runs the SQLite and MariaDB variants (the matrix uses PostgreSQL).
-MAIN_ONLY_MODULES = {"test_pgbouncer", "test_least_privilege", "test_reliability", "test_web_browser"}
+#: Worker tests about the database side (pooler, grants, outages), a browser, or
+#: revstore's own releases (the two-release test builds 0.1.0 into a shared cache,
+#: which two runs at once must not both write): not about Celery, Python or the
+#: broker, so the main combination runs them once, as it runs the SQLite and
+#: MariaDB variants (the matrix uses PostgreSQL).
+MAIN_ONLY_MODULES = {"test_pgbouncer", "test_least_privilege", "test_reliability", "test_web_browser", "test_upgrade"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -144,8 +144,11 @@ def test_long_ids_and_stamps_revoked_by_broadcast_survive_sigkill(cluster_factor
 
     worker.start()
     assert {long_id, longer_id} <= revoked_on(celery_app, worker)
-    send(celery_app, worker.queue, "long", task_id=long_id)
-    send(celery_app, worker.queue, "longer", task_id=longer_id)
+    if not celery_app.app.conf.broker_url.startswith("amqp"):
+        # AMQP carries the task id as correlation_id, a short string of at most
+        # 255 bytes: there no task with a longer id can be sent at all, stock or not
+        send(celery_app, worker.queue, "long", task_id=long_id)
+        send(celery_app, worker.queue, "longer", task_id=longer_id)
     stamped = celery_app.record.s("stamped").set(queue=worker.queue)
     stamped.stamp(batch=long_value)
     stamped.apply_async()
