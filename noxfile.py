@@ -71,7 +71,7 @@ def _pytest(session: nox.Session, python: str, runs: list[tuple[str, list[str]]]
     executable = python if os.path.isabs(python) else os.path.join(session.bin, python)
     procs = []
     for broker, args in runs:
-        log = tempfile.TemporaryFile(mode="w+")
+        log = tempfile.TemporaryFile()
         command = [executable, "-m", "pytest", *args, *session.posargs]
         session.log(f"{broker}: {' '.join(command)}")
         env = {**os.environ, "TEST_BROKER": BROKERS[broker]}
@@ -81,7 +81,7 @@ def _pytest(session: nox.Session, python: str, runs: list[tuple[str, list[str]]]
         code = proc.wait()
         log.seek(0)
         print(f"\n===== {session.name}: pytest on {broker} {' '.join(args) or '(whole suite)'} =====", flush=True)
-        sys.stdout.write(log.read())
+        sys.stdout.buffer.write(log.read())  # bytes: a test may print anything
         sys.stdout.flush()
         log.close()
         if code:
