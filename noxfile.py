@@ -34,6 +34,10 @@ BROKERS = {
     "rabbitmq": "amqp://guest:guest@127.0.0.1:5672//",
 }
 WORKER_TESTS = ["-m", "worker and not main_only"]
+#: Real workers on a 2-core machine: a test that fails on a timing margin gets
+#: two more tries, and the log names every rerun (pytest -r R), so flaky tests
+#: stay visible instead of failing CI at random.
+RERUNS = ["--reruns", "2", "--reruns-delay", "2", "-raPR"]
 
 #: The floor of every promise in pyproject.toml (and the kombu Celery 5.3.0 shipped with).
 OLDEST_PINS = [
@@ -72,7 +76,7 @@ def _pytest(session: nox.Session, python: str, runs: list[tuple[str, list[str]]]
     procs = []
     for broker, args in runs:
         log = tempfile.TemporaryFile()
-        command = [executable, "-m", "pytest", *args, *session.posargs]
+        command = [executable, "-m", "pytest", *RERUNS, *args, *session.posargs]
         session.log(f"{broker}: {' '.join(command)}")
         env = {**os.environ, "TEST_BROKER": BROKERS[broker]}
         procs.append((broker, args, log, subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)))

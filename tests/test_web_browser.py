@@ -127,7 +127,12 @@ def _reserved(celery_app, worker) -> set[str]:  # type: ignore[no-untyped-def]
 
 
 def _text(driver, element_id: str) -> str:  # type: ignore[no-untyped-def]
+    """The element's text; "" while it is missing or its page is being replaced."""
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
 
-    found = driver.find_elements(By.ID, element_id)
-    return found[0].text if found else ""
+    try:
+        found = driver.find_elements(By.ID, element_id)
+        return found[0].text if found else ""
+    except StaleElementReferenceException:
+        return ""
