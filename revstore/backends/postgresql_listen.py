@@ -20,6 +20,7 @@ non-listening interval.
 from __future__ import annotations
 
 import logging
+import select
 import threading
 import time
 import uuid
@@ -110,8 +111,8 @@ class Listener:
         A change notification calls ``on_change`` (once for all pending).
         """
         changed = probed = False
-        for note in self._conn.notifies(timeout=timeout, stop_after=1):
-            if note.channel == self.probe_channel:
+        for channel in _channels_notified(self._conn, timeout):
+            if channel == self.probe_channel:
                 probed = True
             else:
                 changed = True
@@ -209,3 +210,25 @@ class Listener:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _channels_notified(conn: Any, timeout: float) -> list[str]:
+    """Channels of the notifications that arrive within ``timeout`` (at least one, or none).
+
+    psycopg 3.2 waits with a timeout itself; 3.1 (still supported) has no
+    timeout on ``notifies()``, so there the socket is waited on and libpq
+    asked for what arrived.
+    """
+    try:
+        return [note.channel for note in conn.notifies(timeout=timeout, stop_after=1)]
+    except TypeError:  # psycopg 3.1
+        pass
+    ready, _, _ = select.select([conn.fileno()], [], [], timeout)
+    if not ready:
+        return []
+    pgconn = conn.pgconn
+    pgconn.consume_input()
+    channels = []
+    while (note := pgconn.notifies()) is not None:
+        channels.append(note.relname.decode("utf-8", "replace"))
+    return channels
