@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
+import releases
 from harness import wait_for
 from revstore import keys
 from revstore.store import RevocationStore, Target
@@ -95,7 +96,8 @@ def test_release_0_1_0_reads_a_table_holding_digest_rows(pg_store: RevocationSto
     pg_store.add(ALL)
     old = tmp_path / "v0.1.0"
     old.mkdir()
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", "v0.1.0", "revstore", "migrations"], capture_output=True, check=True)
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", releases.commit_of("0.1.0"), "revstore", "migrations"],
+                             capture_output=True, check=True)
     subprocess.run(["tar", "-x", "-C", str(old)], input=archive.stdout, check=True)
     script = textwrap.dedent("""
         import json, sys
