@@ -37,10 +37,7 @@ WORKER_FIXTURES = {"cluster_factory", "pools"}
 #: which two runs at once must not both write): not about Celery, Python or the
 #: broker, so the main combination runs them once, as it runs the SQLite and
 #: MariaDB variants (the matrix uses PostgreSQL).
-#: test_mingle is here only because its cut-off peer never queues its write on
-#: RabbitMQ (seen in every RabbitMQ run, not yet diagnosed): it runs on Redis.
-MAIN_ONLY_MODULES = {"test_pgbouncer", "test_least_privilege", "test_reliability", "test_web_browser", "test_upgrade",
-                     "test_mingle"}
+MAIN_ONLY_MODULES = {"test_pgbouncer", "test_least_privilege", "test_reliability", "test_web_browser", "test_upgrade"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

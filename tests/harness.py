@@ -15,6 +15,20 @@ from typing import Any
 
 TESTS = Path(__file__).resolve().parent
 CELERY = [sys.executable, "-m", "celery"]
+#: The Redis transport's visibility_timeout in tests/workerapp.py (TEST_VISIBILITY).
+VISIBILITY = float(os.environ.get("TEST_VISIBILITY", "4"))
+
+
+def await_redelivery(delivered_at: float) -> None:
+    """Wait until a SIGKILLed worker's unacknowledged messages can go to the next worker.
+
+    On Redis, kombu gives them back only once they are ``visibility_timeout``
+    old: a starting worker sweeps once, and older kombu (5.3.0 among them) sweeps again
+    only every 100 s, so a worker restarted sooner would not see them in a
+    test's lifetime (stock Celery alike).  RabbitMQ redelivers at once.
+    ``delivered_at`` is a ``time.monotonic()`` taken after the worker held them.
+    """
+    time.sleep(max(0.0, delivered_at + VISIBILITY + 1.0 - time.monotonic()))
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.1, what: str = "condition") -> Any:

@@ -15,7 +15,7 @@ import uuid
 
 from celery import Celery
 
-from conftest import REDIS_URL
+from conftest import BROKER_URL
 from harness import Cluster, Worker, wait_for
 
 STORED = 200_000
@@ -23,7 +23,7 @@ STORED = 200_000
 
 def client_for(cluster: Cluster, exchange: str) -> Celery:
     """A plain Celery client on the workers' broker and control exchange (no revstore: stock broadcasts)."""
-    app = Celery("mingle-client", broker=f"{REDIS_URL}/5", set_as_current=False)
+    app = Celery("mingle-client", broker=BROKER_URL, set_as_current=False)
     app.conf.control_exchange = exchange
     return app
 

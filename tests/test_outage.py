@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import wait_for
+from harness import await_redelivery, wait_for
 from revstore.localstate import frame
 from revstore.sync import PendingWrite
 from revstore.store import Target
@@ -45,10 +45,12 @@ def test_sigkill_and_restart_during_an_outage_lose_nothing(cluster_factory, cele
     a = cluster.worker("a").start()
     b = cluster.worker("b")  # offline throughout
     wait_for(lambda: state_files(cluster, a, ".snapshot"), 15, what="the snapshot file")
-    revoked = send(celery_app, a.queue, "revoked-eta", countdown=12)
-    control = send(celery_app, a.queue, "control-eta", countdown=12)
+    # the ETA must fall after the restart, however slowly a loaded machine gets there
+    revoked = send(celery_app, a.queue, "revoked-eta", countdown=25)
+    control = send(celery_app, a.queue, "control-eta", countdown=25)
     wait_for(lambda: held_by(celery_app, a, revoked) and held_by(celery_app, a, control), 15,
              what="the worker to hold both ETA tasks")
+    delivered = time.monotonic()
 
     pg_proxy.down()
     restored = f"restored-{uuid.uuid4().hex[:6]}"
@@ -57,9 +59,11 @@ def test_sigkill_and_restart_during_an_outage_lose_nothing(cluster_factory, cele
     time.sleep(1)  # later than the revoke by more than the worker's clock error (see reliability.md)
     cluster.store.remove([restored])  # a client that reaches the database restores one of them
     wait_for(lambda: status(celery_app, a).get("pending_writes") == 2, 10, what="the writes to be queued")
+    assert not cluster.finished("control-eta"), "the ETA passed before the kill: the test proves nothing"
     a.kill()
     assert not cluster.store.get(revoked)
 
+    await_redelivery(delivered)
     a.start()  # still down: it starts from its snapshot and spool
     log = a.output()
     assert "STARTED FROM THE LOCAL SNAPSHOT" in log and "cannot connect" in log

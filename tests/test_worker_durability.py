@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from celery.result import AsyncResult
 
-from harness import wait_for
+from harness import await_redelivery, wait_for
 from revstore.store import Target
 
 REVSTORE = str(Path(sys.executable).with_name("revstore"))
@@ -44,15 +44,19 @@ def revoked_on(celery_app, worker) -> set[str]:
 def test_revoked_eta_task_never_runs_after_sigkill_and_restart(cluster_factory, celery_app, backend) -> None:
     cluster = cluster_factory(backend)
     worker = cluster.worker("a").start()
-    revoked = send(celery_app, worker.queue, "revoked-eta", countdown=8)
-    control = send(celery_app, worker.queue, "control-eta", countdown=8)
+    # the ETA must fall after the kill, however slowly a loaded machine gets there
+    revoked = send(celery_app, worker.queue, "revoked-eta", countdown=15)
+    control = send(celery_app, worker.queue, "control-eta", countdown=15)
     wait_for(lambda: held_by(celery_app, worker, revoked) and held_by(celery_app, worker, control), 15,
              what="the worker to hold both ETA tasks")
+    delivered = time.monotonic()
 
     celery_app.app.control.revoke(revoked)
     wait_for(lambda: cluster.store.get(revoked) is not None, 5, what="the write-through row")
+    assert not cluster.finished("control-eta"), "the ETA passed before the kill: the test proves nothing"
     worker.kill()  # the shelve statedb would lose the revoke here
 
+    await_redelivery(delivered)
     worker.start()
     # the un-revoked twin proves the messages came back to the restarted worker
     wait_for(lambda: cluster.finished("control-eta"), 40, what="the control task to run after restart")
