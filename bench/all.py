@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import pickle
 import platform
 import subprocess
 import sys
@@ -22,7 +23,7 @@ from sqlalchemy import create_engine, text
 
 from bench import (cleanup, console, fleet, hotpath, mariadb, memory, mingle, mysql_drivers, plots, propagation,
                    snapshot_start, startup, write_path)
-from bench.common import PG_URL, ROOT, Figure, redis_db, report, table
+from bench.common import PG_URL, ROOT, Figure, log, redis_db, report, table
 from revstore.config import normalize_url
 
 DOC = ROOT / "docs" / "benchmarks.md"
@@ -114,11 +115,7 @@ def machine() -> dict[str, str]:
     with engine.connect() as conn:
         maria = conn.execute(text("SELECT VERSION()")).scalar_one()
     engine.dispose()
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                                text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = "unknown"
+    commit = machine_commit()
     return {
         "CPU": f"{os.cpu_count()} × {cpu}",
         "memory": f"{mem_kib / 1024 / 1024:.0f} GiB",
@@ -137,7 +134,7 @@ def machine() -> dict[str, str]:
 
 
 def document(figures: list[Figure], info: dict[str, str], seconds: float, load: tuple[str, str],
-             drawn: list[plots.Plot]) -> str:
+             drawn: list[plots.Plot], reused: list[str]) -> str:
     notes = [f"- {f.name}: {f.note}" for f in figures if f.note]
     missed = [f for f in figures if f.met is False]
     verdict = ("Every target is met." if not missed else
@@ -159,8 +156,10 @@ def document(figures: list[Figure], info: dict[str, str], seconds: float, load: 
         "memory, cleanup, console, mingle, fleet, mariadb, mysql_drivers",
         "```",
         "",
-        f"Run took {seconds / 60:.1f} minutes.  Machine: "
+        f"Run took {seconds / 60:.1f} minutes of measuring.  Machine: "
         + "; ".join(f"{k} {v}" for k, v in info.items()) + ".",
+        *([f"Taken from an earlier run's checkpoint (not re-measured with the rest): {', '.join(reused)}."]
+          if reused else []),
         f"The machine is shared (a 2-core VM; the test suite may run beside the benchmark): load average "
         f"{load[0]} before the run, {load[1]} after.  Ratios compare figures taken minutes apart on the "
         "same machine, which is what makes them meaningful; absolute figures move with the load.",
@@ -190,10 +189,23 @@ def loadavg() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
+#: Each finished step's figures and raw samples, so a crash late in a 40-minute
+#: run keeps what was measured, and ``--only`` re-measures single steps.
+CHECKPOINTS = ROOT / ".cache" / "bench"
+
+
+def _checkpoint(name: str, quick: bool) -> Path:
+    return CHECKPOINTS / f"{name}{'-quick' if quick else ''}.pickle"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="tiny sizes, to prove the scripts work")
     parser.add_argument("--out", type=Path, default=None, help=f"where to write the document (default {DOC})")
+    parser.add_argument("--only", default="", metavar="NAME[,NAME]",
+                        help="re-measure these steps; take the others from the last run's checkpoints")
+    parser.add_argument("--resume", action="store_true",
+                        help="skip steps whose checkpoint this commit already wrote (a run cut short)")
     args = parser.parse_args()
     if args.quick and args.out is None:
         parser.error("--quick measures nothing worth publishing: give --out")
@@ -201,32 +213,80 @@ def main() -> None:
     samples: dict[tuple[str, int], list[Any]] = {}
     latencies: dict[str, list[float]] = {}
     raw: dict[str, Any] = {"startup": samples, "propagation": latencies}
-    steps: list[tuple[str, Callable[[], list[Figure]]]] = [
-        (startup.TITLE, lambda: startup.run(args.quick, keep=samples)),
-        (memory.TITLE, lambda: memory.run(args.quick, samples=samples)),
-        (snapshot_start.TITLE, lambda: snapshot_start.run(args.quick)),
-        (hotpath.TITLE, lambda: hotpath.run(args.quick)),
-        (write_path.TITLE, lambda: write_path.run(args.quick)),
-        (propagation.TITLE, lambda: propagation.run(args.quick, keep=latencies)),
-        (cleanup.TITLE, lambda: cleanup.run(args.quick)),
-        (console.TITLE, lambda: console.run(args.quick)),
-        (mingle.TITLE, lambda: mingle.run(args.quick)),
-        (fleet.TITLE, lambda: fleet.run(args.quick, keep=raw)),
-        (mariadb.TITLE, lambda: mariadb.run(args.quick)),
-        (mysql_drivers.TITLE, lambda: mysql_drivers.run(args.quick)),
+    steps: list[tuple[str, str, Callable[[], list[Figure]]]] = [
+        (startup.NAME, startup.TITLE, lambda: startup.run(args.quick, keep=samples)),
+        (memory.NAME, memory.TITLE, lambda: memory.run(args.quick, samples=samples)),
+        (snapshot_start.NAME, snapshot_start.TITLE, lambda: snapshot_start.run(args.quick)),
+        (hotpath.NAME, hotpath.TITLE, lambda: hotpath.run(args.quick)),
+        (write_path.NAME, write_path.TITLE, lambda: write_path.run(args.quick)),
+        (propagation.NAME, propagation.TITLE, lambda: propagation.run(args.quick, keep=latencies)),
+        (cleanup.NAME, cleanup.TITLE, lambda: cleanup.run(args.quick)),
+        (console.NAME, console.TITLE, lambda: console.run(args.quick)),
+        (mingle.NAME, mingle.TITLE, lambda: mingle.run(args.quick)),
+        (fleet.NAME, fleet.TITLE, lambda: fleet.run(args.quick, keep=raw)),
+        (mariadb.NAME, mariadb.TITLE, lambda: mariadb.run(args.quick)),
+        (mysql_drivers.NAME, mysql_drivers.TITLE, lambda: mysql_drivers.run(args.quick)),
     ]
+    only = {name for name in args.only.split(",") if name}
+    unknown = only - {name for name, _, _ in steps}
+    if unknown:
+        parser.error(f"no benchmark named {', '.join(sorted(unknown))}; "
+                     f"choose from {', '.join(name for name, _, _ in steps)}")
+    commit = machine_commit()
     figures: list[Figure] = []
-    for title, step in steps:
-        found = step()
+    reused: list[str] = []
+    took = 0.0
+    for name, title, step in steps:
+        path = _checkpoint(name, args.quick)
+        saved = pickle.loads(path.read_bytes()) if path.exists() else None
+        if saved and ((only and name not in only) or (args.resume and saved["commit"] == commit)):
+            found, seconds = saved["figures"], saved["seconds"]
+            _merge(raw, saved["raw"])
+            reused.append(f"`{name}` (commit {saved['commit']})")
+            log(f"{name}: figures of the run at {saved['commit']} ({saved['seconds'] / 60:.1f} min), not re-measured")
+        elif only and name not in only:
+            raise SystemExit(f"bench: no checkpoint for {name}; run it too (--only {args.only},{name}) "
+                             "or run everything")
+        else:
+            before = {key: value for key, value in raw.items()}
+            began = time.monotonic()
+            found = step()
+            seconds = time.monotonic() - began
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(pickle.dumps({"commit": commit, "seconds": seconds, "figures": found,
+                                           "raw": _raw_of(raw, before)}))
         report(title, found)
         figures += found
-    seconds = time.monotonic() - started
+        took += seconds
     out = args.out or DOC
     drawn = plots.draw(raw, out.parent / "img")
-    out.write_text(document(figures, machine(), seconds, (load_before, loadavg()), drawn) + "\n")
-    print(f"\nall benchmarks in {seconds / 60:.1f} min; wrote {out}")
-    if seconds > 1200 and not args.quick:
-        print("warning: over the 20-minute budget", file=sys.stderr)
+    out.write_text(document(figures, machine(), took, (load_before, loadavg()), drawn, reused) + "\n")
+    print(f"\nall benchmarks: {took / 60:.1f} min of measuring "
+          f"({(time.monotonic() - started) / 60:.1f} min this run); wrote {out}")
+    if took > 3600 and not args.quick:
+        print("warning: over the hour budget of make bench", file=sys.stderr)
+
+
+def _raw_of(raw: dict[str, Any], before: dict[str, Any]) -> dict[str, Any]:
+    """What this step added to the raw samples (the plots' input), by key: a copy to checkpoint."""
+    return {key: value for key, value in raw.items() if key not in before or key in ("startup", "propagation")}
+
+
+def _merge(raw: dict[str, Any], saved: dict[str, Any]) -> None:
+    for key, value in saved.items():
+        if isinstance(raw.get(key), dict) and isinstance(value, dict):
+            for sub, items in value.items():
+                raw[key].setdefault(sub, items)
+        else:
+            raw.setdefault(key, value)
+
+
+def machine_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                              text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
 
 
 if __name__ == "__main__":

@@ -112,6 +112,8 @@ class Changes:
     marker: int
     #: the cleanup deleted un-revokes this reader never saw: reload everything
     reload_required: bool
+    #: the database's time when it read them (a reader's clock anchor)
+    now: datetime | None = None
 
 
 @dataclass

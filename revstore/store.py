@@ -17,6 +17,7 @@ from __future__ import annotations
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime, timedelta, timezone
+from operator import methodcaller
 from typing import Any
 
 from sqlalchemy import Engine, and_, case, create_engine, func, literal, or_, select, true, tuple_, update
@@ -283,7 +284,7 @@ class RevocationStore:
             if heard_at is not None:
                 heard = self.backend.column_time(heard_at.astimezone(timezone.utc))
             changed = 0
-            for chunk in self._key_chunks(items):
+            for chunk in self._key_chunks(items, self.backend.upsert_chunk):
                 changed += self._upsert(conn, chunk, shared, expires_at, heard)
             if changed:
                 self._notify(conn, version)
@@ -312,9 +313,9 @@ class RevocationStore:
 
         return self._run(read)
 
-    def _key_chunks(self, items: list[Target]) -> Iterator[list[Target]]:
-        """``items`` in pieces of the size one statement takes on this backend."""
-        size = self.backend.key_chunk
+    def _key_chunks(self, items: list[Target], size: int | None = None) -> Iterator[list[Target]]:
+        """``items`` in pieces of the size one statement takes on this backend (a lookup's, by default)."""
+        size = size or self.backend.key_chunk
         for start in range(0, len(items), size):
             yield items[start : start + size]
 
@@ -601,8 +602,8 @@ class RevocationStore:
         columns, an id list and a float array, as compactly as the backend
         can send them (packed by the server on PostgreSQL, elsewhere in
         ``chunk``-row pieces).  Ids stored by digest (rare: too long for the
-        index, see revstore.keys) come with the stamps and roots, decoded
-        here.  The remaining lifetime is computed by the database.
+        index, see revstore.keys) are then looked up by key for their text.
+        The remaining lifetime is computed by the database.
         The marker is the clock read *before* the rows: every version at or
         below it had committed, so the rows include all of them; anything
         newer that the load also saw comes again from ``changes_since``,
@@ -611,11 +612,10 @@ class RevocationStore:
         table, clock = self.tables.revocations, self.tables.clock
         remaining, never = self.backend.seconds_left(table.c.expires_at), self.backend.infinity()
         live = and_(table.c.active, or_(table.c.expires_at.is_(None), table.c.expires_at > self._now()))
-        task = and_(table.c.kind == "task", table.c.value_full.is_(None))
-        tasks = select(table.c.value, func.coalesce(remaining, never)).where(task, live)
-        # the one scan that reads stamps and roots also reads ids stored by digest
+        tasks = select(table.c.value, func.coalesce(remaining, never)).where(table.c.kind == "task", live)
+        # ranges of the primary key (kind first): no second pass over the million task rows
         others = select(table.c.kind, table.c.header, table.c.value, table.c.header_full, table.c.value_full,
-                        remaining).where(~task, live)
+                        remaining).where(table.c.kind.in_([kind for kind in KINDS if kind != "task"]), live)
 
         def read(conn: Connection) -> tuple[Snapshot, int]:
             marker = int(conn.execute(select(clock.c.version).where(clock.c.id == 1)).scalar_one())
@@ -626,32 +626,57 @@ class RevocationStore:
                     snapshot.task_remaining.extend(left)
                 else:
                     snapshot.task_ids, snapshot.task_remaining = ids, left
+            self._undigest(conn, snapshot.task_ids)
             for k, h, v, hf, vf, r in conn.execute(others):
                 target = _target(k, h, v, hf, vf)
-                if k == "task":
-                    snapshot.task_ids.append(target.value)
-                    snapshot.task_remaining.append(float("inf") if r is None else float(r))
-                else:
-                    snapshot.others.append((k, target.header, target.value, None if r is None else float(r)))
+                snapshot.others.append((k, target.header, target.value, None if r is None else float(r)))
             return snapshot, marker
 
         with gc_paused():
             return self._run(read)
 
+    def _undigest(self, conn: Connection, task_ids: list[str]) -> None:
+        """Replace, in place, the digests of ids too long for the key column by the ids themselves.
+
+        Such ids are rare, so the load reads every task row's key column
+        alone and then looks the few digests up by key, instead of a second
+        pass over the whole table for their full texts (a second scan of a
+        million rows: a second on MariaDB).
+        """
+        if not any(map(_is_digest, task_ids)):
+            return
+        at = {value: i for i, value in enumerate(task_ids) if _is_digest(value)}
+        table, keys = self.tables.revocations, [("task", "", value) for value in at]
+        for start in range(0, len(keys), self.backend.key_chunk):
+            stmt = select(table.c.value, table.c.value_full).where(
+                self.backend.key_in(table, keys[start:start + self.backend.key_chunk]))
+            for value, value_full in conn.execute(stmt):
+                task_ids[at[value]] = _target("task", "", value, None, value_full).value
+
     def changes_since(self, marker: int) -> Changes:
-        """Rows written (revoked or un-revoked) after ``marker``, in version order."""
+        """Rows written (revoked or un-revoked) after ``marker``, in version order.
+
+        One statement, since every worker runs it at every poll (through a
+        pooler, each statement is a round trip to the server): the clock
+        row, outer-joined to the rows newer than ``marker``, so an idle
+        poll still returns the clock's one row.  The statement's one
+        snapshot sees a cleanup's deletions together with the
+        ``purged_version`` it recorded (see :meth:`purge_expired`).
+        """
         table, clock = self.tables.revocations, self.tables.clock
+        stmt = (
+            select(clock.c.purged_version, self._now(), *self._columns())
+            .select_from(clock.outerjoin(table, table.c.version > marker))
+            .where(clock.c.id == 1)
+            .order_by(table.c.version)
+        )
 
         def read(conn: Connection) -> Changes:
-            now = self._db_now(conn)
-            rows = conn.execute(
-                select(*self._columns()).where(table.c.version > marker).order_by(table.c.version)
-            ).all()
-            # read after the rows: a cleanup that deleted an unseen tombstone
-            # before our read has already recorded it here (see purge_expired)
-            purged = conn.execute(select(clock.c.purged_version).where(clock.c.id == 1)).scalar_one()
-            new_marker = max([marker] + [int(r[9]) for r in rows])
-            return Changes([self._row(r, now) for r in rows], new_marker, int(purged) > marker)
+            found = conn.execute(stmt).all()
+            purged, now = int(found[0][0]), self.backend.as_datetime(found[0][1])
+            rows = [self._row(r[2:], now) for r in found if r[2] is not None]
+            new_marker = max([marker] + [r.version for r in rows])
+            return Changes(rows, new_marker, purged > marker, now)
 
         return self._run(read)
 
@@ -810,6 +835,10 @@ class RevocationStore:
         """Raise DatabaseUnavailable/SchemaError unless the tables can be read."""
         clock = self.tables.clock
         self._run(lambda conn: conn.execute(select(clock.c.version)).first())
+
+
+#: Whether a task's key column holds a digest (see revstore.keys): a C-level test per id.
+_is_digest = methodcaller("startswith", _keys.DIGEST_PREFIX)
 
 
 def _target(kind: str, header: str, value: str, header_full: str | None, value_full: str | None) -> Target:

@@ -118,7 +118,6 @@ class RevocationSync:
         self.offline: SnapshotRead | None = None
         self._base_due: tuple[Snapshot, int, float] | None = None
         self._committed_seq = 0
-        self._anchored_at = 0.0
         self._spool_full = RateLimitedWarning()
         self.settings = settings
         self.memory = memory
@@ -491,7 +490,8 @@ class RevocationSync:
             logger.warning("revstore: missed un-revokes that were already cleaned up; reloading everything")
             self._post(self._reload_job())
             return
-        self._anchor(changes.rows)
+        if changes.now is not None:
+            self.clock.anchor(changes.now)  # the database clock, read with the rows
         if changes.rows:
             rows = changes.rows
             self.memory.fetched.record(rows)
@@ -499,16 +499,6 @@ class RevocationSync:
         self.marker = changes.marker
         if self.state is not None:
             self.state.snapshot.append(changes.rows, changes.marker, self.clock.now())
-
-    def _anchor(self, rows: list[Revocation]) -> None:
-        """Keep the database clock estimate fresh: from a pulled row if one has an expiry, else ask."""
-        for row in rows:
-            if row.expires_at is not None and row.remaining is not None:
-                self.clock.anchor(epoch(row.expires_at) - row.remaining)
-                return
-        if not self.clock.anchored or time.monotonic() - self._anchored_at > 60:
-            self.clock.anchor(self.store.db_now())
-            self._anchored_at = time.monotonic()
 
     def _apply(self, rows: list[Revocation]) -> list[Revocation]:
         live = self.memory.apply(rows)

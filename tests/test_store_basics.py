@@ -91,6 +91,28 @@ def test_start_up_load_holds_ids_with_newlines(store) -> None:
     assert sorted(snapshot.task_ids) == sorted(ids)
 
 
+def test_start_up_load_gives_every_id_once_with_its_own_lifetime(store) -> None:
+    """Ids of every shape (too long for the key column, looking like a digest, holding the packed
+    load's separator) load once each, as themselves, with their own remaining lifetime."""
+    from revstore.keys import DIGEST_PREFIX
+
+    short = [f"short-{i:02d}" for i in range(20)] + ["x" * 300, DIGEST_PREFIX + "not-one"]
+    never = [f"never-{i:02d}" for i in range(9)] + ["never-with\nnewline", "y" * 1000]
+    store.add(short, expires=600)
+    store.add(never, expires=None)
+    store.add(["gone", "z" * 400], expires=0.2)
+    store.add([Target.stamp("h", "v" * 300)])
+    time.sleep(0.5)
+    snapshot, _ = store.load_active()
+    left = dict(zip(snapshot.task_ids, snapshot.task_remaining))
+    assert len(snapshot.task_ids) == len(left) == len(short) + len(never)
+    assert set(left) == set(short) | set(never)
+    assert all(590 < left[i] <= 600 for i in short)
+    assert all(left[i] == float("inf") for i in never)
+    assert [(kind, header, value) for kind, header, value, _ in snapshot.others] == [
+        ("stamp", "h", Target.stamp("h", "v" * 300).value)]
+
+
 def test_a_restore_before_the_revoke_lands_leaves_a_tombstone_that_wins(store) -> None:
     """A write-through heard before a restore but committed after it must lose (issue 16)."""
     assert store.remove(["early"]).changed == 0  # nothing revoked yet: still a tombstone
@@ -101,3 +123,18 @@ def test_a_restore_before_the_revoke_lands_leaves_a_tombstone_that_wins(store) -
     assert not store.is_revoked("early")
     assert store.add(["early"]).changed == 1  # a revoke made after the restore wins
     assert store.is_revoked("early")
+
+
+def test_cleanup_deletes_exactly_the_expired_rows_in_short_pieces(store) -> None:
+    """A batch larger than one statement's piece (MySQL locks and deletes 1,000 at a time) still
+    deletes every expired row once and leaves the live ones."""
+    expired = [f"old-{i:05d}" for i in range(2300)]
+    live = [f"live-{i:03d}" for i in range(50)]
+    store.add(expired, expires=0.3)
+    store.add(live, expires=600)
+    time.sleep(0.8)
+    assert store.purge_expired(batch=2000) == len(expired)
+    assert store.purge_expired() == 0
+    snapshot, _ = store.load_active()
+    assert sorted(snapshot.task_ids) == live
+    assert store.stats()["active"]["task"] == len(live) and store.get(expired[0]) is None

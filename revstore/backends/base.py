@@ -86,6 +86,10 @@ class Backend(Protocol):
     #: under the driver's bound-parameter and the server's statement limits.
     key_chunk: ClassVar[int]
 
+    #: Keys per upsert (the bulk revoke's statement), where the backend sends
+    #: them more compactly than a lookup's key list.
+    upsert_chunk: ClassVar[int]
+
     def engine_options(self, pooling: Pooling) -> dict[str, Any]:
         """``create_engine`` keyword arguments: timeouts, pool, isolation.
 
@@ -220,6 +224,7 @@ class SqlBackend:
     supports_schema: ClassVar[bool] = True
     #: SQLite allows 32766 bound parameters: 2000 rows of up to 11 stay under it
     key_chunk: ClassVar[int] = 2000
+    upsert_chunk: ClassVar[int] = 2000
 
     def engine_options(self, pooling: Pooling) -> dict[str, Any]:
         return {"pool_pre_ping": True}

@@ -23,6 +23,7 @@ class PostgresBackend(SqlBackend):
     supports_schema: ClassVar[bool] = True
     #: keys travel as one JSON array (see _keys), so a statement takes many
     key_chunk: ClassVar[int] = 50_000
+    upsert_chunk: ClassVar[int] = 50_000
 
     def engine_options(self, pooling: Pooling) -> dict[str, Any]:
         # prepare_threshold None: psycopg prepares nothing on the server.
