@@ -15,7 +15,7 @@ transfer tricks, change notification) is asked of a backend from
 from __future__ import annotations
 
 from array import array
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime, timedelta, timezone
 from operator import methodcaller
 from typing import Any
@@ -419,14 +419,9 @@ class RevocationStore:
         were revoked.
         """
         by = validate_label(revoked_by, "revoked_by") if revoked_by is not None else default_revoker()
-        items = unique_targets(targets)
-        if not items:
-            return WriteResult(0, 0)
         table = self.tables.revocations
 
-        def write(conn: Connection) -> WriteResult:
-            version = self._bump(conn)
-            now = self._db_now(conn)
+        def write(conn: Connection, items: list[Target], version: int, now: datetime) -> WriteResult:
             shared = {
                 "terminate": False, "signal": None, "reason": None, "revoked_by": by, "revoked_at": now,
                 "expires_at": now + timedelta(seconds=self.tombstone_ttl), "version": version, "active": False,
@@ -444,7 +439,7 @@ class RevocationStore:
             self._notify(conn, version)
             return WriteResult(was_active, version)
 
-        return self._run(write, write=True)
+        return self._versioned_write(targets, write)
 
     def extend(self, targets: Iterable[Target | str], expires: float) -> WriteResult:
         """Keep active revocations at least ``expires`` seconds from now (database time).
@@ -469,14 +464,9 @@ class RevocationStore:
         ``values(version, now)`` gives the new column values; ``where(now)``
         narrows the rows further.
         """
-        items = unique_targets(targets)
-        if not items:
-            return WriteResult(0, 0)
         table = self.tables.revocations
 
-        def write(conn: Connection) -> WriteResult:
-            version = self._bump(conn)
-            now = self._db_now(conn)
+        def write(conn: Connection, items: list[Target], version: int, now: datetime) -> WriteResult:
             changed = 0
             for chunk in self._key_chunks(items):
                 stmt = update(table).where(self._key_in(chunk), table.c.active)
@@ -488,7 +478,19 @@ class RevocationStore:
                 self._notify(conn, version)
             return WriteResult(changed, version if changed else 0)
 
-        return self._run(write, write=True)
+        return self._versioned_write(targets, write)
+
+    def _versioned_write(self, targets: Iterable[Target | str],
+                         body: Callable[[Connection, list[Target], int, datetime], WriteResult]) -> WriteResult:
+        """Run ``body(conn, targets, version, now)`` in one transaction holding a new clock version.
+
+        Nothing to write takes no clock lock: an empty call must not
+        serialise behind every writer.
+        """
+        items = unique_targets(targets)
+        if not items:
+            return WriteResult(0, 0)
+        return self._run(lambda conn: body(conn, items, self._bump(conn), self._db_now(conn)), write=True)
 
     def purge_expired(self, batch: int = _config.DEFAULT_CLEANUP_BATCH, max_batches: int | None = None) -> int:
         """Delete expired rows in short transactions of at most ``batch`` rows.
