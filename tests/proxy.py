@@ -46,15 +46,9 @@ class TcpProxy:
     def down(self) -> None:
         with self._lock:
             server, self._server = self._server, None
-            conns, self._conns = self._conns, []
         if server is not None:
             server.close()
-        for conn in conns:
-            try:
-                conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            conn.close()
+        self.cut()
 
     def cut(self) -> None:
         """Drop every open connection but keep accepting new ones."""
