@@ -37,6 +37,9 @@ BACKOFF_MIN, BACKOFF_MAX = 0.5, 30.0
 WARN_EVERY = 30.0
 #: Queued writes heard within this many seconds of each other share a transaction.
 MERGE_WINDOW = 0.05
+#: Seconds after a start-up load before its local snapshot is written: the
+#: worker forks its pool and takes its first tasks first.
+BASE_WRITE_DELAY = 5.0
 
 
 @dataclass
@@ -117,6 +120,8 @@ class RevocationSync:
         #: set while running on the local snapshot, until the first pull
         self.offline: SnapshotRead | None = None
         self._base_due: tuple[Snapshot, int, float] | None = None
+        #: a full load's snapshot base is written no earlier than this (monotonic)
+        self._base_not_before = 0.0
         self._committed_seq = 0
         self._spool_full = RateLimitedWarning()
         self.settings = settings
@@ -191,6 +196,9 @@ class RevocationSync:
         self.marker, self.loaded, self._needs_load = marker, True, False
         if self.state is not None:
             self._base_due = (rows, marker, db_now)
+            # building and writing the file takes the interpreter for a few
+            # tenths of a second per million ids: not while the worker starts
+            self._base_not_before = time.monotonic() + BASE_WRITE_DELAY
         self.apply_pending()
         logger.info("revstore: loaded %d revocations in %.2fs from %s", count, time.monotonic() - started,
                     self.store.url.render_as_string(hide_password=True))
@@ -372,6 +380,8 @@ class RevocationSync:
         while True:
             now = time.monotonic()
             due = min(self._sync_due, self._cleanup_due)
+            if self._base_due is not None:
+                due = min(due, self._base_not_before)
             if self._pending:
                 due = min(due, self._retry_at)
             idle_timeout = self.settings.pool_idle_timeout
@@ -466,7 +476,7 @@ class RevocationSync:
         if self._base_due is None and self.state.snapshot.needs_compaction() and self.offline is None:
             rows, marker = self.store.load_active()
             self._base_due = (rows, marker, epoch(self.store.db_now()))
-        if self._base_due is not None:
+        if self._base_due is not None and time.monotonic() >= self._base_not_before:
             rows, marker, db_now = self._base_due
             self.state.snapshot.write_base(rows, marker, db_now)
             self._base_due = None

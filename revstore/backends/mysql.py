@@ -52,6 +52,11 @@ NEVER = 1.7976931348623157e308
 #: indexes, and 1,000 of them keep one statement to tens of milliseconds.
 DELETE_CHUNK = 1000
 
+#: A never-expiring row's lifetime in the start-up load's integer microseconds
+#: (some 146,000 years); it becomes ``inf`` on the way into Python.
+NEVER_MICROS = 2**62
+_MICRO = 1e-6
+
 #: Worker and admin account names go into GRANT statements, which take no
 #: bound parameters: plain names only.
 _ACCOUNT_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789_")
@@ -199,10 +204,22 @@ class MysqlBackend(SqlBackend):
         return versions
 
     def task_ids(self, conn: Connection, stmt: Select[Any], chunk: int) -> Iterator[tuple[list[str], array]]:
-        for ids, remaining in self._streamed(conn, stmt, chunk):
-            if remaining and max(remaining) >= NEVER:
-                remaining = array("d", (float("inf") if x >= NEVER else x for x in remaining))
-            yield ids, remaining
+        """The rows of ``stmt`` with each lifetime sent as whole microseconds, turned into seconds here.
+
+        MariaDB formats a million doubles for the text protocol more slowly
+        than it scans the table (1.8 s against 1.2 s for a million rows
+        streamed); integers cost it next to nothing.  ``stmt``'s own lifetime
+        column (``seconds_left``) stays what the other, few, rows use.
+        """
+        value = stmt.selected_columns[0]
+        micros = func.coalesce(
+            func.timestampdiff(literal_column("MICROSECOND"), self.now(), value.table.c.expires_at),
+            literal_column(str(NEVER_MICROS)))
+        for ids, left in self._streamed(conn, stmt.with_only_columns(value, micros), chunk):
+            seconds = array("d", map(_MICRO.__mul__, left))
+            if seconds and max(seconds) >= NEVER_MICROS * _MICRO:
+                seconds = array("d", (float("inf") if x >= NEVER_MICROS * _MICRO else x for x in seconds))
+            yield ids, seconds
 
     def _streamed(self, conn: Connection, stmt: Select[Any], chunk: int) -> Iterator[tuple[list[str], array]]:
         """Through an unbuffered driver cursor as plain tuples (no Row objects), where the driver has one."""
