@@ -50,6 +50,8 @@ DEFAULT_TABLE_PREFIX = "revstore_"
 #: as tombstones are kept, so a catch-up from its marker never has to
 #: guess which un-revokes it missed.
 DEFAULT_SNAPSHOT_MAX_AGE = DEFAULT_TOMBSTONE_TTL
+#: A node name whose files have not been touched for this long has gone for good.
+DEFAULT_STATE_TTL = 7 * 86400.0
 
 
 def default_state_dir(environ: Mapping[str, str]) -> Path:
@@ -82,6 +84,7 @@ ENV = {
     "revstore_listen": "REVSTORE_LISTEN",
     "revstore_state_dir": "REVSTORE_STATE_DIR",
     "revstore_snapshot_max_age": "REVSTORE_SNAPSHOT_MAX_AGE",
+    "revstore_state_ttl": "REVSTORE_STATE_TTL",
     "revstore_web_token": "REVSTORE_WEB_TOKEN",
     "revstore_web_user": "REVSTORE_WEB_USER",
     "revstore_web_password": "REVSTORE_WEB_PASSWORD",
@@ -204,6 +207,7 @@ class Settings:
     #: set explicitly (a folder that cannot be written is then fatal)
     state_dir_explicit: bool = False
     snapshot_max_age: float = DEFAULT_SNAPSHOT_MAX_AGE
+    state_ttl: float = DEFAULT_STATE_TTL
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def poll_interval(self, listening: bool) -> float:
@@ -320,6 +324,7 @@ def load_settings(
         state_dir=state_dir,
         state_dir_explicit=state_raw is not None,
         snapshot_max_age=num("revstore_snapshot_max_age", DEFAULT_SNAPSHOT_MAX_AGE),
+        state_ttl=num("revstore_state_ttl", DEFAULT_STATE_TTL, minimum=60.0),
     )
 
 

@@ -56,6 +56,9 @@ SPOOL_MAX_BYTES = 256 * 1024 * 1024
 #: of the base, whichever is more.
 JOURNAL_MIN_COMPACT = 1024 * 1024
 
+#: What a node name's files are called after its stem (besides ``.lock``).
+STATE_SUFFIXES = (".spool", ".spool.damaged", ".snapshot", ".snapshot.damaged", ".journal")
+
 #: With nothing changing, the journal still records "in step at marker M"
 #: this often, so the snapshot's age says how stale it is.
 HEARTBEAT = 60.0
@@ -66,7 +69,12 @@ class StateDamaged(RevstoreError):
 
 
 def frame(payload: bytes) -> bytes:
-    return _HEADER.pack(MAGIC, len(payload), zlib.crc32(payload)) + payload
+    return b"".join(framed(payload))
+
+
+def framed(payload: bytes) -> tuple[bytes, bytes]:
+    """A frame as header and payload, to be written without copying a large payload into one buffer."""
+    return _HEADER.pack(MAGIC, len(payload), zlib.crc32(payload)), payload
 
 
 def read_frames(data: bytes, stop_at_damage: bool = False) -> tuple[list[bytes], int]:
@@ -218,9 +226,14 @@ class Spool:
 
 @dataclass
 class SnapshotRead:
-    """A snapshot as read back: deadlines on the database clock, not lifetimes."""
+    """A snapshot as read back, equal to the table as of ``marker``.
 
-    #: task ids and their deadlines (``inf``: never); others' last field is the deadline too
+    The base's task lifetimes are kept as written (seconds left at
+    ``base_time`` on the database clock), so reading a million of them costs
+    no per-id arithmetic; the journal's and the other kinds' are deadlines.
+    """
+
+    #: task ids and their lifetimes at ``base_time`` (``inf``: never); others' last field is a deadline
     base: Snapshot
     #: the journal's rows after the base: ``(target, deadline or None, active)``
     changes: list[tuple[Target, float | None, bool]]
@@ -228,7 +241,11 @@ class SnapshotRead:
     #: when it was last in step with the table, on the database's and the host's clock
     db_time: float
     wall_time: float
-    #: bytes of the journal that could not be read (a torn last record)
+    #: the database clock when the base's lifetimes were counted
+    base_time: float = 0.0
+    #: what the database said it was when the base was written (see revstore.identity); None: unknown
+    db_identity: dict[str, Any] | None = None
+    #: bytes of the journal that could not be read or did not follow on (a torn last record)
     damaged: int = 0
 
     @property
@@ -243,15 +260,33 @@ class SnapshotRead:
 
 
 class SnapshotFiles:
-    """The last-known snapshot: a base file and a journal of the syncs since."""
+    """The last-known snapshot: a base file and a journal of the syncs since.
+
+    Right by construction, whatever the caller's order and wherever a crash
+    falls: every journal record says which marker its pull started from
+    (``since``) and is used only if that is at or below the marker reached so
+    far, so base + journal always equal the table as of the marker read back
+    (the rows of a pull are the rows' state at its end, so a pull that
+    started before the base's marker only repeats what the base holds or
+    brings it forward).  A base write keeps the journaled pulls that reach
+    past it; pulls made before there is any base are held in memory and
+    written after it.  The journal is replaced by rename after the base, so
+    a crash between the two leaves an older but consistent snapshot.
+    """
 
     def __init__(self, stem: Path, identity_: str) -> None:
         self.base_path = stem.with_name(stem.name + ".snapshot")
         self.journal_path = stem.with_name(stem.name + ".journal")
         self.identity = identity_
+        #: what the database says it is, recorded in the base (set by the sync layer)
+        self.db_identity: dict[str, Any] | None = None
         self.generation = ""
+        #: the marker base + journal on disk are in step with, and the base's (-1: no base)
+        self.marker = self.base_marker = -1
         self.base_bytes = 0
         self.journal_bytes = 0
+        #: pulls recorded before there was a base, written after it
+        self._held: list[dict[str, Any]] = []
         self._journal_fd: int | None = None
         self._last_write = 0.0
 
@@ -269,89 +304,147 @@ class SnapshotFiles:
         try:
             head = json.loads(frames[0])
             ids = frames[1].decode().split("\x00") if head["count"] else []
-            deadlines = array("d", frames[2])
+            lifetimes = array("d", frames[2])
             if head["byteorder"] != sys.byteorder:
-                deadlines.byteswap()
-            if len(ids) != head["count"] or len(deadlines) != len(ids) or head["identity"] != self.identity:
+                lifetimes.byteswap()
+            if len(ids) != head["count"] or len(lifetimes) != len(ids) or head["identity"] != self.identity:
                 raise ValueError("counts or identity do not match")
             others = [(k, h, v, d) for k, h, v, d in head["others"]]
+            # format 1 (0.2.0) kept deadlines, and journal records that cannot be chained
+            base_time = float(head["db_time"]) if head["format"] >= 2 else 0.0
         except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
             raise StateDamaged(f"revstore: snapshot {self.base_path} is damaged ({exc})") from None
         self.generation, self.base_bytes = head["generation"], len(data)
-        read = SnapshotRead(Snapshot(ids, deadlines, others), [], int(head["marker"]),
-                            float(head["db_time"]), float(head["wall_time"]))
+        self.marker = self.base_marker = int(head["marker"])
+        read = SnapshotRead(Snapshot(ids, lifetimes, others), [], self.marker, float(head["db_time"]),
+                            float(head["wall_time"]), base_time, head.get("db"))
         try:
             journal = self.journal_path.read_bytes()
         except FileNotFoundError:
             journal = b""
-        # a record only makes sense after every one before it: stop at damage
-        records, _ = read_frames(journal, stop_at_damage=True)
         good = 0
-        for payload in records:
-            try:
-                record = json.loads(payload)
-                if record["generation"] == self.generation:  # else: from before the base was last rewritten
-                    changes = [(Target(k, v, h), d, bool(a)) for k, h, v, d, a in record["rows"]]
-                    read.changes += changes
-                    read.marker, read.db_time = int(record["marker"]), float(record["db_time"])
-                    read.wall_time = float(record["wall_time"])
-            except (ValueError, KeyError, TypeError):
-                break
-            good += _HEADER.size + len(payload)
+        for record, end in self._chain(journal, self.marker):
+            read.changes += [(Target(k, v, h), d, bool(a)) for k, h, v, d, a in record["rows"]]
+            read.marker = max(read.marker, int(record["marker"]))
+            read.db_time, read.wall_time = float(record["db_time"]), float(record["wall_time"])
+            good = end
+        self.marker = read.marker
         read.damaged = len(journal) - good
         if read.damaged:
-            # later records must follow the last good one, not the garbage
+            # later records must follow the last good one, not what could not be used
             with open(self.journal_path, "r+b") as fh:
                 fh.truncate(good)
+        self.journal_bytes = good
         return read
+
+    def _chain(self, journal: bytes, marker: int) -> Iterator[tuple[dict[str, Any], int]]:
+        """The journal's usable records after a base at ``marker``, each with where it ends.
+
+        A record only makes sense after every one before it: reading stops
+        at damage, at a record of another base, and at a gap.
+        """
+        pos = 0
+        for payload in read_frames(journal, stop_at_damage=True)[0]:
+            try:
+                record = json.loads(payload)
+                if record["generation"] != self.generation or int(record["since"]) > marker:
+                    return  # from before the base was last rewritten, or leaving out what changed between
+                marker = max(marker, int(record["marker"]))
+                record["rows"] = list(record["rows"])
+            except (ValueError, KeyError, TypeError):
+                return
+            pos += _HEADER.size + len(payload)
+            yield record, pos
 
     # ----------------------------------------------------------- write
 
-    def write_base(self, snapshot: Snapshot, marker: int, db_now: float) -> None:
-        """Replace the snapshot with a full load (lifetimes counted from ``db_now``), emptying the journal."""
-        deadlines = array("d", map(db_now.__add__, snapshot.task_remaining))
-        others = [[k, h, v, None if r is None else db_now + r] for k, h, v, r in snapshot.others]
-        self.generation = uuid.uuid4().hex
-        head = {
-            "format": 1, "identity": self.identity, "generation": self.generation, "marker": marker,
-            "db_time": db_now, "wall_time": time.time(), "count": len(snapshot.task_ids),
-            "byteorder": sys.byteorder, "others": others,
-        }
-        data = b"".join((
-            frame(json.dumps(head, separators=(",", ":")).encode()),
-            frame("\x00".join(snapshot.task_ids).encode()),
-            frame(deadlines.tobytes()),
-        ))
-        _write_atomically(self.base_path, data)
-        self.base_bytes = len(data)
-        self._open_journal(truncate=True)
-        self._last_write = time.monotonic()
+    def write_base(self, snapshot: Snapshot, marker: int, db_now: float, *, reset: bool = False) -> bool:
+        """Replace the base with a full load at ``marker`` (lifetimes counted from ``db_now``).
 
-    def append(self, rows: Iterable[Revocation], marker: int, db_now: float, force: bool = False) -> bool:
-        """Record a sync: the rows it pulled and the marker it reached.
+        Journaled (or held) pulls that reach past ``marker`` are carried
+        over to the new journal, and a load older than what the files hold
+        is not written: the snapshot never goes back.  ``reset`` (the
+        database was replaced or went back in time, so markers of before
+        mean nothing) starts over from this load alone.
+        """
+        if reset:
+            self.generation, self._held, self.marker, self.base_marker = "", [], -1, -1
+        elif marker < self.marker:
+            return False
+        others = [[k, h, v, None if r is None else db_now + r] for k, h, v, r in snapshot.others]
+        generation = uuid.uuid4().hex
+        head = {
+            "format": 2, "identity": self.identity, "generation": generation, "marker": marker,
+            "db_time": db_now, "wall_time": time.time(), "count": len(snapshot.task_ids),
+            "byteorder": sys.byteorder, "others": others, "db": self.db_identity,
+        }
+        lifetimes = snapshot.task_remaining
+        parts = (
+            *framed(json.dumps(head, separators=(",", ":")).encode()),
+            *framed("\x00".join(snapshot.task_ids).encode()),
+            *framed((lifetimes if isinstance(lifetimes, array) else array("d", lifetimes)).tobytes()),
+        )
+        tail, reached = [], marker
+        for record in self._recorded():
+            if int(record["marker"]) > reached and int(record["since"]) <= reached:
+                tail.append({**record, "generation": generation})
+                reached = int(record["marker"])
+        journal = b"".join(frame(json.dumps(r, separators=(",", ":")).encode()) for r in tail)
+        _write_atomically(self.base_path, *parts)
+        # a crash here leaves the new base with the old journal, whose records it ignores
+        _write_atomically(self.journal_path, journal)
+        self.generation, self.base_bytes, self._held = generation, sum(map(len, parts)), []
+        self.marker, self.base_marker = reached, marker
+        self._open_journal()
+        self._last_write = time.monotonic()
+        return True
+
+    def _recorded(self) -> list[dict[str, Any]]:
+        """Every pull recorded since the current base: the journal's, then the held ones."""
+        records: list[dict[str, Any]] = []
+        if self.generation:
+            try:
+                journal = self.journal_path.read_bytes()
+            except FileNotFoundError:
+                journal = b""
+            records = [record for record, _ in self._chain(journal, self.base_marker)]
+        return records + self._held
+
+    def append(self, rows: Iterable[Revocation], marker: int, db_now: float, *, since: int,
+               force: bool = False) -> bool:
+        """Record a sync that pulled ``rows`` (the changes after ``since``) and reached ``marker``.
 
         With no rows, only every HEARTBEAT seconds (so the age stays true).
+        Before there is a base the record is held, and written after it.
         """
         items = [[r.target.kind, r.target.header, r.target.value,
                   None if r.expires_at is None else epoch(r.expires_at), r.active] for r in rows]
-        if not self.generation or (not items and not force and time.monotonic() - self._last_write < HEARTBEAT):
+        if not items and not force and time.monotonic() - self._last_write < HEARTBEAT:
+            return False
+        record = {"generation": self.generation, "since": since, "marker": marker, "db_time": db_now,
+                  "wall_time": time.time(), "rows": items}
+        if not self.generation:
+            self._held.append(record)  # written after the base
+            return False
+        if since > self.marker:
+            # a gap (the caller skipped a pull): nothing after it could be used,
+            # so the snapshot stays at its marker until the next base
             return False
         if self._journal_fd is None:
-            self._open_journal(truncate=False)
-        record = {"generation": self.generation, "marker": marker, "db_time": db_now, "wall_time": time.time(),
-                  "rows": items}
+            self._open_journal()
         data = frame(json.dumps(record, separators=(",", ":")).encode())
         os.write(self._journal_fd, data)  # type: ignore[arg-type]
         self.journal_bytes += len(data)
+        self.marker = max(self.marker, marker)
         self._last_write = time.monotonic()
         return True
 
     def needs_compaction(self) -> bool:
         return self.journal_bytes > max(JOURNAL_MIN_COMPACT, self.base_bytes // 4)
 
-    def _open_journal(self, truncate: bool) -> None:
+    def _open_journal(self) -> None:
         locks.release(self._journal_fd)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_DSYNC | os.O_CLOEXEC | (os.O_TRUNC if truncate else 0)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_DSYNC | os.O_CLOEXEC
         self._journal_fd = os.open(self.journal_path, flags, 0o600)
         self.journal_bytes = os.fstat(self._journal_fd).st_size
 
@@ -366,14 +459,15 @@ class SnapshotFiles:
         self._journal_fd = None
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Write a whole file so that a crash leaves either the old or the new one."""
+def _write_atomically(path: Path, *parts: bytes) -> None:
+    """Write a whole file (the concatenation of ``parts``) so that a crash leaves either the old or the new one."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
+        for part in parts:
+            view = memoryview(part)
+            while view:
+                view = view[os.write(fd, view):]
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -427,6 +521,7 @@ class LocalState:
             state = cls(folder, stem, lock_fd, Spool(stem.with_name(stem.name + ".spool")),
                         SnapshotFiles(stem, ident))
             state.adopted = state._adopt_orphans(tag, settings.snapshot_max_age)
+            state._forget_gone(settings.state_ttl)
         except OSError as exc:
             message = (f"revstore: state folder {folder} is not writable ({exc.strerror or exc}); set "
                        "revstore_state_dir (REVSTORE_STATE_DIR) to a folder this worker can write, or to 'none'")
@@ -469,6 +564,44 @@ class LocalState:
             finally:
                 locks.release(fd)
         return adopted
+
+    def _forget_gone(self, ttl: float) -> None:
+        """Remove the files of node names (of any database) that have not run for ``ttl`` seconds.
+
+        Each node name that ever ran leaves its files behind (a fleet that
+        renames its workers, a test run, a retired database).  Those of this
+        database were adopted above; a spool of another database still
+        holding revokes is kept, since no worker here could commit them.
+        Leftover temporary files of this node (a crash during a rewrite)
+        go too.
+        """
+        for tmp in self.folder.glob(f".{self.stem.name}.*.tmp"):
+            tmp.unlink(missing_ok=True)
+        now = time.time()
+        for lock_path in self.folder.glob("*.lock"):
+            stem = lock_path.with_suffix("")
+            files = [lock_path, *(stem.with_name(stem.name + suffix) for suffix in STATE_SUFFIXES),
+                     *self.folder.glob(f".{stem.name}.*.tmp")]
+            try:
+                newest = max(path.stat().st_mtime for path in files if path.exists())
+            except ValueError:
+                continue
+            if stem == self.stem or now - newest < ttl:
+                continue
+            spool = stem.with_name(stem.name + ".spool")
+            if spool.exists() and spool.stat().st_size:
+                logger.warning("revstore: %s holds revokes of a database no worker on this host has used for %.0f "
+                               "days; kept (start a worker of that database to commit them, or delete it)",
+                               spool, (now - newest) / 86400)
+                continue
+            fd = locks.try_lock(lock_path, create=False)
+            if fd is None:
+                continue  # alive after all
+            try:
+                for path in files:
+                    path.unlink(missing_ok=True)
+            finally:
+                locks.release(fd)
 
     def open_spool(self) -> list[dict[str, Any]]:
         """Read this node's spool, append the adopted records to it, delete the orphans' files."""

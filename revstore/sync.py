@@ -37,9 +37,6 @@ BACKOFF_MIN, BACKOFF_MAX = 0.5, 30.0
 WARN_EVERY = 30.0
 #: Queued writes heard within this many seconds of each other share a transaction.
 MERGE_WINDOW = 0.05
-#: Seconds after a start-up load before its local snapshot is written: the
-#: worker forks its pool and takes its first tasks first.
-BASE_WRITE_DELAY = 5.0
 
 
 @dataclass
@@ -119,9 +116,10 @@ class RevocationSync:
         self.clock = DbClock()
         #: set while running on the local snapshot, until the first pull
         self.offline: SnapshotRead | None = None
-        self._base_due: tuple[Snapshot, int, float] | None = None
-        #: a full load's snapshot base is written no earlier than this (monotonic)
-        self._base_not_before = 0.0
+        #: a full load whose snapshot base is still to be written (at once, by the database thread),
+        #: and whether it starts the snapshot over (a load from the table) or compacts it
+        self._base_due: tuple[Snapshot, int, float, bool] | None = None
+        self._snapshot_warn = RateLimitedWarning()
         self._committed_seq = 0
         self._spool_full = RateLimitedWarning()
         self.settings = settings
@@ -182,7 +180,7 @@ class RevocationSync:
                 count = self.memory.live_count()
                 self.marker, self.loaded, self._needs_load = changes.marker, True, False
                 if self.state is not None:
-                    self.state.snapshot.append(changes.rows, changes.marker, db_now, force=True)
+                    self._journal(changes, local.marker, db_now, force=True)
                 self.apply_pending()
                 logger.info("revstore: loaded %d revocations in %.2fs from the local snapshot and %d changes "
                             "since from %s", count, time.monotonic() - started, len(changes.rows),
@@ -195,10 +193,9 @@ class RevocationSync:
         count = self.memory.load(rows)
         self.marker, self.loaded, self._needs_load = marker, True, False
         if self.state is not None:
-            self._base_due = (rows, marker, db_now)
-            # building and writing the file takes the interpreter for a few
-            # tenths of a second per million ids: not while the worker starts
-            self._base_not_before = time.monotonic() + BASE_WRITE_DELAY
+            # written by the database thread before its first pull, so that a
+            # worker killed (or cut off) seconds after it starts has a snapshot
+            self._base_due = (rows, marker, db_now, True)
         self.apply_pending()
         logger.info("revstore: loaded %d revocations in %.2fs from %s", count, time.monotonic() - started,
                     self.store.url.render_as_string(hide_password=True))
@@ -236,7 +233,7 @@ class RevocationSync:
 
     def _load_local(self, local: SnapshotRead, db_now: float) -> int:
         self.memory.prepare()
-        count = self.memory.load(local.base, shift=-db_now)
+        count = self.memory.load(local.base, shift=local.base_time - db_now)
         self.memory.apply(local.revocations(db_now))
         self.memory.purge()
         return count
@@ -381,7 +378,7 @@ class RevocationSync:
             now = time.monotonic()
             due = min(self._sync_due, self._cleanup_due)
             if self._base_due is not None:
-                due = min(due, self._base_not_before)
+                due = now
             if self._pending:
                 due = min(due, self._retry_at)
             idle_timeout = self.settings.pool_idle_timeout
@@ -475,11 +472,24 @@ class RevocationSync:
             return
         if self._base_due is None and self.state.snapshot.needs_compaction() and self.offline is None:
             rows, marker = self.store.load_active()
-            self._base_due = (rows, marker, epoch(self.store.db_now()))
-        if self._base_due is not None and time.monotonic() >= self._base_not_before:
-            rows, marker, db_now = self._base_due
-            self.state.snapshot.write_base(rows, marker, db_now)
+            self._base_due = (rows, marker, epoch(self.store.db_now()), False)
+        if self._base_due is not None:
+            rows, marker, db_now, reset = self._base_due
             self._base_due = None
+            try:
+                self.state.snapshot.write_base(rows, marker, db_now, reset=reset)
+            except OSError as exc:  # the table is still there: sync goes on, the snapshot ages
+                self._snapshot_warn("revstore: cannot write the local snapshot %s: %s",
+                                    self.state.snapshot.base_path, exc)
+
+    def _journal(self, changes: Changes, since: int, db_now: float, force: bool = False) -> None:
+        """Record a pull in the local snapshot; a disk error costs the snapshot's freshness, not the sync."""
+        assert self.state is not None
+        try:
+            self.state.snapshot.append(changes.rows, changes.marker, db_now, since=since, force=force)
+        except OSError as exc:
+            self._snapshot_warn("revstore: cannot write the local snapshot journal %s: %s",
+                                self.state.snapshot.journal_path, exc)
 
     def _reread(self) -> None:
         while self._recheck:
@@ -490,7 +500,8 @@ class RevocationSync:
             self._post(lambda targets=targets, rows=rows: self.memory.reconcile(targets, rows) or [])
 
     def _pull(self) -> None:
-        changes: Changes = self.store.changes_since(self.marker)
+        since = self.marker
+        changes: Changes = self.store.changes_since(since)
         self.last_sync_ok = time.monotonic()
         if self.offline is not None:
             logger.warning("revstore: the database is back; catching up from the local snapshot's marker %d",
@@ -508,7 +519,7 @@ class RevocationSync:
             self._post(lambda: self._apply(rows))
         self.marker = changes.marker
         if self.state is not None:
-            self.state.snapshot.append(changes.rows, changes.marker, self.clock.now())
+            self._journal(changes, since, self.clock.now())
 
     def _apply(self, rows: list[Revocation]) -> list[Revocation]:
         live = self.memory.apply(rows)
@@ -521,7 +532,7 @@ class RevocationSync:
         self.clock.anchor(db_now)
         self.marker, self._needs_load = marker, False
         if self.state is not None:
-            self._base_due = (rows, marker, db_now)
+            self._base_due = (rows, marker, db_now, True)
 
         def job() -> list[Revocation]:
             self.memory.prepare()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +19,7 @@ from sqlalchemy import Engine, create_engine, text
 
 import revstore
 from revstore import migrate
-from revstore.config import normalize_url
+from revstore.config import default_state_dir, normalize_url
 from revstore.store import RevocationStore
 
 PG_BASE = os.environ.get("REVSTORE_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -38,6 +39,44 @@ WORKER_FIXTURES = {"cluster_factory", "pools"}
 #: broker, so the main combination runs them once, as it runs the SQLite and
 #: MariaDB variants (the matrix uses PostgreSQL).
 MAIN_ONLY_MODULES = {"test_pgbouncer", "test_least_privilege", "test_reliability", "test_web_browser", "test_upgrade"}
+
+
+#: The user's own state folder (revstore_state_dir's default), as it was before the tests.
+USER_STATE_DIR = default_state_dir(os.environ)
+
+
+def _user_state_files() -> set[Path]:
+    return set(USER_STATE_DIR.rglob("*")) if USER_STATE_DIR.is_dir() else set()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Every worker the tests start, and every test that leaves the default folder, gets a temporary state folder.
+
+    ``XDG_STATE_HOME`` moves ``revstore_state_dir``'s default, and worker
+    processes inherit it, so nothing the tests run writes to the user's folder.
+    """
+    if not hasattr(config, "workerinput"):
+        config.stash[_STATE_BEFORE] = _user_state_files()
+        folder = tempfile.mkdtemp(prefix="revstore-test-state-")
+        config.stash[_STATE_HOME] = folder
+        os.environ["XDG_STATE_HOME"] = folder
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the run if any test wrote to the user's own state folder."""
+    config = session.config
+    if _STATE_BEFORE not in config.stash:
+        return
+    shutil.rmtree(config.stash[_STATE_HOME], ignore_errors=True)
+    made = _user_state_files() - config.stash[_STATE_BEFORE]
+    if made:
+        print(f"\nrevstore tests left {len(made)} files in the user's state folder {USER_STATE_DIR}, e.g. "
+              f"{sorted(made)[0]}: a test must use a temporary folder")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+_STATE_BEFORE = pytest.StashKey[set[Path]]()
+_STATE_HOME = pytest.StashKey[str]()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

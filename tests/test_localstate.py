@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
+import time
 from array import array
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
 
-from revstore.localstate import SnapshotFiles, Spool, StateDamaged, frame
-from revstore.store import Revocation, Snapshot, Target
+from revstore import locks
+from revstore.config import load_settings
+from revstore.localstate import LocalState, SnapshotFiles, Spool, StateDamaged, frame
+from revstore.store import Revocation, RevocationStore, Snapshot, Target
 
 
 def records(n: int) -> list[dict]:
@@ -67,11 +71,11 @@ def test_snapshot_base_and_journal_round_trip_with_deadlines(tmp_path: Path) -> 
                     [("stamp", "batch", '"x"', 30.0), ("root", "", "r1", None)])
     files.write_base(base, marker=5, db_now=1000.0)
     later = datetime.fromtimestamp(1500.0, timezone.utc)
-    files.append([_row("c", True, later), _row("a", False, later)], marker=7, db_now=1100.0)
+    files.append([_row("c", True, later), _row("a", False, later)], marker=7, db_now=1100.0, since=5)
     read = SnapshotFiles(tmp_path / "w", "db-a").read()
     assert read is not None and read.marker == 7 and read.db_time == 1100.0 and not read.damaged
     assert read.base.task_ids == ["a", "b\nnewline", "never"]
-    assert list(read.base.task_remaining) == [1010.0, 1020.0, float("inf")]
+    assert read.base_time == 1000.0 and list(read.base.task_remaining) == [10.0, 20.0, float("inf")]
     assert read.base.others == [("stamp", "batch", '"x"', 1030.0), ("root", "", "r1", None)]
     assert [(t.value, d, a) for t, d, a in read.changes] == [("c", 1500.0, True), ("a", 1500.0, False)]
     assert [r.remaining for r in read.revocations(1400.0)] == [100.0, 100.0]
@@ -82,13 +86,13 @@ def test_snapshot_base_and_journal_round_trip_with_deadlines(tmp_path: Path) -> 
 def test_a_torn_journal_is_cut_back_to_its_last_good_record(tmp_path: Path) -> None:
     files = SnapshotFiles(tmp_path / "w", "db")
     files.write_base(Snapshot(["a"], array("d", [10.0]), []), marker=1, db_now=0.0)
-    files.append([_row("b", True, None)], marker=2, db_now=1.0)
+    files.append([_row("b", True, None)], marker=2, db_now=1.0, since=1)
     with open(files.journal_path, "ab") as fh:
         fh.write(frame(b'{"half": ')[:-3])
     again = SnapshotFiles(tmp_path / "w", "db")
     read = again.read()
     assert read is not None and read.marker == 2 and read.damaged > 0
-    again.append([_row("c", True, None)], marker=3, db_now=2.0)
+    again.append([_row("c", True, None)], marker=3, db_now=2.0, since=2)
     read = SnapshotFiles(tmp_path / "w", "db").read()
     assert read is not None and read.marker == 3 and [t.value for t, _, _ in read.changes] == ["b", "c"]
 
@@ -106,3 +110,35 @@ def test_any_damage_to_the_base_is_one_clear_error(tmp_path: Path) -> None:
     files.base_path.write_bytes(data[: len(data) // 2])
     with pytest.raises(StateDamaged, match="is damaged"):
         SnapshotFiles(tmp_path / "w", "db").read()
+
+
+def _aged(paths: list[Path], days: float) -> None:
+    for path in paths:
+        path.touch()
+        when = time.time() - days * 86400
+        os.utime(path, (when, when))
+
+
+def test_files_of_node_names_gone_for_the_state_ttl_are_removed(tmp_path: Path) -> None:
+    settings = load_settings({"revstore_url": f"sqlite:///{tmp_path / 'db.sqlite3'}",
+                              "revstore_state_dir": str(tmp_path / "state"), "revstore_state_ttl": 3 * 86400})
+    folder = tmp_path / "state"
+    folder.mkdir()
+    gone = [folder / f"old@host.0123456789{suffix}" for suffix in (".lock", ".snapshot", ".journal", ".spool")]
+    recent = [folder / f"recent@host.0123456789{suffix}" for suffix in (".lock", ".snapshot")]
+    pending = [folder / f"pending@host.0123456789{suffix}" for suffix in (".lock", ".spool")]
+    live = [folder / f"live@host.0123456789{suffix}" for suffix in (".lock", ".snapshot")]
+    _aged(gone, 4)
+    _aged(recent, 2)
+    _aged(live, 30)
+    pending[1].write_bytes(frame(b'{"ids": "x"}'))  # another database's uncommitted revoke
+    _aged(pending, 30)
+    holder = locks.try_lock(live[0])
+    try:
+        state = LocalState.open(settings, RevocationStore(settings.url), "w@host")
+        assert state is not None
+        state.close()
+    finally:
+        locks.release(holder)
+    assert not any(path.exists() for path in gone)
+    assert all(path.exists() for path in recent + pending + live)
