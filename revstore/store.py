@@ -188,16 +188,27 @@ class RevocationStore:
 
     def _bump(self, conn: Connection) -> int:
         """Take the clock lock and a new version: it orders commits (see schema)."""
+        return self._bump_at(conn)[0]
+
+    def _bump_at(self, conn: Connection) -> tuple[int, datetime]:
+        """Take the clock lock and a new version, and the database's time once it is held.
+
+        One statement where the database returns from an UPDATE: a worker's
+        write-through is a handful of round trips, and each is a wait for
+        the interpreter's lock in a busy worker.
+        """
         clock = self.tables.clock
         stmt = update(clock).where(clock.c.id == 1).values(version=clock.c.version + 1)
         if self._returning:
-            version = conn.execute(stmt.returning(clock.c.version)).scalar_one_or_none()
+            row = conn.execute(stmt.returning(clock.c.version, self._now())).one_or_none()
+            version, now = (None, None) if row is None else (row[0], self.backend.as_datetime(row[1]))
         else:
             conn.execute(stmt)
             version = conn.execute(select(clock.c.version).where(clock.c.id == 1)).scalar_one_or_none()
-        if version is None:
+            now = self._db_now(conn)
+        if version is None or now is None:
             raise SchemaError("revstore: the clock row is missing; run `revstore db upgrade`")
-        return int(version)
+        return int(version), now
 
     def _notify(self, conn: Connection, version: int) -> None:
         self.backend.notify(conn, self.channel, version)
@@ -260,15 +271,15 @@ class RevocationStore:
             return WriteResult(0, 0)
         # validate expires before touching the database
         self._expiry(datetime(2000, 1, 1), expires)
-        if if_needed:
-            covered = self._covered(items, bool(terminate), expires)
-            items = [t for t in items if t not in covered]
-            if not items:
-                return WriteResult(0, 0)
 
         def write(conn: Connection) -> WriteResult:
-            version = self._bump(conn)
-            now = self._db_now(conn)
+            todo = items
+            if if_needed:  # in the same transaction, before the clock lock: one commit, not two
+                covered = self._covered_in(conn, items, bool(terminate), expires)
+                todo = [t for t in items if t not in covered]
+                if not todo:
+                    return WriteResult(0, 0)
+            version, now = self._bump_at(conn)
             expires_at = self._expiry(now, expires)
             shared = {
                 "terminate": bool(terminate),
@@ -284,34 +295,29 @@ class RevocationStore:
             if heard_at is not None:
                 heard = self.backend.column_time(heard_at.astimezone(timezone.utc))
             changed = 0
-            for chunk in self._key_chunks(items, self.backend.upsert_chunk):
-                changed += self._upsert(conn, chunk, shared, expires_at, heard)
-            if changed:
-                self._notify(conn, version)
-            return WriteResult(changed, version, len(items) - changed)
+            for chunk in self._key_chunks(todo, self.backend.upsert_chunk):
+                # a notification repeated in one transaction is delivered once
+                changed += self._upsert(conn, chunk, shared, expires_at, heard, notify=(self.channel, version))
+            return WriteResult(changed, version, len(todo) - changed)
 
         return self._run(write, write=True)
 
-    def _covered(self, items: list[Target], terminate: bool, expires: Any) -> set[Target]:
+    def _covered_in(self, conn: Connection, items: list[Target], terminate: bool, expires: Any) -> set[Target]:
         """The targets whose active row is already at least as strong as this write."""
         table = self.tables.revocations
-
-        def read(conn: Connection) -> set[Target]:
-            wanted = self._expiry(self._db_now(conn), expires)
-            found: set[Target] = set()
-            for chunk in self._key_chunks(items):
-                stmt = select(table.c.kind, table.c.header, table.c.value).where(self._key_in(chunk), table.c.active)
-                if terminate:
-                    stmt = stmt.where(table.c.terminate)
-                if wanted is None:
-                    stmt = stmt.where(table.c.expires_at.is_(None))
-                else:
-                    stmt = stmt.where(or_(table.c.expires_at.is_(None), table.c.expires_at >= wanted - EXTEND_SLACK))
-                stored = {_keys.stored(t.kind, t.header, t.value)[0]: t for t in chunk}
-                found.update(stored[tuple(key)] for key in conn.execute(stmt))  # type: ignore[index]
-            return found
-
-        return self._run(read)
+        wanted = self._expiry(self._db_now(conn), expires)
+        found: set[Target] = set()
+        for chunk in self._key_chunks(items):
+            stmt = select(table.c.kind, table.c.header, table.c.value).where(self._key_in(chunk), table.c.active)
+            if terminate:
+                stmt = stmt.where(table.c.terminate)
+            if wanted is None:
+                stmt = stmt.where(table.c.expires_at.is_(None))
+            else:
+                stmt = stmt.where(or_(table.c.expires_at.is_(None), table.c.expires_at >= wanted - EXTEND_SLACK))
+            stored = {_keys.stored(t.kind, t.header, t.value)[0]: t for t in chunk}
+            found.update(stored[tuple(key)] for key in conn.execute(stmt))  # type: ignore[index]
+        return found
 
     def _key_chunks(self, items: list[Target], size: int | None = None) -> Iterator[list[Target]]:
         """``items`` in pieces of the size one statement takes on this backend (a lookup's, by default)."""
@@ -349,8 +355,7 @@ class RevocationStore:
             return {name: getattr(new, name) for name in names}, and_(~old.active, new.active)
 
         def write(conn: Connection) -> WriteResult:
-            version = self._bump(conn)
-            now = self._db_now(conn)
+            version, now = self._bump_at(conn)
             changed = 0
             for start in range(0, len(items), WRITE_CHUNK):
                 values = [
@@ -375,7 +380,7 @@ class RevocationStore:
         return self._run(write, write=True)
 
     def _upsert(self, conn: Connection, items: list[Target], shared: dict[str, Any], expires_at: datetime | None,
-                heard: datetime | None = None) -> int:
+                heard: datetime | None = None, notify: tuple[str, int] | None = None) -> int:
         """Insert or strengthen ``items``, every row with the ``shared`` column values.
 
         A tombstone is revived unless it was written after ``heard``.
@@ -405,7 +410,7 @@ class RevocationStore:
                 ~old.active, old.revoked_at < literal(heard, old.revoked_at.type))
             return set_, or_(revive, and_(old.active, or_(stronger, longer)))
 
-        return self.backend.upsert(conn, self.tables.revocations, _stored_rows(items), shared, merge)
+        return self.backend.upsert(conn, self.tables.revocations, _stored_rows(items), shared, merge, notify)
 
     def remove(self, targets: Iterable[Target | str], *, revoked_by: str | None = None) -> WriteResult:
         """Un-revoke: the targets become runnable again on every worker.
@@ -490,7 +495,7 @@ class RevocationStore:
         items = unique_targets(targets)
         if not items:
             return WriteResult(0, 0)
-        return self._run(lambda conn: body(conn, items, self._bump(conn), self._db_now(conn)), write=True)
+        return self._run(lambda conn: body(conn, items, *self._bump_at(conn)), write=True)
 
     def purge_expired(self, batch: int = _config.DEFAULT_CLEANUP_BATCH, max_batches: int | None = None) -> int:
         """Delete expired rows in short transactions of at most ``batch`` rows.

@@ -139,8 +139,13 @@ class Backend(Protocol):
         ...
 
     def upsert(self, conn: Connection, table: Table, keys: Sequence[dict[str, Any]], shared: dict[str, Any],
-               merge: Merge) -> int:
+               merge: Merge, notify: tuple[str, int] | None = None) -> int:
         """Insert a row per entry of ``keys`` plus the ``shared`` column values, merging into existing rows.
+
+        With ``notify`` (channel, version), a write that changed a row also
+        does what :meth:`notify` does, in the same statement where the
+        database can: a worker's write-through is a few round trips, each
+        one a wait for the interpreter's lock in a busy worker.
 
         Each entry of ``keys`` holds the same columns: the primary key and
         the key's full texts (``header_full``, ``value_full``, NULL unless the
@@ -270,8 +275,11 @@ class SqlBackend:
         return stmt.returning(table.c.version)
 
     def upsert(self, conn: Connection, table: Table, keys: Sequence[dict[str, Any]], shared: dict[str, Any],
-               merge: Merge) -> int:
-        return self.upsert_rows(conn, table, [{**key, **shared} for key in keys], merge)
+               merge: Merge, notify: tuple[str, int] | None = None) -> int:
+        changed = self.upsert_rows(conn, table, [{**key, **shared} for key in keys], merge)
+        if changed and notify is not None:
+            self.notify(conn, *notify)
+        return changed
 
     def upsert_rows(self, conn: Connection, table: Table, rows: Sequence[dict[str, Any]], merge: Merge) -> int:
         stmt = self._on_conflict(self.insert(table), table, merge)

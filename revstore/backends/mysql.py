@@ -153,7 +153,7 @@ class MysqlBackend(SqlBackend):
         return int(conn.execute(select(func.count()).where(table.c.version == version)).scalar_one())
 
     def upsert(self, conn: Connection, table: Table, keys: Sequence[dict[str, Any]], shared: dict[str, Any],
-               merge: Merge) -> int:
+               merge: Merge, notify: tuple[str, int] | None = None) -> int:
         before = self._written(conn, table, shared["version"])
         # Columns NULL in every key (the full texts, nearly always) stay out of
         # the JSON; a key's NULL is an absent member (NULL ON EMPTY).

@@ -68,7 +68,7 @@ class PostgresBackend(SqlBackend):
         return postgresql.insert(table)
 
     def upsert(self, conn: Connection, table: Table, keys: Sequence[dict[str, Any]], shared: dict[str, Any],
-               merge: Merge) -> int:
+               merge: Merge, notify: tuple[str, int] | None = None) -> int:
         # The keys as one JSON array, the shared values once: a multi-row
         # VALUES list of eleven parameters per row was most of the cost of
         # a 10,000-id revoke.  Columns that are NULL in every key (the full
@@ -78,8 +78,12 @@ class PostgresBackend(SqlBackend):
         values = [cast(literal(v, table.c[name].type), table.c[name].type) for name, v in shared.items()]
         stmt = self.insert(table).from_select([*names, *shared], select(*rows.c, *values))
         stmt = self._on_conflict(stmt, table, merge)
-        # counted by the server rather than one row sent back per key
-        return int(conn.execute(select(func.count()).select_from(stmt.cte("written"))).scalar_one())
+        # counted by the server rather than one row sent back per key, and
+        # the listeners told in the same round trip when a row changed
+        count = func.count()
+        columns = [count] if notify is None else [
+            count, case((count > 0, func.pg_notify(notify[0], str(notify[1]))), else_=None)]
+        return int(conn.execute(select(*columns).select_from(stmt.cte("written"))).first()[0])
 
     def delete_expired(self, conn: Connection, table: Table, expired: Callable[[Any], ColumnElement[bool]],
                        batch: int) -> list[int]:
