@@ -278,12 +278,15 @@ def patch_control(app: Any) -> None:
         """The version of the committed write, or None once the warning says why there is none."""
         try:
             store, keys = store_for(app, CONTROL_DRIVER_TIMEOUT), targets()  # no connection yet: not timed
-            return writer.run(lambda: store.add(keys, terminate=terminate, signal=signal if terminate else None).version,
-                              CONTROL_WRITE_DEADLINE)
         except Exception as exc:
-            logger.warning("revstore: app.control.%s could not write to the table (%s); it is broadcast as stock "
-                           "Celery does, and the revstore workers that hear it write it through", name, _why(exc))
-            return None
+            return _not_written(name, _why(exc))
+        try:
+            write = lambda: store.add(keys, terminate=terminate, signal=signal if terminate else None)  # noqa: E731
+            return writer.run(write, CONTROL_WRITE_DEADLINE).version
+        except DeadlineExceeded as exc:
+            return _not_written(name, f"{mask_url(store.url)}: {exc}")
+        except Exception as exc:
+            return _not_written(name, _why(exc))
 
     def write_through(name: str, targets: Callable[[Any], list[Any]]) -> Callable[..., Any]:
         """Wrap one stock call: write first, then broadcast whatever happened."""
@@ -303,10 +306,13 @@ def patch_control(app: Any) -> None:
     control.revoke_by_stamped_headers = write_through("revoke_by_stamped_headers", _stamp_targets)
 
 
+def _not_written(command: str, why: str) -> None:
+    logger.warning("revstore: app.control.%s could not write to the table (%s); it is broadcast as stock "
+                   "Celery does, and the revstore workers that hear it write it through", command, why)
+
+
 def _why(exc: Exception) -> str:
     """One line on why a write failed, fit for a warning (passwords masked)."""
-    if isinstance(exc, DeadlineExceeded):
-        return f"the database: {exc}"
     if isinstance(exc, RevstoreError):
         return str(exc).removeprefix("revstore: ")
     return f"{type(exc).__name__}: {short_error(exc)}"
