@@ -32,6 +32,7 @@ from ..store import KINDS, RevocationStore, Target, normalize_signal
 from .auth import SESSION_COOKIE, SESSION_SECONDS, Credentials, Session, SessionSigner, csrf_ok, same_origin
 from .chart import bar_chart
 from .fleet import fleet_status
+from .metrics import exposition, metrics_registry
 
 logger = logging.getLogger("revstore.web")
 
@@ -61,6 +62,7 @@ class Console:
         self.credentials = credentials
         self.celery_app = celery_app
         self.signer = SessionSigner()
+        self.registry = metrics_registry(store, celery_app)
         self.templates = Jinja2Templates(directory=str(HERE / "templates"))
 
     # ------------------------------------------------------------ plumbing
@@ -266,6 +268,13 @@ class Console:
         version, workers = await run_in_threadpool(fleet_status, self.store, self.celery_app)
         return self.render(request, "fleet.html", workers=workers, version=version)
 
+    async def metrics(self, request: Request) -> Response:
+        """Prometheus' scrape: the table and, with -A, each worker (see revstore.web.metrics)."""
+        from prometheus_client import CONTENT_TYPE_LATEST
+
+        body = await run_in_threadpool(exposition, self.registry)
+        return Response(body, headers={"Content-Type": CONTENT_TYPE_LATEST, "Cache-Control": "no-store"})
+
     async def login_form(self, request: Request) -> Response:
         return self.render(request, "login.html", error=None)
 
@@ -344,6 +353,7 @@ def create_app(store: RevocationStore, credentials: Credentials | None = None, c
         Route("/restore", console.restore, methods=["POST"]),
         Route("/extend", console.extend, methods=["POST"]),
         Route("/fleet", console.fleet),
+        Route("/metrics", console.metrics),
         Route("/login", console.login_form, methods=["GET"]),
         Route("/login", console.login, methods=["POST"]),
         Route("/logout", console.logout, methods=["POST"]),

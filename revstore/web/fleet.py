@@ -19,18 +19,27 @@ def fleet_status(store: RevocationStore, app: Any, timeout: float = 1.5) -> tupl
     busy past ``timeout`` does not appear (that itself is worth a look).
     """
     version = store.current_version()
+    return version, worker_status(app, version, timeout)
+
+
+def worker_status(app: Any, version: int | None, timeout: float = 1.5) -> list[dict[str, Any]]:
+    """One ``revstore_status`` broadcast, each reply judged against ``version`` (None: the table is unreachable).
+
+    Shared by the fleet page and /metrics, which still reports the workers
+    when the console cannot read the table.
+    """
     replies = app.control.broadcast("revstore_status", reply=True, timeout=timeout) or []
     workers: list[dict[str, Any]] = []
     for reply in replies:
         for node, status in reply.items():
             workers.append({"node": node, **status, "lag": _lag(version, status), "problem": _problem(status)})
     workers.sort(key=lambda w: (w["problem"] is None, w["node"]))
-    return version, workers
+    return workers
 
 
-def _lag(version: int, status: dict[str, Any]) -> int | None:
+def _lag(version: int | None, status: dict[str, Any]) -> int | None:
     marker = status.get("marker")
-    return max(0, version - int(marker)) if isinstance(marker, int) else None
+    return max(0, version - int(marker)) if isinstance(marker, int) and version is not None else None
 
 
 def _problem(status: dict[str, Any]) -> str | None:
