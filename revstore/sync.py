@@ -350,6 +350,7 @@ class RevocationSync:
             "revoked_in_memory": len(self.memory.revoked),
             "pending_writes": sum(len(w.targets) for w in list(self._pending)),
             "listener_live": self.listener_live,
+            "listening": self.listener is not None,  # listening is on here (PostgreSQL, revstore_listen)
             "listener_problem": None if self.listener is None else self.listener.problem,
             "poll_interval": self._interval(),
             "seconds_since_last_sync": None if self.last_sync_ok is None else round(time.monotonic() - self.last_sync_ok, 3),

@@ -32,7 +32,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from ..errors import RevstoreError
 from ..store import KINDS, RevocationStore
-from .fleet import worker_status
+from ..health import worker_status
 
 logger = logging.getLogger("revstore.web")
 
@@ -164,7 +164,7 @@ class RevstoreCollector(Collector):
         for w in workers:
             info.add_metric([w["node"], str(w.get("release", "unknown"))], 1.0)
         yield info
-        rows = [_derived(w) for w in workers]
+        rows = [{**w, "healthy": w.get("problem") is None} for w in workers]
         for name, help_, key in WORKER_GAUGES:
             family = GaugeMetricFamily(name, help_, labels=["worker"])
             for w in rows:
@@ -179,14 +179,6 @@ class RevstoreCollector(Collector):
                 if value is not None:
                     counter.add_metric([w["node"]], value)
             yield counter
-
-
-def _derived(worker: dict[str, Any]) -> dict[str, Any]:
-    """A fleet entry with the fields that are judgements rather than replies."""
-    since = worker.get("seconds_since_last_sync")
-    lag = worker.get("lag")
-    lag_seconds = None if lag is None else (0.0 if lag == 0 else since)
-    return {**worker, "healthy": worker.get("problem") is None, "lag_seconds": lag_seconds}
 
 
 def metrics_registry(store: RevocationStore, celery_app: Any = None) -> CollectorRegistry:
