@@ -520,18 +520,26 @@ def _table_version(ctx: Context) -> int | None:
 @main_group.command("web")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (keep it local unless behind TLS).")
 @click.option("--port", type=click.IntRange(1, 65535), default=8765, show_default=True)
+@click.option("--public-read", is_flag=True,
+              help="Beyond loopback, let anyone who reaches the console read it (default: reads need credentials).")
 @pass_ctx
 @user_errors
-def web_cmd(ctx: Context, host: str, port: int) -> None:
+def web_cmd(ctx: Context, host: str, port: int, public_read: bool) -> None:
     """Serve the operator console (needs `pip install 'revstore[web]'`)."""
-    from .web import Credentials, create_app, serve
+    from .web import Credentials, create_app, reads_open, serve
+    from .web.auth import bind_refusal
 
     app = ctx.app
     credentials = Credentials.from_settings(app.conf if app is not None else None)
+    refusal = bind_refusal(host, credentials)
+    if refusal is not None:
+        raise ConfigurationError(refusal)
     create_app(ctx.store, credentials, app)  # fails here, in one line, if the extra is missing
     mode = "writes need the token or password" if credentials.writable else "read-only: no write credentials set"
+    if not reads_open(host, public_read):
+        mode += "; reads too"
     click.echo(f"revstore: console on http://{host}:{port}/ for {ctx.store.url.render_as_string(hide_password=True)} ({mode})")
-    serve(ctx.store, credentials, app, host=host, port=port)
+    serve(ctx.store, credentials, app, host=host, port=port, public_read=public_read)
 
 
 @main_group.command("demo")

@@ -13,11 +13,12 @@ from revstore.web import Credentials, create_app
 
 
 class ConsoleServer:
-    def __init__(self, store: Any, credentials: Credentials | None = None, celery_app: Any = None) -> None:
+    def __init__(self, store: Any, credentials: Credentials | None = None, celery_app: Any = None,
+                 open_reads: bool = True) -> None:
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
-        config = uvicorn.Config(create_app(store, credentials, celery_app), host="127.0.0.1", port=self.port,
+        config = uvicorn.Config(create_app(store, credentials, celery_app, open_reads), host="127.0.0.1", port=self.port,
                                 log_level="warning", lifespan="off")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)

@@ -10,25 +10,34 @@ from typing import Any
 
 from ..errors import ConfigurationError
 from ..store import RevocationStore
-from .auth import Credentials
+from .auth import Credentials, bind_refusal, is_loopback
 
 __all__ = ["Credentials", "create_app", "serve"]
 
 
-def create_app(store: RevocationStore, credentials: Credentials | None = None, celery_app: Any = None) -> Any:
+def create_app(store: RevocationStore, credentials: Credentials | None = None, celery_app: Any = None,
+               open_reads: bool = True) -> Any:
     """The console's ASGI application (see :mod:`revstore.web.app`)."""
     try:
         from .app import create_app as build
     except ImportError as exc:
         raise ConfigurationError(f"revstore: the console needs its extra ({exc.name} is missing); "
                                  "pip install 'revstore[web]'") from None
-    return build(store, credentials, celery_app)
+    return build(store, credentials, celery_app, open_reads)
+
+
+def reads_open(host: str, public_read: bool) -> bool:
+    """Reads need no login on loopback, or beyond it when the operator chose ``--public-read``."""
+    return public_read or is_loopback(host)
 
 
 def serve(store: RevocationStore, credentials: Credentials, celery_app: Any = None,
-          host: str = "127.0.0.1", port: int = 8765) -> None:
-    """Run the console until interrupted."""
-    app = create_app(store, credentials, celery_app)
+          host: str = "127.0.0.1", port: int = 8765, public_read: bool = False) -> None:
+    """Run the console until interrupted; refuses (ConfigurationError) to listen beyond loopback without credentials."""
+    refusal = bind_refusal(host, credentials)
+    if refusal is not None:
+        raise ConfigurationError(refusal)
+    app = create_app(store, credentials, celery_app, reads_open(host, public_read))
     import uvicorn
 
     uvicorn.run(app, host=host, port=port, log_level="warning", server_header=False)

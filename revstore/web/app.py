@@ -33,6 +33,7 @@ from .auth import SESSION_COOKIE, SESSION_SECONDS, Credentials, Session, Session
 from .chart import bar_chart
 from .fleet import fleet_status
 from .metrics import exposition, metrics_registry
+from .ratelimit import FailureLimiter
 
 logger = logging.getLogger("revstore.web")
 
@@ -55,12 +56,19 @@ SECURITY_HEADERS = {
 
 
 class Console:
-    """State shared by the handlers: the store, the optional Celery app, credentials and sessions."""
+    """State shared by the handlers: the store, the optional Celery app, credentials and sessions.
 
-    def __init__(self, store: RevocationStore, credentials: Credentials, celery_app: Any = None) -> None:
+    ``open_reads`` False: pages and /metrics need credentials too (a console
+    listening beyond loopback without ``--public-read``).
+    """
+
+    def __init__(self, store: RevocationStore, credentials: Credentials, celery_app: Any = None,
+                 open_reads: bool = True) -> None:
         self.store = store
         self.credentials = credentials
         self.celery_app = celery_app
+        self.open_reads = open_reads
+        self.limiter = FailureLimiter()
         self.signer = SessionSigner()
         self.registry = metrics_registry(store, celery_app)
         self.templates = Jinja2Templates(directory=str(HERE / "templates"))
@@ -71,10 +79,26 @@ class Console:
         return self.signer.load(request.cookies.get(SESSION_COOKIE))
 
     def user(self, request: Request, session: Session | None) -> str | None:
-        """Who is writing: a logged-in session or valid basic credentials; None when anonymous."""
+        """Who is asking: a logged-in session, the bearer token or valid basic credentials; None when anonymous."""
         if session is not None and session.user:
             return session.user
-        return self.credentials.check_basic(request.headers.get("authorization"))
+        header = request.headers.get("authorization")
+        if self.credentials.check_bearer(header):
+            return "token"
+        return self.credentials.check_basic(header)
+
+    def reader(self, handler: Callable[[Request], Any]) -> Callable[[Request], Any]:
+        """``handler`` behind the read rule: open, or for authenticated callers only (see Console)."""
+        async def guarded(request: Request) -> Response:
+            if not self.open_reads and self.user(request, self.session(request)) is None:
+                response = self.render(request, "error.html", status=401, login=True,
+                                       message="revstore: log in to read: this console is open to the network")
+                response.headers["WWW-Authenticate"] = 'Basic realm="revstore"' if self.credentials.user \
+                    else 'Bearer realm="revstore"'
+                return response
+            return await handler(request)  # type: ignore[no-any-return]
+
+        return guarded
 
     def render(self, request: Request, name: str, status: int = 200, **context: Any) -> Response:
         session = self.session(request) or Session()
@@ -279,6 +303,13 @@ class Console:
         return self.render(request, "login.html", error=None)
 
     async def login(self, request: Request) -> Response:
+        address = client_address(request)
+        wait = self.limiter.retry_after(address)
+        if wait is not None:
+            response = self.render(request, "login.html", status=429,
+                                   error=f"revstore: too many failed logins from {address}; try again in {wait} s")
+            response.headers["Retry-After"] = str(wait)
+            return response
         form = await self.form(request)
         if isinstance(form, Response):
             return form
@@ -289,6 +320,8 @@ class Console:
         elif form.get("user") and creds.check_basic(_basic(form.get("user", ""), form.get("password", ""))):
             user = form["user"]
         if user is None:
+            failures = self.limiter.failed(address)
+            logger.warning("revstore console: failed login from %s (%d in the last minute)", address, failures)
             return self.render(request, "login.html", status=401, error="revstore: wrong token or password")
         # a fresh session (and CSRF token) on login: a token planted before it is worthless after
         response = RedirectResponse("/", status_code=303)
@@ -299,6 +332,11 @@ class Console:
         if isinstance(form, Response):
             return form
         return self.finish(RedirectResponse("/", status_code=303), Session())
+
+
+def client_address(request: Request) -> str:
+    """The caller's address: the peer's, or what a trusted proxy forwarded (uvicorn's proxy headers)."""
+    return request.client.host if request.client is not None else "unknown"
 
 
 def _basic(user: str, password: str) -> str:
@@ -334,9 +372,14 @@ def _decode_cursor(text: str | None) -> tuple[str, str, str] | None:
         return None
 
 
-def create_app(store: RevocationStore, credentials: Credentials | None = None, celery_app: Any = None) -> Starlette:
-    """The console for ``store``; with ``celery_app`` it also broadcasts and shows the fleet."""
-    console = Console(store, credentials or Credentials(), celery_app)
+def create_app(store: RevocationStore, credentials: Credentials | None = None, celery_app: Any = None,
+               open_reads: bool = True) -> Starlette:
+    """The console for ``store``; with ``celery_app`` it also broadcasts and shows the fleet.
+
+    ``open_reads`` False: reading needs credentials too (see :func:`revstore.web.serve`).
+    """
+    console = Console(store, credentials or Credentials(), celery_app, open_reads)
+    read = console.reader
 
     async def on_error(request: Request, exc: Exception) -> Response:
         if isinstance(exc, RevstoreError):
@@ -345,15 +388,15 @@ def create_app(store: RevocationStore, credentials: Credentials | None = None, c
         return console.error(request, 500, "revstore: internal error; the console's log has the details")
 
     routes = [
-        Route("/", console.overview),
-        Route("/revocations", console.revocations),
-        Route("/revocation", console.detail),
-        Route("/revoke", console.revoke_form, methods=["GET"]),
+        Route("/", read(console.overview)),
+        Route("/revocations", read(console.revocations)),
+        Route("/revocation", read(console.detail)),
+        Route("/revoke", read(console.revoke_form), methods=["GET"]),
         Route("/revoke", console.revoke, methods=["POST"]),
         Route("/restore", console.restore, methods=["POST"]),
         Route("/extend", console.extend, methods=["POST"]),
-        Route("/fleet", console.fleet),
-        Route("/metrics", console.metrics),
+        Route("/fleet", read(console.fleet)),
+        Route("/metrics", read(console.metrics)),
         Route("/login", console.login_form, methods=["GET"]),
         Route("/login", console.login, methods=["POST"]),
         Route("/logout", console.logout, methods=["POST"]),
