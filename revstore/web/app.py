@@ -9,8 +9,6 @@ Starlette's thread pool and never stall the event loop.
 from __future__ import annotations
 
 import base64
-import binascii
-import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -25,10 +23,11 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
-from .. import client
-from ..errors import DatabaseUnavailable, InvalidInput, RevstoreError
-from ..inputs import parse_expires, parse_targets, split_pasted
-from ..store import KINDS, RevocationStore, Target, normalize_signal
+from ..errors import DatabaseUnavailable, RevstoreError
+from ..store import KINDS, RevocationStore, Target
+from . import actions
+from .actions import MAX_IDS
+from .api import Api
 from .auth import SESSION_COOKIE, SESSION_SECONDS, Credentials, Session, SessionSigner, csrf_ok, same_origin
 from .chart import bar_chart
 from .fleet import fleet_status
@@ -38,9 +37,6 @@ from .ratelimit import FailureLimiter
 logger = logging.getLogger("revstore.web")
 
 HERE = Path(__file__).resolve().parent
-PAGE_SIZE = 50
-#: A pasted list longer than this is refused: one form post should not be a bulk import (use the CLI).
-MAX_IDS = 10_000
 #: Bytes a form may carry: MAX_IDS ids of Celery's 36 characters fit with room to spare.
 MAX_BODY = 1024 * 1024
 SIGNALS = ("SIGTERM", "SIGKILL", "SIGINT", "SIGQUIT", "SIGUSR1", "SIGHUP")
@@ -124,16 +120,9 @@ class Console:
 
     async def form(self, request: Request) -> dict[str, str] | Response:
         """The posted form, once size, origin and CSRF token check out; else the refusal page."""
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > MAX_BODY:
-            return self.error(request, 413, f"revstore: the form is over {MAX_BODY // 1024} KiB; "
-                                            f"paste at most {MAX_IDS} ids, or use `revstore revoke`")
-        body = b""
-        async for piece in request.stream():
-            body += piece
-            if len(body) > MAX_BODY:
-                return self.error(request, 413, f"revstore: the form is over {MAX_BODY // 1024} KiB; "
-                                                f"paste at most {MAX_IDS} ids, or use `revstore revoke`")
+        body = await read_body(request)
+        if body is None:
+            return self.error(request, 413, TOO_LARGE)
         if not same_origin(request.headers.get("origin"), request.headers.get("host"), request.url.scheme):
             return self.error(request, 403, "revstore: refused: the form was posted from another site")
         try:
@@ -166,36 +155,17 @@ class Console:
 
     async def revocations(self, request: Request) -> Response:
         q = request.query_params
-        filters = {
-            "q": q.get("q", "").strip(),
-            "kind": q.get("kind") if q.get("kind") in KINDS else "",
-            "state": q.get("state") if q.get("state") in ("active", "tombstone", "all") else "active",
-            "terminate": q.get("terminate") if q.get("terminate") in ("yes", "no") else "",
-            "expiring": q.get("expiring") if q.get("expiring") in ("1", "24", "168") else "",
-        }
-        after = _decode_cursor(q.get("after"))
-        rows = await run_in_threadpool(
-            self.store.search,
-            filters["q"] or None,
-            kind=filters["kind"] or None,
-            active={"active": True, "tombstone": False, "all": None}[filters["state"]],
-            terminate={"yes": True, "no": False}.get(filters["terminate"]),
-            expiring_within=float(filters["expiring"]) * 3600 if filters["expiring"] else None,
-            after=after,
-            limit=PAGE_SIZE + 1,
-        )
-        more = len(rows) > PAGE_SIZE
-        rows = rows[:PAGE_SIZE]
+        filters = actions.filters_from(q)
+        rows, cursor = await run_in_threadpool(actions.search, self.store, filters, q.get("after"))
         query = {k: v for k, v in filters.items() if v}
-        next_url = "/revocations?" + urlencode({**query, "after": _encode_cursor(rows[-1].page_key())}) if more else None
-        first_url = "/revocations?" + urlencode(query) if after is not None else None
+        next_url = "/revocations?" + urlencode({**query, "after": cursor}) if cursor else None
+        first_url = "/revocations?" + urlencode(query) if actions.decode_cursor(q.get("after")) is not None else None
         return self.render(request, "revocations.html", rows=rows, filters=filters, kinds=KINDS,
                            next_url=next_url, first_url=first_url, link=_detail_link)
 
     async def detail(self, request: Request) -> Response:
-        q = request.query_params
-        target = Target(q.get("kind", "task"), q.get("value", ""), q.get("header", ""))  # type: ignore[arg-type]
         try:
+            target = actions.target_from(request.query_params)
             row = await run_in_threadpool(self.store.get, target)
         except RevstoreError as exc:
             return self.error(request, 400, str(exc))
@@ -219,41 +189,10 @@ class Console:
         return self.render(request, "revoke.html", signals=SIGNALS, form={}, errors=[], done=report)
 
     def _revoke(self, form: dict[str, str], user: str) -> str:
-        kind = form.get("kind", "task")
-        if kind not in KINDS:
-            raise InvalidInput(f"revstore: unknown revocation kind {kind!r}")
-        items = split_pasted(form.get("ids", ""))
-        if not items:
-            raise InvalidInput("revstore: nothing to revoke; give task ids or --stamp HEADER=VALUE")
-        if len(items) > MAX_IDS:
-            raise InvalidInput(f"revstore: {len(items)} ids pasted; at most {MAX_IDS} per form, "
-                               "use `revstore revoke` for more")
-        targets = parse_targets([] if kind == "stamp" else items, root=kind == "root",
-                                stamps=items if kind == "stamp" else ())
-        terminate = form.get("terminate") == "on"
-        signal = normalize_signal(form.get("signal") or "SIGTERM")
-        expires = parse_expires(form.get("expires"))
-        reason = form.get("reason") or None
-        revoked_by = f"web:{user}"[:255]
-        if self.celery_app is None:
-            result = self.store.add(targets, terminate=terminate, signal=signal if terminate else None,
-                                    expires=expires, reason=reason, revoked_by=revoked_by)
-            return (f"revoked {len(targets)} durably ({result.changed} new or changed); "
-                    "workers apply it at their next sync")
-        values = [t.value for t in targets]
-        if kind == "task":
-            report = client.revoke(self.celery_app, values, terminate, signal, expires, reason,
-                                   store=self.store, revoked_by=revoked_by)
-        elif kind == "root":
-            report = client.revoke_root(self.celery_app, values, terminate, signal, expires, reason,
-                                        store=self.store, revoked_by=revoked_by)
-        else:
-            headers: dict[str, list[Any]] = {}
-            for t in targets:
-                headers.setdefault(t.header, []).append(t.stamp_value)
-            report = client.revoke_by_stamped_headers(self.celery_app, headers, terminate, signal, expires,
-                                                      reason, store=self.store, revoked_by=revoked_by)
-        return str(report)
+        return actions.revoke(self.store, self.celery_app, user, kind=form.get("kind", "task"),
+                              ids=form.get("ids", ""), terminate=form.get("terminate") == "on",
+                              signal=form.get("signal"), expires=form.get("expires"),
+                              reason=form.get("reason") or None)
 
     async def restore(self, request: Request) -> Response:
         return await self._on_target(request, self._restore)
@@ -267,24 +206,18 @@ class Console:
         if isinstance(checked, Response):
             return checked
         _, form = checked
-        target = Target(form.get("kind", "task"), form.get("value", ""), form.get("header", ""))  # type: ignore[arg-type]
         try:
+            target = actions.target_from(form)
             await run_in_threadpool(action, target, form)
         except RevstoreError as exc:
             return self.error(request, 400, str(exc))
         return RedirectResponse(_detail_link(target), status_code=303)
 
     def _restore(self, target: Target, form: dict[str, str]) -> None:
-        if self.celery_app is not None:
-            client.restore(self.celery_app, [target], True, self.store)
-        else:
-            self.store.remove([target])
+        actions.restore(self.store, self.celery_app, target)
 
     def _extend(self, target: Target, form: dict[str, str]) -> None:
-        expires = parse_expires(form.get("expires"))
-        if not isinstance(expires, float):
-            raise InvalidInput("revstore: extend needs a lifetime such as 12h or 7d")
-        self.store.extend([target], expires)
+        actions.extend(self.store, target, form.get("expires"))
 
     async def fleet(self, request: Request) -> Response:
         if self.celery_app is None:
@@ -334,6 +267,24 @@ class Console:
         return self.finish(RedirectResponse("/", status_code=303), Session())
 
 
+#: What a request over MAX_BODY is told (a form or an API call).
+TOO_LARGE = (f"revstore: the request is over {MAX_BODY // 1024} KiB; send at most {MAX_IDS} ids, "
+             "or use `revstore revoke`")
+
+
+async def read_body(request: Request) -> bytes | None:
+    """The request's body, or None once it is over MAX_BODY (read no further: a huge post costs nothing)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY:
+        return None
+    body = b""
+    async for piece in request.stream():
+        body += piece
+        if len(body) > MAX_BODY:
+            return None
+    return body
+
+
 def client_address(request: Request) -> str:
     """The caller's address: the peer's, or what a trusted proxy forwarded (uvicorn's proxy headers)."""
     return request.client.host if request.client is not None else "unknown"
@@ -357,21 +308,6 @@ def _detail_link(target: Target) -> str:
     return "/revocation?" + urlencode(query)
 
 
-def _encode_cursor(key: tuple[str, str, str]) -> str:
-    return base64.urlsafe_b64encode(json.dumps(list(key)).encode()).decode()
-
-
-def _decode_cursor(text: str | None) -> tuple[str, str, str] | None:
-    """The page cursor from the URL; a tampered one just starts from the first page."""
-    if not text:
-        return None
-    try:
-        kind, header, value = json.loads(base64.urlsafe_b64decode(text.encode()))
-        return str(kind), str(header), str(value)
-    except (ValueError, TypeError, binascii.Error):
-        return None
-
-
 def create_app(store: RevocationStore, credentials: Credentials | None = None, celery_app: Any = None,
                open_reads: bool = True) -> Starlette:
     """The console for ``store``; with ``celery_app`` it also broadcasts and shows the fleet.
@@ -388,6 +324,7 @@ def create_app(store: RevocationStore, credentials: Credentials | None = None, c
         return console.error(request, 500, "revstore: internal error; the console's log has the details")
 
     routes = [
+        *Api(console).routes(),
         Route("/", read(console.overview)),
         Route("/revocations", read(console.revocations)),
         Route("/revocation", read(console.detail)),
