@@ -522,9 +522,14 @@ def _table_version(ctx: Context) -> int | None:
 @click.option("--port", type=click.IntRange(1, 65535), default=8765, show_default=True)
 @click.option("--public-read", is_flag=True,
               help="Beyond loopback, let anyone who reaches the console read it (default: reads need credentials).")
+@click.option("--forwarded-allow-ips", default=None, metavar="IPS",
+              help="Reverse proxies (comma-separated addresses or networks) whose X-Forwarded-For/-Proto "
+                   "headers are believed (default: none).")
+@click.option("--root-path", default="", metavar="PATH", help="The sub-path the proxy serves the console under, e.g. /revstore.")
 @pass_ctx
 @user_errors
-def web_cmd(ctx: Context, host: str, port: int, public_read: bool) -> None:
+def web_cmd(ctx: Context, host: str, port: int, public_read: bool, forwarded_allow_ips: str | None,
+            root_path: str) -> None:
     """Serve the operator console (needs `pip install 'revstore[web]'`)."""
     from .web import Credentials, create_app, reads_open, serve
     from .web.auth import bind_refusal
@@ -539,7 +544,10 @@ def web_cmd(ctx: Context, host: str, port: int, public_read: bool) -> None:
     if not reads_open(host, public_read):
         mode += "; reads too"
     click.echo(f"revstore: console on http://{host}:{port}/ for {ctx.store.url.render_as_string(hide_password=True)} ({mode})")
-    serve(ctx.store, credentials, app, host=host, port=port, public_read=public_read)
+    if root_path and not root_path.startswith("/"):
+        raise ConfigurationError(f"revstore: --root-path must start with / (got {root_path!r})")
+    serve(ctx.store, credentials, app, host=host, port=port, public_read=public_read,
+          forwarded_allow_ips=forwarded_allow_ips, root_path=root_path)
 
 
 @main_group.command("demo")

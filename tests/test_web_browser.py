@@ -1,7 +1,10 @@
-"""Issue 14: the console in a real browser (Debian's chromium, headless) against real workers.
+"""Issues 14 and 27: the console in a real browser (Debian's chromium, headless) against real workers.
 
 An operator logs in, revokes a task a worker holds from the form, finds it,
 restores it; the table and the worker's memory follow each step.  The
+browser reaches the console as in production: through a real nginx that
+terminates TLS and serves it under a sub-path (/revstore), forwarding the
+scheme and the client's address from a trusted address only.  The
 screenshots (desktop and phone widths) are the ones in docs/console.md:
 set REVSTORE_SCREENSHOTS=docs/img to refresh them.
 """
@@ -13,10 +16,12 @@ import shutil
 import uuid
 from pathlib import Path
 
+import httpx
 import pytest
 
 from console_server import ConsoleServer
 from harness import wait_for
+from nginx import Nginx
 from revstore.web import Credentials
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
@@ -35,7 +40,8 @@ def browser(tmp_path):  # type: ignore[no-untyped-def]
     options.binary_location = CHROMIUM
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'chromium'}"):
+                 "--disable-dev-shm-usage", "--ignore-certificate-errors",  # nginx's self-signed certificate
+                 f"--user-data-dir={tmp_path / 'chromium'}"):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     driver.set_page_load_timeout(30)
@@ -73,18 +79,23 @@ def test_operator_revokes_finds_and_restores_in_a_browser(browser, cluster_facto
     celery_app.record.apply_async((held,), task_id=held, queue=worker.queue, countdown=120)
     wait_for(lambda: held in _reserved(celery_app, worker), 20, what="the worker to hold the ETA task")
 
-    console = ConsoleServer(store, Credentials(token="browser-token"), celery_app.app)
+    console = ConsoleServer(store, Credentials(token="browser-token"), celery_app.app,
+                            forwarded_allow_ips="127.0.0.1", root_path="/revstore")
+    proxy = Nginx(tmp_path / "nginx", console.port, "/revstore")
+    base = proxy.url
     try:
         b = browser
         b.set_window_size(*SIZES["desktop"])
-        b.get(console.url + "/login")
+        b.get(base + "/login")
         b.find_element(By.ID, "token").send_keys("browser-token")
         b.find_element(By.ID, "login").click()
         wait_for(lambda: "Overview" in b.title, 10, what="the overview after login")
+        cookie = b.get_cookie("revstore_session")
+        assert cookie is not None and cookie["secure"] and cookie["path"] == "/revstore"  # HTTPS seen through nginx
         assert b.find_element(By.ID, "active-task").text == "41"
         shoot(b, "overview", out)
 
-        b.get(console.url + "/revoke")
+        b.get(base + "/revoke")
         b.find_element(By.ID, "ids").send_keys(held)
         b.find_element(By.ID, "reason").send_keys("customer cancelled <b>order</b>")
         b.find_element(By.ID, "expires").send_keys("2d")
@@ -97,14 +108,14 @@ def test_operator_revokes_finds_and_restores_in_a_browser(browser, cluster_facto
         assert row.revoked_by == "web:token" and row.remaining > 1.9 * 86400
         wait_for(lambda: held in revoked_on(celery_app, worker), 10, what="the worker's memory to hold the revoke")
 
-        b.get(console.url + "/revocations")
+        b.get(base + "/revocations")
         Select(b.find_element(By.NAME, "kind")).select_by_value("task")
         b.find_element(By.NAME, "q").send_keys(held)
         b.find_element(By.CSS_SELECTOR, "form.filters button").click()
         wait_for(lambda: b.find_elements(By.LINK_TEXT, held), 10, what="the search result")
-        b.get(console.url + "/revocations")
+        b.get(base + "/revocations")
         shoot(b, "revocations", out)
-        b.get(console.url + f"/revocations?q={held}")
+        b.get(base + f"/revocations?q={held}")
         b.find_element(By.LINK_TEXT, held).click()
         assert "<b>order</b>" in b.find_element(By.ID, "reason").text  # shown as text, not markup
         shoot(b, "detail", out)
@@ -113,11 +124,24 @@ def test_operator_revokes_finds_and_restores_in_a_browser(browser, cluster_facto
         assert not store.is_revoked(held)
         wait_for(lambda: held not in revoked_on(celery_app, worker), 15, what="the worker to forget the revoke")
 
-        b.get(console.url + "/fleet")
+        b.get(base + "/fleet")
         table = b.find_element(By.ID, "workers").text
         assert worker.nodename in table and "up to date" in table
         shoot(b, "fleet", out)
+
+        # what another site, or a script holding only the cookie, might try through the proxy: refused
+        b.get(base + "/revoke")
+        csrf = b.find_element(By.NAME, "csrf").get_attribute("value")
+        with httpx.Client(verify=False, cookies={"revstore_session": cookie["value"]}) as forger:
+            cross = forger.post(base + "/revoke", data={"csrf": csrf, "ids": "forged-1"},
+                                headers={"Origin": "https://evil.example"})
+            assert cross.status_code == 403 and "another site" in cross.text
+            same = forger.post(base + "/api/revoke", json={"ids": ["forged-2"]}, headers={"Origin": proxy.origin})
+            assert same.status_code == 403 and "X-CSRF-Token" in same.json()["error"]
+        assert store.get_many(["forged-1", "forged-2"]) == {}
+        assert "/revoke HTTP/1.1\" 403" in (tmp_path / "nginx" / "access.log").read_text()  # they went through nginx
     finally:
+        proxy.close()
         console.close()
 
 

@@ -31,8 +31,21 @@ def reads_open(host: str, public_read: bool) -> bool:
     return public_read or is_loopback(host)
 
 
+def proxy_options(forwarded_allow_ips: str | None, root_path: str = "") -> dict[str, Any]:
+    """uvicorn's settings for a console behind a reverse proxy.
+
+    X-Forwarded-For and X-Forwarded-Proto are believed only from the
+    addresses listed (uvicorn would otherwise trust 127.0.0.1 by default,
+    and a local client could then pick its own address for the login
+    limit); ``root_path`` is the sub-path the proxy serves the console under.
+    """
+    return {"proxy_headers": bool(forwarded_allow_ips), "forwarded_allow_ips": forwarded_allow_ips or "",
+            "root_path": root_path.rstrip("/")}
+
+
 def serve(store: RevocationStore, credentials: Credentials, celery_app: Any = None,
-          host: str = "127.0.0.1", port: int = 8765, public_read: bool = False) -> None:
+          host: str = "127.0.0.1", port: int = 8765, public_read: bool = False,
+          forwarded_allow_ips: str | None = None, root_path: str = "") -> None:
     """Run the console until interrupted; refuses (ConfigurationError) to listen beyond loopback without credentials."""
     refusal = bind_refusal(host, credentials)
     if refusal is not None:
@@ -40,4 +53,5 @@ def serve(store: RevocationStore, credentials: Credentials, celery_app: Any = No
     app = create_app(store, credentials, celery_app, reads_open(host, public_read))
     import uvicorn
 
-    uvicorn.run(app, host=host, port=port, log_level="warning", server_header=False)
+    uvicorn.run(app, host=host, port=port, log_level="warning", server_header=False,
+                **proxy_options(forwarded_allow_ips, root_path))

@@ -100,6 +100,7 @@ class Console:
         session = self.session(request) or Session()
         context.update(
             request=request,
+            base=base_path(request),
             csrf=session.csrf,
             user=self.user(request, session),
             writable=self.credentials.writable,
@@ -107,11 +108,14 @@ class Console:
             database=self.store.url.render_as_string(hide_password=True),
         )
         response = self.templates.TemplateResponse(request, name, context, status_code=status)
-        return self.finish(response, session)
+        return self.finish(request, response, session)
 
-    def finish(self, response: Response, session: Session) -> Response:
+    def finish(self, request: Request, response: Response, session: Session) -> Response:
+        """Set the session cookie (``Secure`` when the browser came over HTTPS, seen through a trusted
+        proxy's X-Forwarded-Proto) on the console's own path only, and the security headers."""
         response.set_cookie(SESSION_COOKIE, self.signer.dump(session), max_age=SESSION_SECONDS,
-                            httponly=True, samesite="strict", secure=False, path="/")
+                            httponly=True, samesite="strict", secure=request.url.scheme == "https",
+                            path=base_path(request) or "/")
         response.headers.update(SECURITY_HEADERS)
         return response
 
@@ -211,7 +215,7 @@ class Console:
             await run_in_threadpool(action, target, form)
         except RevstoreError as exc:
             return self.error(request, 400, str(exc))
-        return RedirectResponse(_detail_link(target), status_code=303)
+        return RedirectResponse(base_path(request) + _detail_link(target), status_code=303)
 
     def _restore(self, target: Target, form: dict[str, str]) -> None:
         actions.restore(self.store, self.celery_app, target)
@@ -257,14 +261,14 @@ class Console:
             logger.warning("revstore console: failed login from %s (%d in the last minute)", address, failures)
             return self.render(request, "login.html", status=401, error="revstore: wrong token or password")
         # a fresh session (and CSRF token) on login: a token planted before it is worthless after
-        response = RedirectResponse("/", status_code=303)
-        return self.finish(response, Session(user=user))
+        response = RedirectResponse(base_path(request) + "/", status_code=303)
+        return self.finish(request, response, Session(user=user))
 
     async def logout(self, request: Request) -> Response:
         form = await self.form(request)
         if isinstance(form, Response):
             return form
-        return self.finish(RedirectResponse("/", status_code=303), Session())
+        return self.finish(request, RedirectResponse(base_path(request) + "/", status_code=303), Session())
 
 
 #: What a request over MAX_BODY is told (a form or an API call).
@@ -283,6 +287,12 @@ async def read_body(request: Request) -> bytes | None:
         if len(body) > MAX_BODY:
             return None
     return body
+
+
+def base_path(request: Request) -> str:
+    """The sub-path the console is served under (``--root-path``, e.g. /revstore), "" at the root:
+    every link, form and redirect starts with it."""
+    return str(request.scope.get("root_path") or "").rstrip("/")
 
 
 def client_address(request: Request) -> str:
