@@ -50,6 +50,26 @@ def test_the_eleventh_wrong_login_in_a_minute_gets_429(pg_store, caplog) -> None
         assert right.status_code == 429 and right.headers["retry-after"]
         failures = [r.getMessage() for r in caplog.records if "failed login" in r.getMessage()]
         assert len(failures) == 10 and all("from 127.0.0.1" in line for line in failures)
+        # no proxy is trusted here: a client cannot name another address to escape the limit
+        spoofed = client.post("/login", data={"csrf": csrf, "token": TOKEN}, headers={"X-Forwarded-For": "10.9.9.9"})
+        assert spoofed.status_code == 429
+    finally:
+        server.close()
+
+
+def test_behind_a_trusted_proxy_the_forwarded_address_is_limited(pg_store, caplog) -> None:
+    server = ConsoleServer(pg_store, Credentials(token=TOKEN), forwarded_allow_ips="127.0.0.1")
+    try:
+        client = httpx.Client(base_url=server.url)
+        csrf = csrf_of(client.get("/login"))
+        with caplog.at_level(logging.WARNING, logger="revstore.web"):
+            for _ in range(11):
+                last = client.post("/login", data={"csrf": csrf, "token": "guess"},
+                                   headers={"X-Forwarded-For": "198.51.100.7"})
+        assert last.status_code == 429
+        assert any("failed login from 198.51.100.7" in r.getMessage() for r in caplog.records)
+        other = client.post("/login", data={"csrf": csrf, "token": TOKEN}, headers={"X-Forwarded-For": "198.51.100.8"})
+        assert other.status_code == 303  # another client behind the same proxy is not locked out
     finally:
         server.close()
 
