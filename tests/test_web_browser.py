@@ -50,9 +50,13 @@ def browser(tmp_path):  # type: ignore[no-untyped-def]
 
 
 def shoot(driver, name: str, out: Path) -> None:  # type: ignore[no-untyped-def]
-    """Screenshots of the current page at both widths; each must be a real, non-blank image."""
+    """Screenshots of the current page at both widths; each must be a real, non-blank image that fits
+    the window's width (no horizontal scrolling on a phone or a laptop)."""
     for label, (width, height) in SIZES.items():
         driver.set_window_size(width, height)
+        overflow = driver.execute_script(
+            "return document.documentElement.scrollWidth - document.documentElement.clientWidth")
+        assert overflow <= 0, f"{name} scrolls sideways by {overflow} px at {label} width"
         path = out / f"console-{name}-{label}.png"
         driver.save_screenshot(str(path))
         assert path.stat().st_size > 8_000, path
@@ -73,7 +77,7 @@ def test_operator_revokes_finds_and_restores_in_a_browser(browser, cluster_facto
     cluster = cluster_factory("postgresql")
     worker = cluster.worker("a").start()
     store = cluster.store
-    store.add([f"seed-{i}" for i in range(40)], reason="nightly import replayed twice")
+    store.add([f"seed-{i:04d}" for i in range(1240)], reason="nightly import replayed twice")
     store.add(["wf-2024-11-25"], reason="bad workflow", terminate=True, expires=1800)
     held = f"held-{uuid.uuid4().hex[:8]}"
     celery_app.record.apply_async((held,), task_id=held, queue=worker.queue, countdown=120)
@@ -92,7 +96,8 @@ def test_operator_revokes_finds_and_restores_in_a_browser(browser, cluster_facto
         wait_for(lambda: "Overview" in b.title, 10, what="the overview after login")
         cookie = b.get_cookie("revstore_session")
         assert cookie is not None and cookie["secure"] and cookie["path"] == "/revstore"  # HTTPS seen through nginx
-        assert b.find_element(By.ID, "active-task").text == "41"
+        assert b.find_element(By.ID, "active-task").text == "1,241"  # thousands separated
+        assert len(b.find_elements(By.CSS_SELECTOR, "svg.chart g.bar")) == 14  # one bar a day, empty days too
         shoot(b, "overview", out)
 
         b.get(base + "/revoke")
@@ -143,6 +148,41 @@ def test_operator_revokes_finds_and_restores_in_a_browser(browser, cluster_facto
     finally:
         proxy.close()
         console.close()
+
+
+def test_chart_labels_fit_and_bars_show_their_value_on_hover(browser, tmp_path) -> None:
+    """The overview's chart as Chromium draws it: a seven-digit y label is not clipped, and pointing at a
+    day shows its count."""
+    from datetime import date
+
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    from revstore.web import chart
+
+    css = Path(chart.__file__).parent / "static" / "style.css"
+    svg = chart.bar_chart([("2026-11-20", 1_000_003), ("2026-11-25", 12)], today=date(2026, 11, 26))
+    page = tmp_path / "chart.html"
+    page.write_text(f'<!doctype html><link rel="stylesheet" href="{css.as_uri()}"><main>{svg}</main>')
+    for width, height in SIZES.values():
+        browser.set_window_size(width, height)
+        browser.get(page.as_uri())
+        frame = browser.find_element(By.CSS_SELECTOR, "svg.chart").rect
+        labels = {t.text: t.rect for t in browser.find_elements(By.CSS_SELECTOR, "svg.chart text.axis")}
+        assert "1,000,003" in labels and labels["1,000,003"]["x"] >= frame["x"], labels.get("1,000,003")
+        bars = browser.find_elements(By.CSS_SELECTOR, "svg.chart g.bar")
+        assert len(bars) == 14
+        big, small = bars[7], bars[12]  # 2026-11-20 and 2026-11-25
+
+        def shown(bar) -> str:  # type: ignore[no-untyped-def]
+            value = bar.find_element(By.CSS_SELECTOR, "text.value")
+            return value.text if value.value_of_css_property("opacity") == "1" else ""
+
+        assert shown(big) == "" and shown(small) == ""
+        ActionChains(browser).move_to_element(big.find_element(By.CSS_SELECTOR, "rect.hit")).perform()
+        assert shown(big) == "1,000,003" and shown(small) == ""
+        ActionChains(browser).move_to_element(small.find_element(By.CSS_SELECTOR, "rect.hit")).perform()
+        assert shown(small) == "12" and shown(big) == ""
 
 
 def _reserved(celery_app, worker) -> set[str]:  # type: ignore[no-untyped-def]

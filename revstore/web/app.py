@@ -29,7 +29,7 @@ from . import actions
 from .actions import MAX_IDS
 from .api import Api
 from .auth import SESSION_COOKIE, SESSION_SECONDS, Credentials, Session, SessionSigner, csrf_ok, same_origin
-from .chart import bar_chart
+from .chart import bar_chart, thousands
 from .fleet import fleet_status
 from .metrics import exposition, metrics_registry
 from .ratelimit import FailureLimiter
@@ -68,6 +68,7 @@ class Console:
         self.signer = SessionSigner()
         self.registry = metrics_registry(store, celery_app)
         self.templates = Jinja2Templates(directory=str(HERE / "templates"))
+        self.templates.env.filters["num"] = thousands
 
     # ------------------------------------------------------------ plumbing
 
