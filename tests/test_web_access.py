@@ -57,6 +57,20 @@ def test_the_eleventh_wrong_login_in_a_minute_gets_429(pg_store, caplog) -> None
         server.close()
 
 
+def test_guessing_through_an_authorization_header_is_limited_too(pg_store) -> None:
+    """Basic or bearer credentials on a page or the API count as logins: no way around the limit."""
+    server = ConsoleServer(pg_store, Credentials(token=TOKEN, user="ops", password="pw-123"), open_reads=False)
+    try:
+        for i in range(10):
+            path, auth = ("/", ("ops", f"guess-{i}")) if i % 2 else ("/api/revocations", ("ops", f"guess-{i}"))
+            assert httpx.get(server.url + path, auth=auth).status_code == 401
+        blocked = httpx.get(server.url + "/", auth=("ops", "pw-123"))
+        assert blocked.status_code == 429 and blocked.headers["retry-after"]
+        assert httpx.get(server.url + "/api/revocations", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 429
+    finally:
+        server.close()
+
+
 def test_behind_a_trusted_proxy_the_forwarded_address_is_limited(pg_store, caplog) -> None:
     server = ConsoleServer(pg_store, Credentials(token=TOKEN), forwarded_allow_ips="127.0.0.1")
     try:

@@ -25,6 +25,7 @@ from starlette.routing import Route
 
 from ..errors import DatabaseUnavailable, InvalidInput, RevstoreError
 from . import actions
+from .access import CHALLENGE, TOO_LARGE, read_body
 from .auth import csrf_ok, same_origin
 
 if TYPE_CHECKING:
@@ -74,57 +75,29 @@ class Api:
 
     # ------------------------------------------------------------ access
 
-    def _caller(self, request: Request) -> tuple[str | None, Response | None, bool]:
-        """(who, refusal, by cookie): the bearer token or basic credentials, else the session's user.
-
-        Wrong credentials count as a failed login for the caller's address.
-        """
-        from .app import client_address
-
-        console = self.console
-        address = client_address(request)
-        wait = console.limiter.retry_after(address)
-        if wait is not None:
-            return None, problem(429, f"revstore: too many failed logins from {address}; try again in {wait} s",
-                                 {"Retry-After": str(wait)}), False
-        header = request.headers.get("authorization")
-        if header:
-            user = "token" if console.credentials.check_bearer(header) else console.credentials.check_basic(header)
-            if user is None:
-                failures = console.limiter.failed(address)
-                logger.warning("revstore console: failed API login from %s (%d in the last minute)", address, failures)
-                return None, problem(401, "revstore: wrong token or password",
-                                     {"WWW-Authenticate": 'Bearer realm="revstore"'}), False
-            return user, None, False
-        session = console.session(request)
-        if session is not None and session.user:
-            return session.user, None, True
-        return None, None, False
-
     def _may_read(self, request: Request) -> Response | None:
-        user, refusal, _ = self._caller(request)
-        if refusal is not None:
-            return refusal
-        if user is None and not self.console.open_reads:
+        who = self.console.caller(request)
+        if who.refusal is not None:
+            return problem(who.refusal.status, who.refusal.message, who.refusal.headers)
+        if who.user is None and not self.console.open_reads:
             return problem(401, "revstore: this console needs credentials to read (a bearer token or basic auth)",
-                           {"WWW-Authenticate": 'Bearer realm="revstore"'})
+                           CHALLENGE)
         return None
 
     async def _write(self, request: Request) -> tuple[str, dict[str, Any]] | Response:
         """Who writes and the JSON body, or the refusal."""
-        from .app import TOO_LARGE, read_body
-
         console = self.console
         if not console.credentials.writable:
             return problem(403, "revstore: the console is read-only; set REVSTORE_WEB_TOKEN "
                                 "(or REVSTORE_WEB_USER and REVSTORE_WEB_PASSWORD) to allow writes")
-        user, refusal, by_cookie = self._caller(request)
-        if refusal is not None:
-            return refusal
+        who = console.caller(request)
+        if who.refusal is not None:
+            return problem(who.refusal.status, who.refusal.message, who.refusal.headers)
+        user = who.user
         if user is None:
             return problem(401, "revstore: send the token as 'Authorization: Bearer TOKEN', or basic credentials",
-                           {"WWW-Authenticate": 'Bearer realm="revstore"'})
-        if by_cookie and not csrf_ok(console.session(request), request.headers.get("x-csrf-token")):
+                           CHALLENGE)
+        if who.by_cookie and not csrf_ok(console.session(request), request.headers.get("x-csrf-token")):
             return problem(403, "revstore: refused: a write by session cookie needs the session's X-CSRF-Token header")
         if not same_origin(request.headers.get("origin"), request.headers.get("host"), request.url.scheme):
             return problem(403, "revstore: refused: the request came from another site")

@@ -26,7 +26,7 @@ from starlette.templating import Jinja2Templates
 from ..errors import DatabaseUnavailable, RevstoreError
 from ..store import KINDS, RevocationStore, Target
 from . import actions
-from .actions import MAX_IDS
+from .access import CHALLENGE, TOO_LARGE, Caller, Refusal, client_address, read_body
 from .api import Api
 from .auth import SESSION_COOKIE, SESSION_SECONDS, Credentials, Session, SessionSigner, csrf_ok, same_origin
 from .chart import bar_chart, thousands
@@ -37,8 +37,6 @@ from .ratelimit import FailureLimiter
 logger = logging.getLogger("revstore.web")
 
 HERE = Path(__file__).resolve().parent
-#: Bytes a form may carry: MAX_IDS ids of Celery's 36 characters fit with room to spare.
-MAX_BODY = 1024 * 1024
 SIGNALS = ("SIGTERM", "SIGKILL", "SIGINT", "SIGQUIT", "SIGUSR1", "SIGHUP")
 
 SECURITY_HEADERS = {
@@ -84,15 +82,44 @@ class Console:
             return "token"
         return self.credentials.check_basic(header)
 
+    def caller(self, request: Request) -> Caller:
+        """Who sent ``request``, checked once: credentials in its Authorization header, else its session.
+
+        Wrong credentials count as a failed login of the caller's address (so
+        basic auth on a page or the API is no way around the login limit),
+        and an address over the limit is refused whatever it sends.
+        """
+        address = client_address(request)
+        wait = self.limiter.retry_after(address)
+        if wait is not None:
+            return Caller(None, False, Refusal(429, f"revstore: too many failed logins from {address}; "
+                                                    f"try again in {wait} s", {"Retry-After": str(wait)}))
+        header = request.headers.get("authorization")
+        if header:
+            user = "token" if self.credentials.check_bearer(header) else self.credentials.check_basic(header)
+            if user is None:
+                failures = self.limiter.failed(address)
+                logger.warning("revstore console: failed login from %s (%d in the last minute; %s credentials)",
+                               address, failures, header.split(" ", 1)[0].lower())
+                return Caller(None, False, Refusal(401, "revstore: wrong token or password", CHALLENGE))
+            return Caller(user, False, None)
+        session = self.session(request)
+        if session is not None and session.user:
+            return Caller(session.user, True, None)
+        return Caller(None, False, None)
+
     def reader(self, handler: Callable[[Request], Any]) -> Callable[[Request], Any]:
         """``handler`` behind the read rule: open, or for authenticated callers only (see Console)."""
         async def guarded(request: Request) -> Response:
-            if not self.open_reads and self.user(request, self.session(request)) is None:
-                response = self.render(request, "error.html", status=401, login=True,
-                                       message="revstore: log in to read: this console is open to the network")
-                response.headers["WWW-Authenticate"] = 'Basic realm="revstore"' if self.credentials.user \
-                    else 'Bearer realm="revstore"'
-                return response
+            if not self.open_reads:
+                who = self.caller(request)
+                refusal = who.refusal or (None if who.user else Refusal(
+                    401, "revstore: log in to read: this console is open to the network", CHALLENGE))
+                if refusal is not None:
+                    response = self.render(request, "error.html", status=refusal.status, login=True,
+                                           message=refusal.message)
+                    response.headers.update(refusal.headers)
+                    return response
             return await handler(request)  # type: ignore[no-any-return]
 
         return guarded
@@ -147,10 +174,14 @@ class Console:
         fields = await self.form(request)
         if isinstance(fields, Response):
             return fields
-        user = self.user(request, self.session(request))
-        if user is None:
+        who = self.caller(request)
+        if who.refusal is not None:
+            response = self.error(request, who.refusal.status, who.refusal.message)
+            response.headers.update(who.refusal.headers)
+            return response
+        if who.user is None:
             return self.error(request, 401, "revstore: log in to write")
-        return user, fields
+        return who.user, fields
 
     # --------------------------------------------------------------- pages
 
@@ -272,33 +303,10 @@ class Console:
         return self.finish(request, RedirectResponse(base_path(request) + "/", status_code=303), Session())
 
 
-#: What a request over MAX_BODY is told (a form or an API call).
-TOO_LARGE = (f"revstore: the request is over {MAX_BODY // 1024} KiB; send at most {MAX_IDS} ids, "
-             "or use `revstore revoke`")
-
-
-async def read_body(request: Request) -> bytes | None:
-    """The request's body, or None once it is over MAX_BODY (read no further: a huge post costs nothing)."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY:
-        return None
-    body = b""
-    async for piece in request.stream():
-        body += piece
-        if len(body) > MAX_BODY:
-            return None
-    return body
-
-
 def base_path(request: Request) -> str:
     """The sub-path the console is served under (``--root-path``, e.g. /revstore), "" at the root:
     every link, form and redirect starts with it."""
     return str(request.scope.get("root_path") or "").rstrip("/")
-
-
-def client_address(request: Request) -> str:
-    """The caller's address: the peer's, or what a trusted proxy forwarded (uvicorn's proxy headers)."""
-    return request.client.host if request.client is not None else "unknown"
 
 
 def _basic(user: str, password: str) -> str:
