@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from .config import mask_url
 from .errors import DatabaseUnavailable, RevstoreError, SchemaError
 from .store import RevocationStore
 
@@ -36,7 +37,8 @@ EXIT_CODES = {
     EXIT_USAGE: "bad option",
     EXIT_DATABASE: "the database cannot be reached",
     EXIT_SCHEMA: "the schema is not compatible with this release (not migrated, or migrated past it)",
-    EXIT_NO_REPLY: "a worker named did not answer within --timeout (with --all: none answered)",
+    EXIT_NO_REPLY: "a worker named did not answer within --timeout (with --all: none answered), or the broker "
+                   "cannot be reached",
     EXIT_UNHEALTHY: "a worker answered but is unhealthy: not loaded, behind the table for longer than "
                     "--max-lag, or its listener is down where listening is on",
 }
@@ -136,7 +138,11 @@ def check_database(store: RevocationStore) -> list[Finding]:
 def check_workers(app: Any, version: int | None, names: list[str] | None, timeout: float,
                   max_lag: float) -> list[Finding]:
     """Each named worker (None: every worker that answers) replies in time, has caught up, and listens."""
-    replies = worker_status(app, version, timeout, destination=names)
+    try:
+        replies = worker_status(app, version, timeout, destination=names)
+    except Exception as exc:  # kombu's errors vary by transport: any failure to ask is "no answer"
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return [Finding(EXIT_NO_REPLY, f"revstore: cannot ask the workers through the broker: {mask_url(text)}")]
     findings: list[Finding] = []
     seen = {w["node"] for w in replies}
     for name in names or []:

@@ -30,6 +30,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 from sqlalchemy.exc import SQLAlchemyError
 
+from ..config import mask_url
 from ..errors import RevstoreError
 from ..store import KINDS, RevocationStore
 from ..health import worker_status
@@ -115,16 +116,21 @@ class RevstoreCollector(Collector):
             logger.warning("revstore console: /metrics cannot read the table: %s", str(exc).splitlines()[0])
             self._database_up, self._table = False, {}
         if self.celery_app is not None:
-            self._workers = worker_status(self.celery_app, version, BROADCAST_TIMEOUT)
+            try:
+                self._workers = worker_status(self.celery_app, version, BROADCAST_TIMEOUT)
+            except Exception as exc:  # the broker is down: the table's metrics still count
+                logger.warning("revstore console: /metrics cannot ask the workers: %s",
+                               mask_url(str(exc).splitlines()[0] if str(exc) else type(exc).__name__))
+                self._workers = []
         self._fresh_at = time.monotonic()
 
     def collect(self) -> Iterator[Metric]:
         with self._lock:  # concurrent scrapes share one broadcast
             self._refresh()
             table, counts, workers = dict(self._table), self._counts, list(self._workers)
-            counts_age = time.monotonic() - self._counts_at
+            counts_age, database_up = time.monotonic() - self._counts_at, self._database_up
         yield GaugeMetricFamily("revstore_database_up", "1 when the console could read the table.",
-                                value=1.0 if self._database_up else 0.0)
+                                value=1.0 if database_up else 0.0)
         yield from self._table_metrics(table, counts, counts_age)
         if self.celery_app is not None:
             yield GaugeMetricFamily("revstore_workers_replying", "Workers that answered revstore_status in time.",
