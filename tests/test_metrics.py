@@ -68,6 +68,10 @@ def test_metrics_show_each_workers_lag_and_a_lost_listener(cluster_factory, cele
         assert set(per_worker(samples, "revstore_worker_lag_versions")) == {a, b, c}
         assert all(per_worker(samples, name) for name in ("revstore_worker_revocations", "revstore_worker_polls_total",
                                                           "revstore_worker_snapshot_age_seconds"))
+        # the API's fleet is the same judgement (console on loopback: reads are open)
+        fleet = httpx.get(f"{console.url}/api/fleet", timeout=10).json()
+        assert fleet["version"] == version and {w["node"] for w in fleet["workers"]} == {a, b, c}
+        assert all(w["lag"] == 0 and w["listener_live"] for w in fleet["workers"])
 
         # a revoke broadcast: each worker writes it through, and the counters say so
         celery_app.app.control.revoke("metrics-1")
