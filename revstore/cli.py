@@ -531,7 +531,7 @@ def _table_version(ctx: Context) -> int | None:
 def web_cmd(ctx: Context, host: str, port: int, public_read: bool, forwarded_allow_ips: str | None,
             root_path: str) -> None:
     """Serve the operator console (needs `pip install 'revstore[web]'`)."""
-    from .web import Credentials, create_app, reads_open, serve
+    from .web import Credentials, create_app, proxy_options, reads_open, serve
     from .web.auth import bind_refusal
 
     app = ctx.app
@@ -539,13 +539,12 @@ def web_cmd(ctx: Context, host: str, port: int, public_read: bool, forwarded_all
     refusal = bind_refusal(host, credentials)
     if refusal is not None:
         raise ConfigurationError(refusal)
+    proxy_options(forwarded_allow_ips, root_path)  # bad values: one line now, not once uvicorn starts
     create_app(ctx.store, credentials, app)  # fails here, in one line, if the extra is missing
     mode = "writes need the token or password" if credentials.writable else "read-only: no write credentials set"
     if not reads_open(host, public_read):
         mode += "; reads too"
     click.echo(f"revstore: console on http://{host}:{port}/ for {ctx.store.url.render_as_string(hide_password=True)} ({mode})")
-    if root_path and not root_path.startswith("/"):
-        raise ConfigurationError(f"revstore: --root-path must start with / (got {root_path!r})")
     serve(ctx.store, credentials, app, host=host, port=port, public_read=public_read,
           forwarded_allow_ips=forwarded_allow_ips, root_path=root_path)
 

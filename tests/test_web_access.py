@@ -142,9 +142,15 @@ def test_a_console_open_to_the_network_needs_credentials_to_read(pg_store) -> No
         assert "customer 4411" in httpx.get(url + "/revocations?q=secret").text
 
 
-def test_a_console_without_credentials_refuses_the_network(pg_store) -> None:
+def test_a_console_without_credentials_refuses_the_network_and_bad_proxy_options_are_one_line(pg_store) -> None:
     started = time.monotonic()
     result = revstore("web", "--host", "0.0.0.0", "--port", str(free_port()), "--url", PG_BASE,
                       "--schema", pg_store.tables.schema)
     assert result.code == 1 and time.monotonic() - started < 30
     assert_one_line_error(result, "refusing to listen on 0.0.0.0 without credentials", "REVSTORE_WEB_TOKEN")
+    for option, value, message in (("--forwarded-allow-ips", "10.0.0.0/99", "is not an address or network"),
+                                   ("--root-path", "revstore", "must start with /")):
+        bad = revstore("web", "--port", str(free_port()), "--url", PG_BASE, "--schema", pg_store.tables.schema,
+                       option, value)
+        assert bad.code == 1
+        assert_one_line_error(bad, message)

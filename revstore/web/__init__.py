@@ -6,6 +6,7 @@ uvicorn): nothing in the worker, client or CLI imports it.
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 from ..errors import ConfigurationError
@@ -39,6 +40,16 @@ def proxy_options(forwarded_allow_ips: str | None, root_path: str = "") -> dict[
     and a local client could then pick its own address for the login
     limit); ``root_path`` is the sub-path the proxy serves the console under.
     """
+    if root_path and not root_path.startswith("/"):
+        raise ConfigurationError(f"revstore: --root-path must start with / (got {root_path!r})")
+    for entry in (forwarded_allow_ips or "").split(","):
+        entry = entry.strip()
+        if entry and entry != "*":
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ConfigurationError(f"revstore: --forwarded-allow-ips: {entry!r} is not an address or "
+                                         "network (e.g. 127.0.0.1,10.0.0.0/8, or * for any)") from None
     return {"proxy_headers": bool(forwarded_allow_ips), "forwarded_allow_ips": forwarded_allow_ips or "",
             "root_path": root_path.rstrip("/")}
 
