@@ -82,6 +82,14 @@ class Console:
             return "token"
         return self.credentials.check_basic(header)
 
+    def blocked(self, address: str) -> Refusal | None:
+        """429 for an address over the failed-login limit, until its oldest failure is a minute old."""
+        wait = self.limiter.retry_after(address)
+        if wait is None:
+            return None
+        return Refusal(429, f"revstore: too many failed logins from {address}; try again in {wait} s",
+                       {"Retry-After": str(wait)})
+
     def caller(self, request: Request) -> Caller:
         """Who sent ``request``, checked once: credentials in its Authorization header, else its session.
 
@@ -90,10 +98,9 @@ class Console:
         and an address over the limit is refused whatever it sends.
         """
         address = client_address(request)
-        wait = self.limiter.retry_after(address)
-        if wait is not None:
-            return Caller(None, False, Refusal(429, f"revstore: too many failed logins from {address}; "
-                                                    f"try again in {wait} s", {"Retry-After": str(wait)}))
+        blocked = self.blocked(address)
+        if blocked is not None:
+            return Caller(None, False, blocked)
         header = request.headers.get("authorization")
         if header:
             user = "token" if self.credentials.check_bearer(header) else self.credentials.check_basic(header)
@@ -273,11 +280,10 @@ class Console:
 
     async def login(self, request: Request) -> Response:
         address = client_address(request)
-        wait = self.limiter.retry_after(address)
-        if wait is not None:
-            response = self.render(request, "login.html", status=429,
-                                   error=f"revstore: too many failed logins from {address}; try again in {wait} s")
-            response.headers["Retry-After"] = str(wait)
+        blocked = self.blocked(address)
+        if blocked is not None:
+            response = self.render(request, "login.html", status=blocked.status, error=blocked.message)
+            response.headers.update(blocked.headers)
             return response
         form = await self.form(request)
         if isinstance(form, Response):

@@ -1,7 +1,7 @@
 """``/metrics``: the table and every worker's sync, in Prometheus' text format.
 
 Exposition is prometheus_client's, as in Flower.  A scrape costs one
-``revstore_status`` broadcast and three cheap reads of the table, whatever
+``revstore_status`` broadcast and two cheap reads of the table, whatever
 its size, and both are cached (:data:`WORKERS_SECONDS`), so several
 Prometheus servers, or a dashboard refreshing fast, cost no more:
 
