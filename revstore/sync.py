@@ -21,6 +21,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 from .config import Settings, mask_url
@@ -143,6 +144,9 @@ class RevocationSync:
         self._retry_at = 0.0
         self._warn = RateLimitedWarning()
         self.last_sync_ok: float | None = None
+        #: counters for revstore_status (and the console's /metrics): committed write
+        #: transactions, database failures with writes queued, pulls, full reloads
+        self.commits = self.commit_failures = self.polls = self.reloads = 0
         #: when the thread last used the database (for revstore_pool_idle_timeout)
         self._last_used = time.monotonic()
         #: the LISTEN/NOTIFY listener, when there is one (PostgreSQL)
@@ -346,11 +350,19 @@ class RevocationSync:
             "revoked_in_memory": len(self.memory.revoked),
             "pending_writes": sum(len(w.targets) for w in list(self._pending)),
             "listener_live": self.listener_live,
+            "listening": self.listener is not None,  # listening is on here (PostgreSQL, revstore_listen)
             "listener_problem": None if self.listener is None else self.listener.problem,
             "poll_interval": self._interval(),
             "seconds_since_last_sync": None if self.last_sync_ok is None else round(time.monotonic() - self.last_sync_ok, 3),
             "state_dir": None if self.state is None else str(self.state.folder),
             "spool_bytes": None if self.state is None else self.state.spool.size,
+            "spool_records": None if self.state is None else len(self._pending),
+            "snapshot_file_age": None if self.state is None else _newest_age(
+                self.state.snapshot.base_path, self.state.snapshot.journal_path),
+            "commits": self.commits,
+            "commit_failures": self.commit_failures,
+            "polls": self.polls,
+            "reloads": self.reloads,
             # running on the local snapshot (database down since start): how old it is
             "from_snapshot": self.offline is not None,
             "snapshot_age": None if self.offline is None else round(self.offline.age, 1),
@@ -418,6 +430,8 @@ class RevocationSync:
                 return
 
     def _failed(self, exc: Exception) -> None:
+        if self._pending:
+            self.commit_failures += 1
         self._backoff = min(BACKOFF_MAX, max(BACKOFF_MIN, self._backoff * 2))
         self._retry_at = time.monotonic() + self._backoff
         reason = str(exc) if isinstance(exc, RevstoreError) else f"revstore: {type(exc).__name__}: {exc}"
@@ -453,6 +467,7 @@ class RevocationSync:
                     if_needed=True,
                     heard_at=datetime.fromtimestamp(heard, timezone.utc),
                 )
+                self.commits += 1
             ids = [t.value for t in targets if t.kind == "task"]
             self._post(lambda ids=ids: self.memory.committed(ids) or [])  # Celery's set is the loop's
             for w in batch:
@@ -503,6 +518,7 @@ class RevocationSync:
         since = self.marker
         changes: Changes = self.store.changes_since(since)
         self.last_sync_ok = time.monotonic()
+        self.polls += 1
         if self.offline is not None:
             logger.warning("revstore: the database is back; catching up from the local snapshot's marker %d",
                            self.marker)
@@ -528,6 +544,7 @@ class RevocationSync:
 
     def _reload_job(self) -> Callable[[], list[Revocation]]:
         rows, marker = self.store.load_active()
+        self.reloads += 1
         db_now = epoch(self.store.db_now())
         self.clock.anchor(db_now)
         self.marker, self._needs_load = marker, False
@@ -550,3 +567,14 @@ class RevocationSync:
         deleted = self.store.purge_expired(self.settings.cleanup_batch, max_batches=20)
         if deleted:
             logger.info("revstore: deleted %d expired revocations", deleted)
+
+
+def _newest_age(*paths: Path) -> float | None:
+    """Seconds since the newest of ``paths`` was written (the local snapshot's freshness); None: none exists."""
+    times = []
+    for path in paths:
+        try:
+            times.append(path.stat().st_mtime)
+        except OSError:  # not written yet, or being replaced
+            pass
+    return round(max(0.0, time.time() - max(times)), 1) if times else None
