@@ -230,6 +230,8 @@ class SnapshotRead:
     wall_time: float
     #: bytes of the journal that could not be read (a torn last record)
     damaged: int = 0
+    #: what the database said it was when the base was written (revstore.identity); None: not recorded
+    db_identity: dict[str, Any] | None = None
 
     @property
     def age(self) -> float:
@@ -250,6 +252,8 @@ class SnapshotFiles:
         self.journal_path = stem.with_name(stem.name + ".journal")
         self.identity = identity_
         self.generation = ""
+        #: which database the next base belongs to (set by the sync layer; see revstore.identity)
+        self.db_identity: dict[str, Any] | None = None
         self.base_bytes = 0
         self.journal_bytes = 0
         self._journal_fd: int | None = None
@@ -279,7 +283,7 @@ class SnapshotFiles:
             raise StateDamaged(f"revstore: snapshot {self.base_path} is damaged ({exc})") from None
         self.generation, self.base_bytes = head["generation"], len(data)
         read = SnapshotRead(Snapshot(ids, deadlines, others), [], int(head["marker"]),
-                            float(head["db_time"]), float(head["wall_time"]))
+                            float(head["db_time"]), float(head["wall_time"]), db_identity=head.get("db"))
         try:
             journal = self.journal_path.read_bytes()
         except FileNotFoundError:
@@ -315,7 +319,7 @@ class SnapshotFiles:
         head = {
             "format": 1, "identity": self.identity, "generation": self.generation, "marker": marker,
             "db_time": db_now, "wall_time": time.time(), "count": len(snapshot.task_ids),
-            "byteorder": sys.byteorder, "others": others,
+            "byteorder": sys.byteorder, "others": others, "db": self.db_identity,
         }
         data = b"".join((
             frame(json.dumps(head, separators=(",", ":")).encode()),
