@@ -25,6 +25,8 @@ from harness import Cluster, wait_for
 from pgcluster import Pair, pg_pair  # noqa: F401 (a fixture)
 from proxy import TcpProxy
 from revstore import migrate
+from revstore.identity import DbIdentity
+from revstore.roles import worker_sql
 from revstore.store import RevocationStore
 from test_reliability import status
 from test_worker_durability import cli, held_by, revoked_on, send
@@ -222,3 +224,28 @@ def test_failover_to_a_replica_that_missed_commits(pg_pair: Pair, tmp_path: Path
         store.dispose()
         if promoted is not None:
             promoted.dispose()
+
+
+def test_a_role_refused_the_server_functions_still_polls_and_knows_the_installation(pg_pair: Pair) -> None:  # noqa: F811
+    """A DBA may revoke what PostgreSQL grants everyone by default: the worker compares what it can read."""
+    primary = pg_pair.primary
+    admin = RevocationStore(primary.url())
+    migrate.upgrade(admin)
+    for function in ("pg_control_system()", "pg_current_wal_lsn()"):
+        primary.sql(f"REVOKE EXECUTE ON FUNCTION {function} FROM PUBLIC")
+    grants = "\n".join(line for line in worker_sql(admin.tables, "limited_worker").splitlines()
+                       if not line.startswith("--"))
+    for statement in filter(str.strip, grants.split(";")):
+        primary.sql(statement)
+    limited = RevocationStore(primary.url().replace("postgres@", "limited_worker@"))
+    try:
+        full, refused = admin.identity(), limited.identity()
+        assert set(full.server) == {"system_identifier", "timeline"} and full.server["timeline"] == "00000001"
+        assert refused == DbIdentity(full.installation, {}) and refused.installation
+        admin.add(["t1"])
+        changes = limited.changes_since(0)
+        assert [r.task_id for r in changes.rows] == ["t1"] and changes.clock == 1
+        assert changes.identity == refused
+    finally:
+        admin.dispose()
+        limited.dispose()
