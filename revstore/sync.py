@@ -589,7 +589,10 @@ class RevocationSync:
         logger.warning("revstore: the database at %s changed under this worker: %s; its marker %d is not trusted; "
                        "%s", self.store.url.render_as_string(hide_password=True), why, marker, action)
         self.rewound = {"at": datetime.fromtimestamp(self.clock.now(), timezone.utc).isoformat(), "what": why}
-        self.store.record_rewind(f"{self.hostname}: {why}")
+        try:
+            self.store.record_rewind(f"{self.hostname}: {why}")
+        except RevstoreError as exc:  # only a note for operators: the reload must not wait for it
+            self._warn("%s (the note for `revstore stats` was not written)", str(exc).splitlines()[0])
 
     def _restore_lost(self) -> None:
         """Write back what this worker held and a changed database lost, unless restored there since.
