@@ -589,6 +589,9 @@ class RevocationSync:
         logger.warning("revstore: the database at %s changed under this worker: %s; its marker %d is not trusted; "
                        "%s", self.store.url.render_as_string(hide_password=True), why, marker, action)
         self.rewound = {"at": datetime.fromtimestamp(self.clock.now(), timezone.utc).isoformat(), "what": why}
+        if self.state is not None:
+            # the journal continues the other database's snapshot: nothing goes into it until the new base
+            self.state.snapshot.generation = ""
         try:
             self.store.record_rewind(f"{self.hostname}: {why}")
         except RevstoreError as exc:  # only a note for operators: the reload must not wait for it
