@@ -25,7 +25,6 @@ from harness import Cluster, wait_for
 from pgcluster import Pair, pg_pair  # noqa: F401 (a fixture)
 from proxy import TcpProxy
 from revstore import migrate
-from revstore.identity import DbIdentity
 from revstore.roles import worker_sql
 from revstore.store import RevocationStore
 from test_reliability import status
@@ -228,6 +227,8 @@ def test_failover_to_a_replica_that_missed_commits(pg_pair: Pair, tmp_path: Path
 
 def test_a_role_refused_the_server_functions_still_polls_and_knows_the_installation(pg_pair: Pair) -> None:  # noqa: F811
     """A DBA may revoke what PostgreSQL grants everyone by default: the worker compares what it can read."""
+    from revstore.identity import DbIdentity
+
     primary = pg_pair.primary
     admin = RevocationStore(primary.url())
     migrate.upgrade(admin)
