@@ -137,6 +137,8 @@ class RevocationSync:
         self.rewound: dict[str, Any] | None = None
         #: revocations this worker held that a changed database lost, and since when it held them
         self._write_back: deque[tuple[dict[Target, float | None], float | None]] = deque()
+        #: a change was seen and logged, its reload not done yet (a retry must not log it again)
+        self._rewinding = False
         #: the snapshot is in memory (set on the loop thread, when applied)
         self.loaded = False
         #: the database thread still has to fetch the first snapshot
@@ -522,9 +524,12 @@ class RevocationSync:
             self.offline = None
         why = distrust(self.identity, changes.identity, self.marker, changes.clock)
         if why is not None:
-            self._note_rewind(why, self.marker, "reloading from the table, keeping every revocation held "
-                              "and writing back those the table lost")
+            if not self._rewinding:
+                self._note_rewind(why, self.marker, "reloading from the table, keeping every revocation held "
+                                  "and writing back those the table lost")
+            self._rewinding = True
             self._post(self._reload_job(keep=True))
+            self._rewinding = False
             return
         if changes.reload_required:
             logger.warning("revstore: missed un-revokes that were already cleaned up; reloading everything")
