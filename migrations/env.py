@@ -45,6 +45,8 @@ def run_offline() -> None:
 def run_online() -> None:
     with store.engine.connect() as connection:
         store.backend.prepare_migrations(connection)
+        if config.attributes.get("revstore_lock_timeout"):
+            store.backend.limit_lock_wait(connection, config.attributes["revstore_lock_timeout"])
         if tables.schema:
             connection.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{tables.schema}"'))
         prepare_online(connection, tables)

@@ -158,26 +158,34 @@ def db() -> None:
     """Schema migrations (run by an admin; workers never run DDL)."""
 
 
+LOCK_TIMEOUT = click.option(
+    "--lock-timeout", type=click.FloatRange(min=0.001), default=None, metavar="SECONDS",
+    help="Give up when a lock on revstore's tables is not granted within SECONDS, rather than queue every "
+         "worker's writes behind the migration (default: wait).")
+
+
 @db.command("upgrade")
 @click.argument("revision", required=False)
+@LOCK_TIMEOUT
 @pass_ctx
 @user_errors
-def db_upgrade(ctx: Context, revision: str | None) -> None:
+def db_upgrade(ctx: Context, revision: str | None, lock_timeout: float | None) -> None:
     """Run the expand steps (up to REVISION): safe while older workers run."""
     from . import migrate
 
-    migrate.upgrade(ctx.store, revision)
+    migrate.upgrade(ctx.store, revision, lock_timeout=lock_timeout)
     _report(ctx.store)
 
 
 @db.command("contract")
+@LOCK_TIMEOUT
 @pass_ctx
 @user_errors
-def db_contract(ctx: Context) -> None:
+def db_contract(ctx: Context, lock_timeout: float | None) -> None:
     """Run the contract steps too: only once no worker older than the new window remains."""
     from . import migrate
 
-    migrate.contract(ctx.store)
+    migrate.contract(ctx.store, lock_timeout=lock_timeout)
     _report(ctx.store)
 
 

@@ -45,10 +45,12 @@ def migrations_dir() -> Path:
     raise RevstoreError("revstore: migration scripts not found; reinstall revstore")
 
 
-def alembic_config(store: RevocationStore, *, output: io.StringIO | None = None) -> Config:
+def alembic_config(store: RevocationStore, *, output: io.StringIO | None = None,
+                   lock_timeout: float | None = None) -> Config:
     cfg = Config(output_buffer=output) if output is not None else Config()
     cfg.set_main_option("script_location", str(migrations_dir()))
     cfg.attributes["revstore_store"] = store
+    cfg.attributes["revstore_lock_timeout"] = lock_timeout
     return cfg
 
 
@@ -178,20 +180,36 @@ def _known_current(store: RevocationStore, steps: Chain) -> str | None:
     return current
 
 
-def upgrade(store: RevocationStore, revision: str | None = None) -> None:
-    """Run the expand steps (up to ``revision``): safe while older workers run."""
+def upgrade(store: RevocationStore, revision: str | None = None, *, lock_timeout: float | None = None) -> None:
+    """Run the expand steps (up to ``revision``): safe while older workers run.
+
+    ``lock_timeout``: give up, rather than queue every worker's writes behind
+    the migration, when a lock is not granted within this many seconds.
+    """
     steps = chain()
     current = _known_current(store, steps)
     target = _expand_target(steps, current, revision)
     if target is not None and target != current:
-        _run(command.upgrade, alembic_config(store), target)
+        _migrate(store, target, lock_timeout)
 
 
-def contract(store: RevocationStore) -> None:
+def contract(store: RevocationStore, *, lock_timeout: float | None = None) -> None:
     """Run every pending step, contract steps included: once no older worker remains."""
     steps = chain()
     if _known_current(store, steps) != steps.head.revision:
-        _run(command.upgrade, alembic_config(store), "head")
+        _migrate(store, "head", lock_timeout)
+
+
+def _migrate(store: RevocationStore, target: str, lock_timeout: float | None) -> None:
+    try:
+        _run(command.upgrade, alembic_config(store, lock_timeout=lock_timeout), target)
+    except DBAPIError as exc:
+        if lock_timeout and store.backend.is_lock_timeout(exc):
+            raise RevstoreError(
+                f"revstore: the migration waited {lock_timeout:g}s for a lock on revstore's tables in "
+                f"{mask_url(store.url)} and gave up; a long transaction holds it: retry when it ends, or "
+                "give --lock-timeout more seconds") from None
+        raise
 
 
 def downgrade(store: RevocationStore, revision: str) -> None:

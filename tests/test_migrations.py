@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
@@ -139,3 +141,32 @@ def test_schema_newer_than_this_revstore_is_one_clear_line(pg_store) -> None:
     result = revstore("--url", PG_BASE, "--schema", pg_store.tables.schema, "db", "check")
     assert_one_line_error(result, "package too old", "newer", "needs revstore 9.0.0 or later",
                           "upgrade the revstore package")
+
+
+def test_a_migration_behind_a_long_transaction_gives_up_after_its_lock_timeout(db_url, backend) -> None:
+    opts, url = db_url
+    schema = schema_of(opts)
+    assert revstore(*opts, "db", "upgrade", "0003").code == 0
+    table = build_tables(schema=schema).schema_info
+    name = f'"{schema}".{table.name}' if schema else table.name
+    engine = create_engine(normalize_url(url))
+    holder = engine.connect()
+    try:
+        if backend == "sqlite":
+            holder.exec_driver_sql("BEGIN IMMEDIATE")  # the file's write lock
+        else:
+            holder.begin()
+            if backend == "postgresql":
+                holder.execute(text(f"LOCK TABLE {name} IN ACCESS SHARE MODE"))
+            else:  # a metadata lock, as any open transaction that read the table holds
+                holder.execute(text(f"SELECT * FROM {name}")).all()
+        started = time.monotonic()
+        result = revstore(*opts, "db", "upgrade", "--lock-timeout", "1")
+        waited = time.monotonic() - started
+        assert_one_line_error(result, "gave up", "--lock-timeout")
+        assert waited < 15, waited
+    finally:
+        holder.rollback()
+        holder.close()
+        engine.dispose()
+    assert revstore(*opts, "db", "upgrade", "--lock-timeout", "1").code == 0

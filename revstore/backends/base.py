@@ -111,6 +111,19 @@ class Backend(Protocol):
         """File- or server-level settings the admin applies once, before ``db upgrade``."""
         ...
 
+    def limit_lock_wait(self, connection: Connection, seconds: float) -> None:
+        """Make this session's statements give up after waiting ``seconds`` for a lock.
+
+        A migration that waits behind a long transaction holds its place in
+        the lock queue, and every worker's write then queues behind it: an
+        admin would rather see the migration fail and retry it.
+        """
+        ...
+
+    def is_lock_timeout(self, exc: BaseException) -> bool:
+        """Whether ``exc`` is a statement giving up on a lock (see :meth:`limit_lock_wait`)."""
+        ...
+
     def now(self) -> ColumnElement[Any]:
         """The server's current time as SQL, comparable with stored times.
 
@@ -254,6 +267,12 @@ class SqlBackend:
 
     def prepare_migrations(self, connection: Connection) -> None:
         return None
+
+    def limit_lock_wait(self, connection: Connection, seconds: float) -> None:
+        return None
+
+    def is_lock_timeout(self, exc: BaseException) -> bool:
+        return False
 
     def now(self) -> ColumnElement[Any]:
         return func.now()

@@ -103,6 +103,15 @@ class MysqlBackend(SqlBackend):
     def configure_engine(self, engine: Engine) -> None:
         event.listen(engine, "connect", _utc_session)
 
+    def limit_lock_wait(self, connection: Connection, seconds: float) -> None:
+        # metadata locks (ALTER TABLE) and row locks have a timeout each, in whole seconds
+        wait = max(1, math.ceil(seconds))
+        connection.execute(text("SET SESSION lock_wait_timeout = :s, innodb_lock_wait_timeout = :s"), {"s": wait})
+
+    def is_lock_timeout(self, exc: BaseException) -> bool:
+        args = getattr(getattr(exc, "orig", exc), "args", ())
+        return bool(args) and args[0] == 1205  # ER_LOCK_WAIT_TIMEOUT, metadata locks included
+
     def now(self) -> ColumnElement[Any]:
         return func.utc_timestamp(literal_column("6"))
 

@@ -175,6 +175,12 @@ class PostgresBackend(SqlBackend):
             remaining_.byteswap()
         return ids, remaining_
 
+    def limit_lock_wait(self, connection: Connection, seconds: float) -> None:
+        connection.execute(select(func.set_config("lock_timeout", f"{max(1, round(seconds * 1000))}ms", False)))
+
+    def is_lock_timeout(self, exc: BaseException) -> bool:
+        return getattr(getattr(exc, "orig", exc), "sqlstate", None) == "55P03"  # lock_not_available
+
     def notify(self, conn: Connection, channel: str, version: int) -> None:
         conn.execute(select(func.pg_notify(channel, str(version))))
 

@@ -36,6 +36,13 @@ class SqliteBackend(SqlBackend):
         # the file, so the admin sets it once here.
         connection.exec_driver_sql("PRAGMA journal_mode=WAL")
 
+    def limit_lock_wait(self, connection: Connection, seconds: float) -> None:
+        # a PRAGMA takes no bound parameter: the value is an int made here
+        connection.exec_driver_sql(f"PRAGMA busy_timeout = {max(1, round(seconds * 1000))}")
+
+    def is_lock_timeout(self, exc: BaseException) -> bool:
+        return getattr(getattr(exc, "orig", exc), "sqlite_errorcode", None) == 5  # SQLITE_BUSY
+
     def now(self) -> ColumnElement[Any]:
         # Same text format SQLAlchemy stores, so comparisons are exact.
         return func.strftime("%Y-%m-%d %H:%M:%f000", "now")
