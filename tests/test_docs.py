@@ -322,3 +322,17 @@ def test_mkdocs_strict_build_passes(tmp_path: Path) -> None:
                           timeout=120)
     warnings = [line for line in proc.stderr.splitlines() if "WARNING" in line or "Aborted" in line]
     assert proc.returncode == 0 and not warnings, proc.stderr[-4000:]
+
+
+def test_no_file_holds_merge_conflict_markers() -> None:
+    """A conflict resolved by hand must not leave its markers in a page, a sample or the code."""
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    found = []
+    for name in tracked.splitlines():
+        path = ROOT / name
+        if path.suffix not in {".md", ".py", ".yml", ".yaml", ".toml", ".html", ".css", ".mako", ".cfg"}:
+            continue
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if line.startswith(("<<<<<<< ", ">>>>>>> ")):
+                found.append(f"{name}:{number}")
+    assert not found, found
