@@ -38,7 +38,7 @@ def require_expiry(text: str | None) -> Any:
     """A name rule's lifetime: required, since a rule that never expires stops a service for good."""
     if text is None or not text.strip():
         raise ConfigurationError("revstore: a name revocation stops that work until it expires: "
-                                 "give --expires (e.g. 30m, 12h) or --expires never")
+                                 "give an expiry (--expires 30m, 12h, 7d) or say never (--expires never)")
     return _config.parse_duration(text)
 
 

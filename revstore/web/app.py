@@ -27,7 +27,8 @@ from starlette.templating import Jinja2Templates
 
 from .. import client
 from ..errors import DatabaseUnavailable, InvalidInput, RevstoreError
-from ..inputs import parse_expires, parse_targets, split_pasted
+from ..inputs import parse_expires, parse_name_target, parse_targets, require_expiry, split_pasted
+from ..names import decode_where
 from ..store import KINDS, RevocationStore, Target, normalize_signal
 from .auth import SESSION_COOKIE, SESSION_SECONDS, Credentials, Session, SessionSigner, csrf_ok, same_origin
 from .chart import bar_chart
@@ -196,6 +197,8 @@ class Console:
         kind = form.get("kind", "task")
         if kind not in KINDS:
             raise InvalidInput(f"revstore: unknown revocation kind {kind!r}")
+        if kind == "name":
+            return self._revoke_name(form, user)
         items = split_pasted(form.get("ids", ""))
         if not items:
             raise InvalidInput("revstore: nothing to revoke; give task ids or --stamp HEADER=VALUE")
@@ -247,6 +250,22 @@ class Console:
         except RevstoreError as exc:
             return self.error(request, 400, str(exc))
         return RedirectResponse(_detail_link(target), status_code=303)
+
+    def _revoke_name(self, form: dict[str, str], user: str) -> str:
+        """First line the task name, each further line a ``KEY=VALUE`` argument filter, as the CLI's ``--where``."""
+        lines = [line.strip() for line in form.get("ids", "").splitlines() if line.strip()]
+        if not lines:
+            raise InvalidInput("revstore: nothing to revoke; give a task name")
+        target = parse_name_target(lines[0], lines[1:])
+        terminate = form.get("terminate") == "on"
+        signal = normalize_signal(form.get("signal") or "SIGTERM")
+        expires, reason, revoked_by = require_expiry(form.get("expires")), form.get("reason") or None, f"web:{user}"[:255]
+        if self.celery_app is None:
+            result = self.store.add([target], terminate=terminate, signal=signal if terminate else None,
+                                    expires=expires, reason=reason, revoked_by=revoked_by)
+            return f"revoked {target} durably ({result.changed} new or changed); workers apply it at their next sync"
+        return str(client.revoke_name(self.celery_app, target.header, decode_where(target.value), terminate, signal,
+                                      expires, reason, store=self.store, revoked_by=revoked_by))
 
     def _restore(self, target: Target, form: dict[str, str]) -> None:
         if self.celery_app is not None:
