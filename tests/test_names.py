@@ -6,6 +6,7 @@ CI short; the issue's 1,000 passes too: ``TEST_NAME_BACKLOG=1000``).
 
 from __future__ import annotations
 
+import json
 import os
 import time
 import uuid
@@ -16,6 +17,7 @@ from celery import Celery
 from celery.result import AsyncResult
 
 import revstore
+from conftest import PG_BASE
 from harness import Cluster, Worker, await_redelivery, wait_for
 from revstore.store import Target
 from test_worker_durability import cli, held_by
@@ -156,3 +158,52 @@ def test_an_expiring_rule_stops_on_time_and_a_restored_one_at_once(cluster_facto
     synced(celery_app, a, version_of(cluster, Target.name(CHARGE, {"customer_id": 7})))
     assert state_of("after-restore") == "SUCCESS"
     wait_for(lambda: eta.state == "SUCCESS", 30, what="the ETA task held before the restore to run")
+
+
+def test_the_cli_writes_lists_shows_and_restores_one_row_per_name_and_where(pg_store) -> None:  # type: ignore[no-untyped-def]
+    from cli_helpers import assert_one_line_error, revstore as run
+
+    opts = ["--url", PG_BASE, "--schema", pg_store.tables.schema]
+    rule = ["--name", CHARGE, "--where", "customer_id=42", "--where", "0=eu"]
+    out = run(*opts, "revoke", *rule, "--expires", "30m", "--terminate", "--reason", "incident", "--broker", "none")
+    assert out.code == 0 and "revoked 1 (1 new or changed)" in out.out, out.text
+    # the same rule, its items in another order: the same row, strengthened in place
+    same = ["--name", CHARGE, "--where", "0=eu", "--where", "customer_id=42"]
+    assert "(0 new or changed)" in run(*opts, "revoke", *same, "--expires", "30m", "--terminate", "--broker", "none").out
+    assert run(*opts, "revoke", "--name", CHARGE, "--expires", "never", "--broker", "none").code == 0
+    assert run(*opts, "revoke", "some-task-id", "--broker", "none").code == 0
+
+    listed = [json.loads(line) for line in run(*opts, "list", "--kind", "name", "--json").out.splitlines()]
+    assert {(r["header"], r["value"]) for r in listed} == {(CHARGE, "{}"),
+                                                          (CHARGE, '{"args":{"0":"eu"},"kwargs":{"customer_id":42}}')}
+    shown = run(*opts, "show", *same)
+    assert shown.code == 0 and shown.out.startswith(f'name:{CHARGE}(0="eu", customer_id=42)\tactive terminate=SIGTERM')
+    assert run(*opts, "restore", *same, "--broker", "none").out.strip() == "revstore: restored 1"
+    assert "restored" in run(*opts, "show", *rule).out
+    assert pg_store.get(Target.name(CHARGE)).active
+
+    for args, needle in [
+        (["revoke", "--name", CHARGE], "give an expiry"),
+        (["revoke", "--name", CHARGE, "--where", "customer_id", "--expires", "1h"], "must look like KEY=VALUE"),
+        (["revoke", "--name", CHARGE, "--where", "=1", "--expires", "1h"], "must look like KEY=VALUE"),
+        (["revoke", "--name", CHARGE, "--expires", "soon"], "cannot read duration"),
+        (["revoke", "--name", CHARGE, "some-id", "--expires", "1h"], "--name takes no task ids"),
+        (["revoke", "some-id", "--where", "a=1"], "--where only narrows --name"),
+        (["revoke", "--name", "", "--expires", "1h"], "task name must not be empty"),
+        (["show", "--name", "never.revoked"], "is not revoked"),
+    ]:
+        assert_one_line_error(run(*opts, *args), needle)
+
+
+def test_the_client_api_restores_the_row_it_revoked(pg_store, celery_app) -> None:  # type: ignore[no-untyped-def]
+    client = Celery("names-api", broker=celery_app.app.conf.broker_url, set_as_current=False)
+    client.conf.update(revstore_url=PG_BASE, revstore_schema=pg_store.tables.schema)
+    report = revstore.revoke_name(client, CHARGE, where={"customer_id": 42}, expires="1h", reason="incident",
+                                  broadcast=False)
+    assert report.written == 1 and report.targets == [f"name:{CHARGE}(customer_id=42)"]
+    row = pg_store.get(Target.name(CHARGE, {"customer_id": 42}))
+    assert row is not None and row.reason == "incident" and 3590 < row.remaining <= 3600 and not row.terminate
+    assert revstore.restore_name(client, CHARGE, where={"customer_id": 42}, broadcast=False) == 1
+    assert not pg_store.get(Target.name(CHARGE, {"customer_id": 42})).active
+    with pytest.raises(revstore.InvalidInput, match="not JSON"):
+        revstore.revoke_name(client, CHARGE, where={"when": object()}, expires=60, broadcast=False)
