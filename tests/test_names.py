@@ -13,7 +13,7 @@ import uuid
 from typing import Any
 
 import pytest
-from celery import Celery
+from celery import Celery, chain
 from celery.result import AsyncResult
 
 import revstore
@@ -116,13 +116,20 @@ def test_a_where_rule_discards_only_the_matching_customers_tasks(cluster_factory
         first = "pos-x" if tag.startswith("pos-x") else tag
         sent[tag] = celery_app.charge.apply_async((first,), {"customer_id": customer}, queue=a.queue,
                                                   task_id=f"{tag}-{uuid.uuid4().hex[:6]}").id
+    # a later link of a chain is discarded as it arrives, after the first ran
+    link = celery_app.charge.si("chain-link", customer_id=1).set(queue=a.queue, task_id=f"link-{uuid.uuid4().hex[:6]}")
+    chain(celery_app.record.si("chain-head").set(queue=a.queue), link).apply_async()
+    sent["chain-link"] = link.id
     control = celery_app.record.apply_async(("control",), queue=a.queue).id
     wait_for(lambda: AsyncResult(control, app=celery_app.app).state == "SUCCESS", 30, what="the control task")
     wait_for(lambda: AsyncResult(sent["c1"], app=celery_app.app).state == "REVOKED", 10, what="customer 1's charge")
+    wait_for(lambda: cluster.finished("chain-head"), 10, what="the chain's first task")
+    wait_for(lambda: AsyncResult(link.id, app=celery_app.app).state == "REVOKED", 10, what="the chain's next link")
     states = {tag: AsyncResult(task_id, app=celery_app.app).state for tag, task_id in sent.items()}
     # JSON values compare exactly: "1" and 1.0 are not 1; both where items must hold
     assert states == {"c0": "SUCCESS", "c1": "REVOKED", "c1-text": "SUCCESS", "c1-float": "SUCCESS",
-                      "c2": "SUCCESS", "pos-x": "REVOKED", "pos-x-c3": "SUCCESS"}, states
+                      "c2": "SUCCESS", "pos-x": "REVOKED", "pos-x-c3": "SUCCESS", "chain-link": "REVOKED"}, states
+    assert not cluster.ran("chain-link")
 
 
 @pytest.mark.timeout(180)
