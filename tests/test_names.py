@@ -103,6 +103,25 @@ def test_a_backlog_of_one_name_is_discarded_online_offline_and_after_sigkill(
 
 
 @pytest.mark.timeout(180)
+def test_a_worker_started_from_its_local_snapshot_during_an_outage_applies_name_rules(
+        cluster_factory, celery_app, pg_proxy) -> None:  # type: ignore[no-untyped-def]
+    from test_outage import state_files
+
+    cluster = cluster_factory("postgresql", worker_url=pg_proxy.url)
+    cluster.store.add([Target.name(CHARGE, {"customer_id": 5})], expires=600)
+    a = cluster.worker("a").start()
+    wait_for(lambda: state_files(cluster, a, ".snapshot"), 15, what="the snapshot file")
+    a.kill()
+    pg_proxy.down()
+    a.start()
+    assert "STARTED FROM THE LOCAL SNAPSHOT" in a.output(), "the restart did not use the snapshot"
+    stopped = celery_app.charge.apply_async(("snap-5",), {"customer_id": 5}, queue=a.queue)
+    other = celery_app.charge.apply_async(("snap-6",), {"customer_id": 6}, queue=a.queue)
+    wait_for(lambda: other.state == "SUCCESS" and stopped.state == "REVOKED", 30, what="the snapshot's rule to apply")
+    assert not cluster.ran("snap-5")
+
+
+@pytest.mark.timeout(180)
 def test_a_where_rule_discards_only_the_matching_customers_tasks(cluster_factory, celery_app) -> None:  # type: ignore[no-untyped-def]
     cluster = cluster_factory("postgresql")
     a = cluster.worker("a").start()
