@@ -185,7 +185,7 @@ def _report(store: RevocationStore) -> None:
     from . import migrate
 
     verdict = migrate.assess_schema(store)
-    click.echo(f"revstore: {store.url.render_as_string(hide_password=True)} is at {migrate.current_revision(store)}")
+    click.echo(f"revstore: {_config.mask_url(store.url)} is at {migrate.current_revision(store)}")
     click.echo(verdict.message, err=not verdict.ok)
 
 
@@ -522,7 +522,7 @@ def web_cmd(ctx: Context, host: str, port: int) -> None:
     credentials = Credentials.from_settings(app.conf if app is not None else None)
     create_app(ctx.store, credentials, app)  # fails here, in one line, if the extra is missing
     mode = "writes need the token or password" if credentials.writable else "read-only: no write credentials set"
-    click.echo(f"revstore: console on http://{host}:{port}/ for {ctx.store.url.render_as_string(hide_password=True)} ({mode})")
+    click.echo(f"revstore: console on http://{host}:{port}/ for {ctx._config.mask_url(store.url)} ({mode})")
     serve(ctx.store, credentials, app, host=host, port=port)
 
 

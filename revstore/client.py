@@ -9,18 +9,29 @@ only the fast path.
 from __future__ import annotations
 
 import logging
+import threading
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .bounded import BoundedCall, DeadlineExceeded
 from .config import load_settings, mask_url, parse_duration
-from .errors import ConfigurationError
-from .store import DEFAULT, RevocationStore, Target
+from .errors import ConfigurationError, RevstoreError
+from .store import DEFAULT, RevocationStore, Target, short_error
 
 logger = logging.getLogger("revstore")
 
-_stores: weakref.WeakKeyDictionary[Any, tuple[Any, RevocationStore]] = weakref.WeakKeyDictionary()
+#: Per app, per driver timeout (see ``store_for``): the store and the settings it was built from.
+_stores: weakref.WeakKeyDictionary[Any, dict[float | None, tuple[Any, RevocationStore]]] = weakref.WeakKeyDictionary()
+_stores_lock = threading.Lock()
+
+#: How long the patched stock calls wait for their write to the table before
+#: they broadcast without it: stock Celery's call only publishes a message.
+CONTROL_WRITE_DEADLINE = 1.0
+#: The driver timeouts of the store those calls use (``Pooling.timeout``):
+#: they end an attempt the caller stopped waiting for.
+CONTROL_DRIVER_TIMEOUT = 2.0
 
 #: Control-message argument telling revstore workers the row is already
 #: committed (its value: the clock version of that write), so they skip
@@ -44,20 +55,26 @@ class RevokeReport:
         return f"revoked {len(self.targets)} durably ({self.written} new or changed); {sent}"
 
 
-def store_for(app: Any) -> RevocationStore:
-    """The app's store, built from ``revstore_url`` and friends; rebuilt if they change."""
+def store_for(app: Any, timeout: float | None = None) -> RevocationStore:
+    """The app's store, built from ``revstore_url`` and friends; rebuilt if they change.
+
+    A driver ``timeout`` gets a store of its own, so callers that must give
+    up fast never shorten the durable API's patience.
+    """
     settings = load_settings(conf=app.conf)
     if settings.url is None:
         raise ConfigurationError("revstore: set revstore_url in the app config or REVSTORE_URL to revoke durably")
     key = (settings.url, settings.schema, settings.table_prefix, settings.default_expires)
-    cached = _stores.get(app)
-    if cached is not None and cached[0] == key:
-        return cached[1]
-    if cached is not None:
-        cached[1].dispose()
-    store = RevocationStore.from_settings(settings)
-    _stores[app] = (key, store)
-    return store
+    with _stores_lock:
+        stores = _stores.setdefault(app, {})
+        cached = stores.get(timeout)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        if cached is not None:
+            cached[1].dispose()
+        store = RevocationStore.from_settings(settings, timeout=timeout)
+        stores[timeout] = (key, store)
+        return store
 
 
 def _ids(task_ids: str | Iterable[str]) -> list[str]:
@@ -264,48 +281,69 @@ def is_revoked(app: Any, task_id: str) -> bool:
 
 def patch_control(app: Any) -> None:
     """Make ``app.control.revoke`` (and so ``AsyncResult.revoke``,
-    ``GroupResult.revoke``) and ``revoke_by_stamped_headers`` write through.
+    ``GroupResult.revoke``, Flower's buttons) and ``revoke_by_stamped_headers``
+    write the table before they broadcast.
 
     Active only while ``revstore_url`` is set for the client; otherwise the
-    stock calls run unchanged.  If the write fails the broadcast still goes
-    out and the error is raised after it, so the caller learns the
-    revocation is not durable.
+    stock calls run unchanged.  Never weaker than stock: whatever happens to
+    the write, they broadcast and return what stock returns, having waited at
+    most ``CONTROL_WRITE_DEADLINE`` for the database.  A write that fails is
+    one warning, and the broadcast goes without the durable flag, so the
+    revstore workers that hear it write it through.  ``revstore.revoke`` is
+    the call that raises instead.
     """
     control = app.control
     if getattr(control, "_revstore_original", None):
         return
     originals = {"revoke": control.revoke, "revoke_by_stamped_headers": control.revoke_by_stamped_headers}
     control._revstore_original = originals
+    writer = BoundedCall("revstore-control-write")
 
     def enabled() -> bool:
         try:
             return load_settings(conf=app.conf).enabled
         except ConfigurationError:
-            return True  # let the write raise the clear error
+            return True  # let the write fail with the clear message
 
-    def write_through(name: str, targets: Any) -> Any:
-        """Wrap one stock call: write first, broadcast always, then raise a write error."""
+    def written(name: str, targets: Callable[[], list[Any]], terminate: bool, signal: str) -> int | None:
+        """The version of the committed write, or None once the warning says why there is none."""
+        try:
+            store, keys = store_for(app, CONTROL_DRIVER_TIMEOUT), targets()  # no connection yet: not timed
+        except Exception as exc:
+            return _not_written(name, _why(exc))
+        try:
+            write = lambda: store.add(keys, terminate=terminate, signal=signal if terminate else None)  # noqa: E731
+            return writer.run(write, CONTROL_WRITE_DEADLINE).version
+        except DeadlineExceeded as exc:
+            return _not_written(name, f"{mask_url(store.url)}: {exc}")
+        except Exception as exc:
+            return _not_written(name, _why(exc))
+
+    def write_through(name: str, targets: Callable[[Any], list[Any]]) -> Callable[..., Any]:
+        """Wrap one stock call: write first, then broadcast whatever happened."""
         original = originals[name]
 
         def call(first: Any, destination: Any = None, terminate: bool = False, signal: str = "SIGTERM",
                  **kwargs: Any) -> Any:
-            if not enabled():
-                return original(first, destination=destination, terminate=terminate, signal=signal, **kwargs)
-            error: Exception | None = None
-            try:
-                written = store_for(app).add(targets(first), terminate=terminate, signal=signal if terminate else None)
-                kwargs[DURABLE_FLAG] = written.version
-            except Exception as exc:
-                error = exc
-            reply = original(first, destination=destination, terminate=terminate, signal=signal, **kwargs)
-            if error is not None:
-                raise error
-            return reply
+            if enabled():
+                version = written(name, lambda: targets(first), terminate, signal)
+                if version is not None:
+                    kwargs[DURABLE_FLAG] = version
+            return original(first, destination=destination, terminate=terminate, signal=signal, **kwargs)
 
         return call
 
-    durable_revoke = write_through("revoke", lambda ids: _ids(ids))
-    durable_revoke_stamps = write_through("revoke_by_stamped_headers", _stamp_targets)
+    control.revoke = write_through("revoke", _ids)
+    control.revoke_by_stamped_headers = write_through("revoke_by_stamped_headers", _stamp_targets)
 
-    control.revoke = durable_revoke
-    control.revoke_by_stamped_headers = durable_revoke_stamps
+
+def _not_written(command: str, why: str) -> None:
+    logger.warning("revstore: app.control.%s could not write to the table (%s); it is broadcast as stock "
+                   "Celery does, and the revstore workers that hear it write it through", command, why)
+
+
+def _why(exc: Exception) -> str:
+    """One line on why a write failed, fit for a warning (passwords masked)."""
+    if isinstance(exc, RevstoreError):
+        return str(exc).removeprefix("revstore: ")
+    return f"{type(exc).__name__}: {short_error(exc)}"

@@ -97,16 +97,50 @@ ENV = {
 }
 
 
+#: The one censorship rule.  A setting, or a URL's query parameter, whose
+#: name ends like this can carry a credential.  It is a rule on names, not a
+#: list of settings, so a setting added later is censored the day it is added.
+_SECRET_NAME = r"(?:url|uri|dsn|token|password|passwd|secret|key|credentials?)"
+_SECRET_NAME_RE = re.compile(_SECRET_NAME + r"$", re.IGNORECASE)
+#: Of those, the ones that hold a URL: shown with the password masked, since
+#: the host and database are what an operator checks.
+_URL_NAME_RE = re.compile(r"(?:url|uri|dsn)$", re.IGNORECASE)
+#: What a censored secret that is not a URL shows (Celery's own mask).
+MASK = "********"
+#: ``user:password@`` (in a URL SQLAlchemy cannot parse) and query parameters named like secrets.
+_USERINFO_RE = re.compile(r"//([^:/@]*):[^@]*@")
+_QUERY_SECRET_RE = re.compile(r"([?&;][^=&;#]*" + _SECRET_NAME + r"=)[^&;#]*", re.IGNORECASE)
+
+
+def is_secret(name: str) -> bool:
+    """Whether setting (or query parameter) ``name`` may carry a credential."""
+    return bool(_SECRET_NAME_RE.search(name))
+
+
+def censor(name: str, value: Any) -> Any:
+    """What any view meant for humans shows of setting ``name``."""
+    if value is None or value == "" or not is_secret(name):
+        return value
+    if isinstance(value, URL) or (_URL_NAME_RE.search(name) and isinstance(value, str)):
+        return mask_url(value)
+    return MASK
+
+
 def mask_url(url: str | URL | None) -> str:
-    """Render a database URL with its password replaced by ``***``."""
+    """Render a database URL with its password, and query parameters named like secrets, as ``***``.
+
+    libpq and the MySQL drivers take ``?password=`` too, so masking the
+    userinfo alone would not do.
+    """
     if url is None:
         return "<none>"
     try:
-        parsed = url if isinstance(url, URL) else make_url(str(url))
+        text = (url if isinstance(url, URL) else make_url(str(url))).render_as_string(hide_password=True)
     except Exception:
-        # Unparseable: hide anything that looks like user:password@.
-        return re.sub(r"//([^:/@]*):[^@]*@", r"//\1:***@", str(url))
-    return parsed.render_as_string(hide_password=True)
+        if "://" not in str(url):  # not a URL at all: perhaps a password pasted in the wrong place
+            return MASK
+        text = _USERINFO_RE.sub(r"//\1:***@", str(url))
+    return _QUERY_SECRET_RE.sub(r"\1***", text)
 
 
 def normalize_url(raw: str) -> URL:

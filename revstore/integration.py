@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import re
+from collections.abc import Mapping
 from typing import Any
 
 import click
 from celery.app import utils as app_utils
+
+from .config import censor
 
 _INSTALLED_ATTR = "_revstore_installed"
 
@@ -33,17 +35,29 @@ def install(app: Any) -> Any:
         )
     )
     patch_control(app)
-    censor_setting()
+    censor_settings()
     setattr(app, _INSTALLED_ATTR, True)
     return app
 
 
-def censor_setting() -> None:
-    """Hide ``revstore_url`` in ``celery inspect conf`` and ``celery report``.
+def censor_settings() -> None:
+    """Show revstore's settings in ``celery inspect conf`` and ``celery report`` as
+    :func:`revstore.config.censor` decides.
 
-    Celery censors settings whose names match ``HIDDEN_SETTINGS``; our URL
-    may carry a password but its name matches none of the patterns, so add it.
+    Celery censors by its own name patterns and masks only its broker and
+    backend URLs: ``revstore_url`` and ``revstore_listen_url`` match none of
+    them.  ``Settings.table`` (behind ``humanize``, ``inspect conf`` and
+    ``report``) looks the filter up in its module at each call, so wrapping it
+    there covers every app in the process.  Celery's own settings keep
+    Celery's treatment.
     """
-    hidden = app_utils.HIDDEN_SETTINGS
-    if "REVSTORE_URL" not in hidden.pattern.upper():
-        app_utils.HIDDEN_SETTINGS = re.compile(hidden.pattern + "|REVSTORE_URL", hidden.flags)
+    celery_filter = app_utils.filter_hidden_settings
+    if getattr(celery_filter, _INSTALLED_ATTR, False):
+        return
+
+    def filter_hidden_settings(conf: Mapping[Any, Any]) -> dict[Any, Any]:
+        return {key: censor(key, value) if isinstance(key, str) and key.lower().startswith("revstore_") else value
+                for key, value in celery_filter(conf).items()}
+
+    setattr(filter_hidden_settings, _INSTALLED_ATTR, True)
+    app_utils.filter_hidden_settings = filter_hidden_settings

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from . import locks
-from .config import Settings
+from .config import Settings, mask_url
 from .errors import ConfigurationError, RevstoreError
 from .store import Revocation, RevocationStore, Snapshot, Target
 
@@ -150,7 +150,7 @@ def identity(store: RevocationStore) -> str:
     url = store.url.set(password=None)
     if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
         url = url.set(database=os.path.abspath(url.database))
-    return f"{url.render_as_string(hide_password=True)}|{store.tables.schema or ''}|{store.tables.prefix}"
+    return f"{mask_url(url)}|{store.tables.schema or ''}|{store.tables.prefix}"
 
 
 # --------------------------------------------------------------------------

@@ -80,6 +80,7 @@ class RevocationStore:
         pool_size: int = _config.DEFAULT_POOL_SIZE,
         max_overflow: int = _config.DEFAULT_POOL_MAX_OVERFLOW,
         prepare_threshold: int | None = None,
+        timeout: float | None = None,
     ) -> None:
         self.url = _config.normalize_url(str(url)) if not isinstance(url, URL) else url
         self.tables: Tables = build_tables(table_prefix, schema)
@@ -88,7 +89,7 @@ class RevocationStore:
         #: what this database does its own way (see revstore.backends)
         self.backend: Backend = _backends.for_dialect(
             engine.dialect.name if engine is not None else self.url.get_backend_name())
-        self.engine = engine or self._make_engine(Pooling(pool_size, max_overflow, prepare_threshold))
+        self.engine = engine or self._make_engine(Pooling(pool_size, max_overflow, prepare_threshold, timeout))
         self._returning = bool(getattr(self.engine.dialect, "update_returning", False))
 
     @classmethod

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from .config import Settings
+from .config import Settings, mask_url
 from .errors import RevstoreError
 from .localstate import DbClock, LocalState, SnapshotRead, StateDamaged, epoch
 from .memory import WorkerMemory
@@ -184,7 +184,7 @@ class RevocationSync:
                 self.apply_pending()
                 logger.info("revstore: loaded %d revocations in %.2fs from the local snapshot and %d changes "
                             "since from %s", count, time.monotonic() - started, len(changes.rows),
-                            self.store.url.render_as_string(hide_password=True))
+                            mask_url(self.store.url))
                 return count
         rows, marker = self.store.load_active()
         db_now = epoch(self.store.db_now())
@@ -198,7 +198,7 @@ class RevocationSync:
             self._base_due = (rows, marker, db_now, True)
         self.apply_pending()
         logger.info("revstore: loaded %d revocations in %.2fs from %s", count, time.monotonic() - started,
-                    self.store.url.render_as_string(hide_password=True))
+                    mask_url(self.store.url))
         return count
 
     def start_from_snapshot(self) -> SnapshotRead | None:
@@ -340,7 +340,7 @@ class RevocationSync:
     def status(self) -> dict[str, Any]:
         """For `celery inspect revstore_status` and logs."""
         return {
-            "database": self.store.url.render_as_string(hide_password=True),
+            "database": mask_url(self.store.url),
             "loaded": self.loaded,
             "marker": self.marker,
             "revoked_in_memory": len(self.memory.revoked),

@@ -2,8 +2,10 @@
 
 Stopping the real server would disturb every other test; the proxy cuts only
 the connections that go through it.  ``down()`` closes the listening socket
-and every open connection (as a crashed server would); ``up()`` listens on
-the same port again.
+and every open connection (as a crashed server would: connections are
+refused); ``up()`` listens on the same port again.  ``hang()`` is a firewall
+that drops packets: connections are accepted but nothing is forwarded, on new
+connections or open ones, until ``resume()`` lets the open ones flow again.
 """
 
 from __future__ import annotations
@@ -26,6 +28,11 @@ class TcpProxy:
         self._lock = threading.Lock()
         self._conns: list[socket.socket] = []
         self._server: socket.socket | None = None
+        #: cleared while hanging: the pipes hold what they read
+        self._flowing = threading.Event()
+        self._flowing.set()
+        #: connections accepted while hanging, never forwarded
+        self._held: list[socket.socket] = []
         #: connections accepted so far: more than the first few means clients reconnected
         self.accepted = 0
         self.up()
@@ -49,6 +56,19 @@ class TcpProxy:
         if server is not None:
             server.close()
         self.cut()
+        self.resume()  # the pipes of cut connections end instead of waiting
+
+    def hang(self) -> None:
+        """Forward nothing: a client's connect gets no answer, an open connection's query neither."""
+        self._flowing.clear()
+
+    def resume(self) -> None:
+        """Open connections flow again; those accepted while hanging are closed (their clients gave up)."""
+        with self._lock:
+            held, self._held = self._held, []
+        for conn in held:
+            conn.close()
+        self._flowing.set()
 
     def cut(self) -> None:
         """Drop every open connection but keep accepting new ones."""
@@ -67,6 +87,10 @@ class TcpProxy:
                 client, _ = server.accept()
             except OSError:
                 return
+            if not self._flowing.is_set():
+                with self._lock:
+                    self._held.append(client)
+                continue
             try:
                 upstream = socket.create_connection(self.target)
             except OSError:
@@ -83,13 +107,13 @@ class TcpProxy:
             from_server = self._filter if self.parse else self._pipe
             threading.Thread(target=from_server, args=(upstream, client), daemon=True).start()
 
-    @staticmethod
-    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
         try:
             while True:
                 data = src.recv(65536)
                 if not data:
                     break
+                self._flowing.wait()
                 dst.sendall(data)
         except OSError:
             pass
@@ -115,6 +139,7 @@ class TcpProxy:
                     if not (message[:1] == b"A" and self.drop_notifications):
                         out.append(message)
                 if out:
+                    self._flowing.wait()
                     dst.sendall(b"".join(out))
         except OSError:
             pass

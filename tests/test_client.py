@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import time
 import uuid
+from types import SimpleNamespace
 
 import pytest
-from celery import chain
+from celery import Celery, chain
 from celery.result import AsyncResult, GroupResult
 
 import revstore
 from harness import wait_for
+from revstore import RevocationStore, migrate
 
 
 @pytest.fixture
@@ -143,3 +145,25 @@ def test_revocations_outlive_the_eta_of_tasks_a_worker_holds(client, celery_app)
              what="the worker to extend both revocations past the ETA")
     time.sleep(1.5)
     assert not client.store.get(ids["restored"]).active  # an extension never revives a restore
+
+
+@pytest.mark.parametrize("odd", [True, False], ids=["odd-input", "no-tables"])
+def test_patched_calls_never_raise_where_stock_would_not(tmp_path, caplog, odd: bool) -> None:
+    """What the table refuses is one warning per call, and the broadcast goes out as stock sends it."""
+    app = Celery("odd", broker="memory://", set_as_current=False)
+    revstore.install(app)
+    app.conf.revstore_url = f"sqlite:///{tmp_path / 'revstore.sqlite3'}"
+    if odd:
+        migrate.upgrade(RevocationStore(app.conf.revstore_url))
+    calls = {
+        "revoke": lambda control: control.revoke(["ok", 5, None] if odd else "fine", terminate=True,
+                                                 signal="SIGNOPE" if odd else "SIGKILL"),
+        "revoke_by_stamped_headers": lambda control: control.revoke_by_stamped_headers(
+            ["no-equals-sign"] if odd else {"batch": 1}),
+    }
+    stock = app.control._revstore_original
+    for name, call in calls.items():
+        caplog.clear()
+        assert call(app.control) == call(SimpleNamespace(**stock)) is None
+        warnings = [r.getMessage() for r in caplog.records if r.name == "revstore"]
+        assert len(warnings) == 1 and f"app.control.{name} could not write" in warnings[0], warnings

@@ -7,6 +7,7 @@ test runs on PostgreSQL and on MariaDB.
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Callable
@@ -14,7 +15,10 @@ from collections.abc import Callable
 import pytest
 from sqlalchemy import text
 
+import revstore
 from harness import wait_for
+from revstore import Target
+from revstore.errors import DatabaseUnavailable
 from test_worker_durability import revoked_on, send
 
 PASSWORD = "Pr0xyPassw0rd"  # it must never be printed
@@ -150,3 +154,57 @@ def test_connection_cuts_mid_sync_skip_and_repeat_nothing(cluster_factory, celer
     # the cuts did hit the worker: its listener (PostgreSQL) or its pool (polling) reconnected
     assert "listener lost its connection" in worker.output() or backend == "mariadb"
     assert db_proxy.accepted > 5
+
+
+@pytest.mark.parametrize("outage", ["refused", "hanging"])
+def test_stock_revoke_with_the_database_down_returns_broadcasts_and_lands_later(
+    cluster_factory, celery_app, db_proxy, with_password, backend, outage, caplog
+) -> None:
+    """Issue 22: the patched ``app.control.revoke`` never raises where stock would not, nor waits much longer.
+
+    The client and the worker reach the database through one proxy, which
+    refuses connections or black-holes them (a firewall dropping packets).
+    """
+    cluster = cluster_factory(backend, worker_url=lambda u: with_password(db_proxy.url(u)),
+                              revstore_sync_interval=0.5, revstore_listen="false")
+    worker = cluster.worker("a").start()
+    wait_for(lambda: status(celery_app, worker).get("loaded"), 10, what="the worker to load")
+    conf = celery_app.app.conf
+    conf.revstore_url, conf.revstore_schema = cluster.env["REVSTORE_URL"], cluster.store.tables.schema
+    revoked, stamp = f"down-{uuid.uuid4().hex[:6]}", uuid.uuid4().hex[:6]
+    try:
+        before = f"before-{uuid.uuid4().hex[:6]}"
+        celery_app.app.control.revoke(before)  # committed by the client, which keeps the connection in its pool
+        assert cluster.store.is_revoked(before)
+        db_proxy.down() if outage == "refused" else db_proxy.hang()
+        caplog.set_level(logging.WARNING, logger="revstore")
+        started = time.monotonic()
+        reply = celery_app.app.control.revoke(revoked, terminate=True)
+        took = time.monotonic() - started
+        started = time.monotonic()
+        celery_app.app.control.revoke_by_stamped_headers({"batch": stamp})
+        took_stamps = time.monotonic() - started
+        print(f"{backend}, database {outage}: app.control.revoke returned in {took * 1000:.0f} ms, "
+              f"revoke_by_stamped_headers in {took_stamps * 1000:.0f} ms")
+        assert reply is None  # what stock returns without reply=True
+        assert took < 1.3 and took_stamps < 1.3
+        warnings = [r.getMessage() for r in caplog.records if r.name == "revstore"]
+        assert len(warnings) == 2 and all("workers that hear it write it through" in w for w in warnings), warnings
+        assert PASSWORD not in caplog.text
+
+        # the explicit durable API keeps its promise: nothing broadcast unless committed
+        with pytest.raises(DatabaseUnavailable):
+            revstore.revoke(celery_app.app, f"api-{uuid.uuid4().hex[:6]}", broadcast=False)
+
+        assert revoked in revoked_on(celery_app, worker)
+        send(celery_app, worker.queue, "revoked", task_id=revoked)
+        send(celery_app, worker.queue, "control")
+        wait_for(lambda: cluster.finished("control"), 20, what="the control task")
+        assert not cluster.ran("revoked")
+    finally:
+        db_proxy.resume()
+        db_proxy.up() if outage == "refused" else None
+        conf.revstore_url = conf.revstore_schema = None
+    wait_for(lambda: cluster.store.is_revoked(revoked) and cluster.store.get(Target.stamp("batch", stamp)), 40,
+             what="the worker to write both revocations through")
+    assert cluster.store.get(revoked).terminate

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from console_server import ConsoleServer
-from revstore.store import Target
+from revstore.store import RevocationStore, Target
 from revstore.web import Credentials
 
 TOKEN = "s3cret-token"
@@ -197,3 +197,21 @@ def test_the_form_revokes_by_name_with_an_expiry_and_the_list_filters_names(cons
     listed = client.get("/revocations", params={"kind": "name"})
     assert listed.status_code == 200 and "billing.charge_card" in listed.text and "plain-task-id" not in listed.text
     assert client.get("/revocation", params={"kind": "name", "header": target.header, "value": target.value}).status_code == 200
+
+
+def test_a_revoke_with_the_database_down_is_one_error_naming_it(pg_store, pg_proxy) -> None:
+    """The console writes through the durable API: with the database down, nothing is revoked and it says so."""
+    url = pg_proxy.url(pg_store.url.set(password="pw-in-url").render_as_string(hide_password=False))
+    store = RevocationStore(url, schema=pg_store.tables.schema)
+    server = ConsoleServer(store, Credentials(token=TOKEN))
+    try:
+        client, csrf = logged_in(server)
+        pg_proxy.down()
+        page = client.post("/revoke", data={"csrf": csrf, "ids": "down-1", "kind": "task"})
+        assert page.status_code == 503 and "cannot connect to postgresql" in page.text, page.text
+        assert "pw-in-url" not in page.text and "Traceback" not in page.text
+        pg_proxy.up()
+        assert pg_store.get("down-1") is None
+    finally:
+        server.close()
+        store.dispose()

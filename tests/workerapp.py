@@ -40,7 +40,7 @@ app.conf.update(
     control_exchange=os.environ.get("TEST_CONTROL_EXCHANGE", "celery"),
 )
 for name in ("revstore_url", "revstore_sync_interval", "revstore_cleanup_interval", "revstore_default_expires",
-             "revstore_start_without_db", "revstore_listen"):
+             "revstore_start_without_db", "revstore_listen", "revstore_listen_url"):
     value = os.environ.get("TEST_" + name.upper())
     if value is not None:
         app.conf[name] = value

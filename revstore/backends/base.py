@@ -49,6 +49,11 @@ class Pooling:
     #: executions before a statement is prepared on the server; None: never
     #: (a transaction pooler hands each transaction another server connection)
     prepare_threshold: int | None = None
+    #: seconds the driver waits to connect and for each answer, for callers
+    #: that must give up fast (the patched ``app.control.revoke``); None: the
+    #: driver's connect timeout of a few seconds and no read timeout, since a
+    #: worker's large load may take a while and its sync thread can wait
+    timeout: float | None = None
 
 
 class Listener(Protocol):

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import graphlib
 import json
+import math
 from array import array
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timezone
@@ -92,7 +93,11 @@ class MysqlBackend(SqlBackend):
             # InnoDB's default REPEATABLE READ takes gap locks on every range a
             # write reads; writers here are ordered by the clock row instead
             "isolation_level": "READ COMMITTED",
-            "connect_args": {"connect_timeout": 5},
+            # mysqlclient's timeouts are whole seconds; read and write
+            # bound each answer on a server or network that went silent
+            "connect_args": {"connect_timeout": 5} if pooling.timeout is None else {
+                name: max(1, math.ceil(pooling.timeout))
+                for name in ("connect_timeout", "read_timeout", "write_timeout")},
         }
 
     def configure_engine(self, engine: Engine) -> None:

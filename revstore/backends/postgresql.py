@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from array import array
 from collections.abc import Callable, Iterator, Sequence
@@ -14,6 +15,22 @@ from sqlalchemy.sql import ColumnElement, Select
 
 from ..schema import Tables
 from .base import Key, Listener, Merge, Pooling, SqlBackend, stream_id_rows
+
+
+def _timeouts(seconds: float | None) -> dict[str, Any]:
+    """libpq's bounds on an unreachable server.
+
+    ``connect_timeout`` covers the TCP connect and the start-up exchange
+    (psycopg takes whole seconds, at least 2).  libpq has no read timeout:
+    ``tcp_user_timeout`` closes a connection whose sent data goes
+    unacknowledged that long (a firewall dropping packets), so a query on a
+    pooled connection cannot hang for the kernel's 15 minutes.  A server-side
+    ``statement_timeout`` would need the ``options`` start-up parameter,
+    which PgBouncer refuses.
+    """
+    if seconds is None:
+        return {}
+    return {"connect_timeout": max(2, math.ceil(seconds)), "tcp_user_timeout": math.ceil(seconds * 1000)}
 
 
 class PostgresBackend(SqlBackend):
@@ -33,7 +50,7 @@ class PostgresBackend(SqlBackend):
         return {
             "pool_pre_ping": True,
             "connect_args": {"connect_timeout": 5, "application_name": "revstore",
-                             "prepare_threshold": pooling.prepare_threshold},
+                             "prepare_threshold": pooling.prepare_threshold, **_timeouts(pooling.timeout)},
             "pool_size": pooling.size,
             "max_overflow": pooling.max_overflow,
         }

@@ -24,7 +24,8 @@ class SqliteBackend(SqlBackend):
         # timeout is how long they queue.
         return {
             "pool_pre_ping": True,
-            "connect_args": {"isolation_level": "IMMEDIATE", "timeout": 30, "check_same_thread": False},
+            "connect_args": {"isolation_level": "IMMEDIATE", "check_same_thread": False,
+                             "timeout": 30 if pooling.timeout is None else pooling.timeout},
         }
 
     def configure_engine(self, engine: Engine) -> None:

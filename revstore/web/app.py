@@ -26,6 +26,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from .. import client
+from ..config import mask_url
 from ..errors import DatabaseUnavailable, InvalidInput, RevstoreError
 from ..inputs import parse_expires, parse_name_target, parse_targets, require_expiry, split_pasted
 from ..names import decode_where
@@ -83,7 +84,7 @@ class Console:
             user=self.user(request, session),
             writable=self.credentials.writable,
             has_app=self.celery_app is not None,
-            database=self.store.url.render_as_string(hide_password=True),
+            database=mask_url(self.store.url),
         )
         response = self.templates.TemplateResponse(request, name, context, status_code=status)
         return self.finish(response, session)
