@@ -93,14 +93,6 @@ def test_expired_long_keys_are_cleaned_up(store: RevocationStore) -> None:
     assert store.stats()["active"]["task"] == 0 and store.get(LONG_IDS[0]) is None
 
 
-def before_names() -> str:
-    """The last commit whose revstore knew no ``name`` kind: what 0.2.0 workers deployed before it run."""
-    added = subprocess.run(["git", "-C", str(ROOT), "log", "--format=%H", "-1", "-S", 'KINDS = ("task", "stamp", "root")',
-                            "--", "revstore/schema.py"], capture_output=True, text=True, check=True).stdout.strip()
-    assert added, "the commit that added the name kind is not in this clone: run `git fetch --unshallow`"
-    return added + "^"
-
-
 @pytest.mark.parametrize("release", ["0.1.0", "before-names"])
 def test_releases_without_a_kind_read_a_table_holding_digest_and_name_rows(
         pg_store: RevocationStore, tmp_path: Path, release: str) -> None:
@@ -113,7 +105,7 @@ def test_releases_without_a_kind_read_a_table_holding_digest_and_name_rows(
     pg_store.add(ALL)
     old = tmp_path / "old"
     old.mkdir()
-    commit = releases.commit_of("0.1.0") if release == "0.1.0" else before_names()
+    commit = releases.commit_of("0.1.0") if release == "0.1.0" else releases.before_name_rules()
     archive = subprocess.run(["git", "-C", str(ROOT), "archive", commit, "revstore", "migrations"],
                              capture_output=True, check=True)
     subprocess.run(["tar", "-x", "-C", str(old)], input=archive.stdout, check=True)

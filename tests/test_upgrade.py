@@ -21,7 +21,7 @@ import revstore
 from cli_helpers import revstore as new_cli
 from conftest import LATER_RELEASE, PG_BASE
 from harness import Cluster, Worker, wait_for
-from releases import Release, build, previous_version
+from releases import Release, before_name_rules, build, previous_version
 from revstore import migrate
 from revstore.store import RevocationStore
 from test_worker_durability import revoked_on, send
@@ -193,14 +193,17 @@ def test_a_dba_applies_the_expand_sql_to_a_database_0_1_0_created(
 
 
 @pytest.mark.timeout(600)
-def test_the_previous_release_runs_beside_name_rules(previous: Release, fleet: Cluster, pg_schema: str,
-                                                     celery_app) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("release", ["previous", "before-name-rules"])
+def test_older_workers_run_beside_name_rules(release: str, fleet: Cluster, pg_schema: str,
+                                            celery_app) -> None:  # type: ignore[no-untyped-def]
     """Issue 24: rows of the ``name`` kind, loaded at start and pulled live, leave an old worker running.
 
-    The old worker takes them for stamps no task carries, so it ignores them
+    The old worker (the previous release, and this release's code before
+    name rules) takes them for stamps no task carries, so it ignores them
     (a matching task runs there) and keeps honouring every other revocation;
     this release's worker beside it discards the matching task.
     """
+    previous = build(previous_version()) if release == "previous" else build("0.2.0", before_name_rules())
     cluster, opts = fleet, ["--url", PG_BASE, "--schema", pg_schema]
     store = RevocationStore(PG_BASE, schema=pg_schema)
     try:
