@@ -18,7 +18,7 @@ import heapq
 import logging
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from celery.utils.collections import LimitedSet
@@ -94,6 +94,13 @@ class FetchedView:
                    for where, until in rules)
 
 
+def _latest_match(rules: dict[str, tuple[float, Rule]], args: Any, kwargs: Any) -> float | None:
+    """The latest monotonic deadline of the live ``rules`` that match these arguments, else None."""
+    now = time.monotonic()
+    deadlines = [deadline for deadline, rule in rules.values() if deadline > now and rule.matches(args, kwargs)]
+    return max(deadlines) if deadlines else None
+
+
 class WorkerMemory:
     """The worker's view of what is revoked: Celery's structures plus roots."""
 
@@ -107,8 +114,8 @@ class WorkerMemory:
         #: ids put in Celery's set by a name rule alone: a restore takes them out again
         self.name_marked: set[str] = set()
         self._prune_marked_at = 1000
-        #: the requests this worker holds, ETA tasks included (set by the bootstep)
-        self.held: Any = None
+        #: the requests this worker holds by id, ETA tasks included (set by the bootstep)
+        self.held: Callable[[], dict[str, Any]] | None = None
         #: (header, json value) -> monotonic deadline, for stamp expiry
         self._stamp_deadlines: dict[tuple[str, str], float] = {}
         self._stamp_heap: list[tuple[float, str, str]] = []
@@ -194,11 +201,7 @@ class WorkerMemory:
     def name_deadline(self, name: str | None, args: Any, kwargs: Any) -> float | None:
         """The latest deadline of the live rules naming this task and matching its arguments, else None."""
         rules = self.names.get(name) if name else None
-        if not rules:
-            return None
-        now = time.monotonic()
-        deadlines = [d for d, rule in rules.values() if d > now and rule.matches(args, kwargs)]
-        return max(deadlines) if deadlines else None
+        return _latest_match(rules, args, kwargs) if rules else None
 
     def revoke_by_name(self, request: Any, rules: dict[str, tuple[float, Rule]]) -> bool:
         """Revoke a received task if one of its name's rules matches it; the id leaves Celery's set with the rule.
@@ -209,14 +212,12 @@ class WorkerMemory:
         runs it) then discard it as a revoked id: REVOKED in the result
         backend, ``task_revoked`` sent.
         """
-        now = time.monotonic()
-        args, kwargs = getattr(request, "args", None), getattr(request, "kwargs", None)
-        deadlines = [d for d, rule in rules.values() if d > now and rule.matches(args, kwargs)]
-        if not deadlines:
+        deadline = _latest_match(rules, getattr(request, "args", None), getattr(request, "kwargs", None))
+        if deadline is None:
             return False
         task_id = request.id
         if task_id not in self.revoked or task_id in self.name_marked:
-            self._add(task_id, max(deadlines) - self.revoked.expires)
+            self._add(task_id, deadline - self.revoked.expires)
             self.name_marked.add(task_id)
             if len(self.name_marked) > self._prune_marked_at:
                 self.name_marked.intersection_update(getattr(self.revoked, "_data", self.name_marked))
