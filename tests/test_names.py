@@ -233,3 +233,17 @@ def test_the_client_api_restores_the_row_it_revoked(pg_store, celery_app) -> Non
     assert not pg_store.get(Target.name(CHARGE, {"customer_id": 42})).active
     with pytest.raises(revstore.InvalidInput, match="not JSON"):
         revstore.revoke_name(client, CHARGE, where={"when": object()}, expires=60, broadcast=False)
+
+
+@pytest.mark.timeout(120)
+def test_a_rule_arriving_revokes_tasks_the_worker_already_holds_for_their_eta(cluster_factory, celery_app) -> None:  # type: ignore[no-untyped-def]
+    cluster = cluster_factory("postgresql")
+    a = cluster.worker("a").start()
+    held = celery_app.charge.apply_async(("held-9",), {"customer_id": 9}, countdown=6, queue=a.queue)
+    other = celery_app.charge.apply_async(("held-10",), {"customer_id": 10}, countdown=6, queue=a.queue)
+    wait_for(lambda: held_by(celery_app, a, held.id) and held_by(celery_app, a, other.id), 10,
+             what="the worker to hold both ETA tasks")
+    cluster.store.add([Target.name(CHARGE, {"customer_id": 9})], expires=600)  # the table only: NOTIFY brings it
+    wait_for(lambda: other.state == "SUCCESS", 30, what="the other customer's task at its ETA")
+    wait_for(lambda: held.state == "REVOKED", 5, what="the held task to be discarded at its ETA")
+    assert not cluster.ran("held-9")
