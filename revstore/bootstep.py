@@ -256,7 +256,8 @@ def terminate_matching(rows: list[Revocation], pool: Any, memory: WorkerMemory) 
         elif target.kind == "name":  # memory revoked the held ones as the rule arrived; this kills the running
             rule = Rule.parse(target.value)
             matches = [r for r in list(requests.values())
-                       if getattr(r, "name", None) == target.header and rule.matches(r.args, r.kwargs)]
+                       if getattr(r, "name", None) == target.header
+                       and rule.matches(getattr(r, "args", None), getattr(r, "kwargs", None))]
         else:
             value = target.stamp_value
             matches = [
