@@ -128,6 +128,8 @@ class WorkerMemory:
         self.uncommitted = LimitedSet(maxlen=worker_state.REVOKES_MAX, expires=worker_state.REVOKE_EXPIRES)
         #: the set's own ``add``, which :meth:`track` leaves untracked for revstore's table loads
         self._add = type(self.revoked).add.__get__(self.revoked)
+        #: tasks of revoked workflows (see :meth:`revoke_member`): the table holds their root, not them
+        self.members = LimitedSet(maxlen=worker_state.REVOKES_MAX, expires=worker_state.REVOKE_EXPIRES)
         self._tracking: tuple[Any, Any] | None = None
 
     # ------------------------------------------------------------ set-up
@@ -195,6 +197,7 @@ class WorkerMemory:
     def revoke_member(self, task_id: str) -> None:
         """Revoke a task of a revoked workflow: the table holds its root, not the task."""
         self._add(task_id)
+        self.members.add(task_id)
 
     # ------------------------------------------------------- name rules
 
@@ -397,6 +400,26 @@ class WorkerMemory:
                 if not rules:
                     del self.names[name]
 
+    def held(self) -> dict[Target, float | None]:
+        """What the table gave this memory and it still holds, with the seconds each has left (None: never).
+
+        For a database that lost rows (see revstore.identity): what to write
+        back.  Leaves out what never came from the table: ids Celery's set
+        took by other paths, memory-only ones, tasks of revoked workflows.
+        """
+        now = time.monotonic()
+        expires = self.revoked.expires
+        skip = self.memory_only | set(self.uncommitted) | set(self.members)
+        out: dict[Target, float | None] = {}
+        for item, entry in list(getattr(self.revoked, "_data", {}).items()):
+            if isinstance(item, str) and item and item not in skip:
+                out[Target("task", item)] = _left(entry[0] + expires, now)
+        for (header, value), deadline in self._stamp_deadlines.items():
+            out[Target("stamp", value, header)] = _left(deadline, now)
+        for root, deadline in self.roots.items():
+            out[Target("root", root)] = _left(deadline, now)
+        return {target: left for target, left in out.items() if left is None or left > 0}
+
     # ------------------------------------------------------------- query
 
     def live_count(self) -> int:
@@ -405,3 +428,9 @@ class WorkerMemory:
 
     def is_revoked(self, task_id: str, root_id: str | None = None) -> bool:
         return task_id in self.revoked or (root_id is not None and root_id in self.roots)
+
+
+def _left(deadline: float, now: float) -> float | None:
+    """Seconds from ``now`` to a monotonic ``deadline``; None for one set as "never" (see NEVER)."""
+    left = deadline - now
+    return None if left > NEVER / 2 else left

@@ -16,6 +16,7 @@ revision while the schema stays compatible with 0.1.0).
 from __future__ import annotations
 
 import io
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ from .config import mask_url
 from .errors import RevstoreError, SchemaError
 from .schema import Tables, version_table
 from .store import RevocationStore, _is_missing_table, short_error
-from .window import LEGACY_HEAD, SCHEMA_INFO_REVISION, Chain, SchemaState, Step, Verdict, assess
+from .window import INSTALLATION_ID_REVISION, LEGACY_HEAD, SCHEMA_INFO_REVISION, Chain, SchemaState, Step, Verdict, assess
 
 
 def migrations_dir() -> Path:
@@ -296,8 +297,15 @@ def record_step(tables: Tables, ctx: MigrationContext, step: MigrationInfo, **_:
     declared = Step.of(revision, script.module)  # type: ignore[attr-defined]
     ctx.execute(legacy.insert().values(version_num=declared.legacy_revision))
     ancestry = {r.revision for r in step.revision_map.iterate_revisions(revision, "base")}
-    if SCHEMA_INFO_REVISION in ancestry:
-        info = tables.schema_info
+    if SCHEMA_INFO_REVISION not in ancestry:
+        return
+    info = tables.schema_info
+    window = {"revision": revision, "schema_release": declared.release, "oldest_release": declared.oldest_release}
+    if INSTALLATION_ID_REVISION not in ancestry:
         ctx.execute(info.delete())
-        ctx.execute(info.insert().values(id=1, revision=revision, schema_release=declared.release,
-                                         oldest_release=declared.oldest_release))
+        ctx.execute(info.insert().values(id=1, **window))
+    elif step.is_upgrade and revision == INSTALLATION_ID_REVISION:
+        # the step that brings the column names the installation, once
+        ctx.execute(info.update().where(info.c.id == 1).values(installation_id=uuid.uuid4().hex, **window))
+    else:  # later steps keep the id: the row is updated in place
+        ctx.execute(info.update().where(info.c.id == 1).values(**window))

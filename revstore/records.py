@@ -20,6 +20,7 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from .errors import InvalidInput
+from .identity import DbIdentity
 from .keys import stored as stored_key
 from .names import describe as describe_name
 from .names import decode_where, encode_where
@@ -123,6 +124,10 @@ class Changes:
     reload_required: bool
     #: the database's time when it read them (a reader's clock anchor)
     now: datetime | None = None
+    #: the clock row's version when it read them: behind the marker, the table went back
+    clock: int | None = None
+    #: what the database said it is, in the same statement (see revstore.identity)
+    identity: DbIdentity | None = None
 
 
 @dataclass

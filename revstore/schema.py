@@ -74,6 +74,12 @@ LEGACY_VERSION_SUFFIX = "alembic_version"
 #: Length of a revision id or release string in the bookkeeping tables.
 VERSION_LENGTH = 32
 
+#: An installation id: a UUID's 32 hex digits.
+INSTALLATION_ID_LENGTH = 32
+
+#: What a worker says it saw when it found the database changed under it.
+REWOUND_NOTE_LENGTH = 255
+
 #: MySQL/MariaDB DATETIME keeps whole seconds unless given a precision; the
 #: stored value is UTC there (the store sets the session time zone).
 TIMESTAMP = DateTime(timezone=True).with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
@@ -135,6 +141,11 @@ def build_tables(prefix: str = "revstore_", schema: str | None = None) -> Tables
         # highest version of a tombstone the cleanup deleted: a reader whose
         # marker is older may have missed an un-revoke and must reload.
         Column("purged_version", BigInteger, nullable=False),
+        # the last time a worker found the database changed under it (another
+        # installation, a failover, the clock behind its marker) and what it
+        # saw (revision 0004; see revstore.identity)
+        Column("rewound_at", TIMESTAMP, nullable=True),
+        Column("rewound_note", String(REWOUND_NOTE_LENGTH), nullable=True),
     )
     schema_info = Table(
         f"{prefix}schema_info",
@@ -148,6 +159,9 @@ def build_tables(prefix: str = "revstore_", schema: str | None = None) -> Tables
         Column("schema_release", String(VERSION_LENGTH), nullable=False),
         # the oldest release whose workers and clients run against it
         Column("oldest_release", String(VERSION_LENGTH), nullable=False),
+        # which database this is (revision 0004): written once, kept by every
+        # later step, new when the database is dropped and re-created
+        Column("installation_id", String(INSTALLATION_ID_LENGTH), nullable=True),
     )
     return Tables(metadata, revocations, clock, schema_info, prefix, schema)
 

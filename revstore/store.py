@@ -45,7 +45,8 @@ from .records import (
     validate_key,
     validate_label,
 )
-from .schema import KINDS, MAX_REASON_LENGTH, Tables, build_tables
+from .identity import DbIdentity
+from .schema import KINDS, MAX_REASON_LENGTH, REWOUND_NOTE_LENGTH, Tables, build_tables
 
 #: The names other modules import from here: the store and what it takes and returns.
 __all__ = [
@@ -91,6 +92,8 @@ class RevocationStore:
             engine.dialect.name if engine is not None else self.url.get_backend_name())
         self.engine = engine or self._make_engine(Pooling(pool_size, max_overflow, prepare_threshold, timeout))
         self._returning = bool(getattr(self.engine.dialect, "update_returning", False))
+        #: the server's self-description this role may read (see identity()), probed at first use
+        self._server_identity: dict[str, Any] | None = None
 
     @classmethod
     def from_settings(cls, settings: _config.Settings, **kwargs: Any) -> RevocationStore:
@@ -661,6 +664,37 @@ class RevocationStore:
             for value, value_full in conn.execute(stmt):
                 task_ids[at[value]] = _target("task", "", value, None, value_full).value
 
+    def _identity_columns(self, conn: Connection) -> list[Any]:
+        """Scalar SQL for what the database says it is: the installation id, then the server's own."""
+        if self._server_identity is None:
+            self._server_identity = self.backend.server_identity(conn)
+        info = self.tables.schema_info
+        return [select(info.c.installation_id).where(info.c.id == 1).scalar_subquery(),
+                *self._server_identity.values()]
+
+    def _identity(self, values: Sequence[Any]) -> DbIdentity:
+        """What :meth:`_identity_columns` read, as a DbIdentity."""
+        installation, *server = values
+        return DbIdentity(installation, dict(zip(self._server_identity or {}, server)))
+
+    def identity(self) -> DbIdentity:
+        """Which database this is: what a marker and a local snapshot belong to (see revstore.identity)."""
+        def read(conn: Connection) -> DbIdentity:
+            columns = self._identity_columns(conn)
+            return self._identity(conn.execute(select(*columns)).one())
+
+        return self._run(read)
+
+    def record_rewind(self, note: str) -> None:
+        """Note in the clock row that a worker found the database changed under it (``revstore stats``)."""
+        clock = self.tables.clock
+
+        def write(conn: Connection) -> None:
+            conn.execute(update(clock).where(clock.c.id == 1).values(
+                rewound_at=self._db_now(conn), rewound_note=note[:REWOUND_NOTE_LENGTH]))
+
+        self._run(write, write=True)
+
     def changes_since(self, marker: int) -> Changes:
         """Rows written (revoked or un-revoked) after ``marker``, in version order.
 
@@ -669,22 +703,27 @@ class RevocationStore:
         row, outer-joined to the rows newer than ``marker``, so an idle
         poll still returns the clock's one row.  The statement's one
         snapshot sees a cleanup's deletions together with the
-        ``purged_version`` it recorded (see :meth:`purge_expired`).
+        ``purged_version`` it recorded (see :meth:`purge_expired`).  The
+        same row carries the clock's version and what the database says it
+        is, so a reader learns in the same round trip whether its marker
+        still means anything here (see revstore.identity).
         """
         table, clock = self.tables.revocations, self.tables.clock
-        stmt = (
-            select(clock.c.purged_version, self._now(), *self._columns())
-            .select_from(clock.outerjoin(table, table.c.version > marker))
-            .where(clock.c.id == 1)
-            .order_by(table.c.version)
-        )
 
         def read(conn: Connection) -> Changes:
+            identity = self._identity_columns(conn)
+            stmt = (
+                select(clock.c.purged_version, clock.c.version, self._now(), *identity, *self._columns())
+                .select_from(clock.outerjoin(table, table.c.version > marker))
+                .where(clock.c.id == 1)
+                .order_by(table.c.version)
+            )
             found = conn.execute(stmt).all()
-            purged, now = int(found[0][0]), self.backend.as_datetime(found[0][1])
-            rows = [self._row(r[2:], now) for r in found if r[2] is not None]
+            first, skip = found[0], 3 + len(identity)
+            purged, now = int(first[0]), self.backend.as_datetime(first[2])
+            rows = [self._row(r[skip:], now) for r in found if r[skip] is not None]
             new_marker = max([marker] + [r.version for r in rows])
-            return Changes(rows, new_marker, purged > marker, now)
+            return Changes(rows, new_marker, purged > marker, now, int(first[1]), self._identity(first[3:skip]))
 
         return self._run(read)
 
@@ -714,6 +753,28 @@ class RevocationStore:
     def current_version(self) -> int:
         clock = self.tables.clock
         return int(self._run(lambda conn: conn.execute(select(clock.c.version).where(clock.c.id == 1)).scalar_one()))
+
+    def next_expiry(self) -> float | None:
+        """Seconds until the soonest active revocation expires (None: none expires), for /metrics.
+
+        One descent of the ``expires_at`` index (a min() the planner answers
+        with a one-row index scan), so a scrape costs the same at a million rows.
+        """
+        table = self.tables.revocations
+
+        def read(conn: Connection) -> float | None:
+            now = self._db_now(conn)
+            soonest = conn.execute(select(func.min(table.c.expires_at))
+                                   .where(table.c.active, table.c.expires_at > self._now())).scalar_one()
+            if soonest is None:
+                return None
+            if isinstance(soonest, str):  # SQLite hands timestamps back as text
+                soonest = datetime.fromisoformat(soonest)
+            if (soonest.tzinfo is None) != (now.tzinfo is None):
+                soonest = soonest.replace(tzinfo=now.tzinfo)
+            return max(0.0, (soonest - now).total_seconds())
+
+        return self._run(read)
 
     def stats(self) -> dict[str, Any]:
         """Counts for operators: active by kind, expired awaiting cleanup, tombstones."""
@@ -745,9 +806,14 @@ class RevocationStore:
                     out["expired_awaiting_cleanup"] += n_expired
                 else:
                     out["tombstones"] += int(n)
-            version, purged = conn.execute(select(clock.c.version, clock.c.purged_version)).one()
+            version, purged, rewound_at, rewound_note = conn.execute(
+                select(clock.c.version, clock.c.purged_version, clock.c.rewound_at, clock.c.rewound_note)).one()
             out["version"] = int(version)
             out["purged_version"] = int(purged)
+            out["installation"] = self._identity(conn.execute(select(*self._identity_columns(conn))).one()).as_record()
+            # the last time a worker found the database changed under it, and what it saw
+            out["rewound_at"] = rewound_at.isoformat() if rewound_at is not None else None
+            out["rewound"] = rewound_note
             out.update(self.backend.extra_stats(conn, self.channel))
             return out
 

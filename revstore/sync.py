@@ -21,10 +21,12 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 from .config import Settings, mask_url
 from .errors import RevstoreError
+from .identity import DbIdentity, distrust
 from .localstate import DbClock, LocalState, SnapshotRead, StateDamaged, epoch
 from .memory import WorkerMemory
 from .store import DEFAULT, EXTEND_SLACK, Changes, Revocation, RevocationStore, Snapshot, Target
@@ -126,6 +128,16 @@ class RevocationSync:
         self.memory = memory
         self.hostname = hostname
         self.marker = 0
+        #: which database the marker belongs to (None: not known yet)
+        self.identity: DbIdentity | None = None
+        #: when this worker was last in step with that database, on its clock (epoch seconds)
+        self._trusted_at: float | None = None
+        #: the last time the database was found changed under this worker, and what was seen
+        self.rewound: dict[str, Any] | None = None
+        #: revocations this worker held that a changed database lost, and since when it held them
+        self._write_back: deque[tuple[dict[Target, float | None], float | None]] = deque()
+        #: a change was seen and logged, its reload not done yet (a retry must not log it again)
+        self._rewinding = False
         #: the snapshot is in memory (set on the loop thread, when applied)
         self.loaded = False
         #: the database thread still has to fetch the first snapshot
@@ -143,6 +155,9 @@ class RevocationSync:
         self._retry_at = 0.0
         self._warn = RateLimitedWarning()
         self.last_sync_ok: float | None = None
+        #: counters for revstore_status (and the console's /metrics): committed write
+        #: transactions, database failures with writes queued, pulls, full reloads
+        self.commits = self.commit_failures = self.polls = self.reloads = 0
         #: when the thread last used the database (for revstore_pool_idle_timeout)
         self._last_used = time.monotonic()
         #: the LISTEN/NOTIFY listener, when there is one (PostgreSQL)
@@ -174,7 +189,11 @@ class RevocationSync:
             db_now = epoch(self.store.db_now())
             self.clock.anchor(db_now)
             changes = self.store.changes_since(local.marker)
-            if not changes.reload_required:
+            why = distrust(DbIdentity.from_record(local.db_identity), changes.identity, local.marker, changes.clock)
+            if why is not None:
+                self._note_rewind(why, local.marker, "the local snapshot is not used; loading from the table")
+            elif not changes.reload_required:
+                self.identity, self._trusted_at = changes.identity, db_now
                 self._load_local(local, db_now)
                 self.memory.apply(changes.rows)
                 count = self.memory.live_count()
@@ -186,12 +205,14 @@ class RevocationSync:
                             "since from %s", count, time.monotonic() - started, len(changes.rows),
                             mask_url(self.store.url))
                 return count
+        self.identity = self.store.identity()
         rows, marker = self.store.load_active()
         db_now = epoch(self.store.db_now())
         self.clock.anchor(db_now)
         self.memory.prepare()
         count = self.memory.load(rows)
         self.marker, self.loaded, self._needs_load = marker, True, False
+        self._trusted_at = db_now
         if self.state is not None:
             # written by the database thread before its first pull, so that a
             # worker killed (or cut off) seconds after it starts has a snapshot
@@ -213,6 +234,8 @@ class RevocationSync:
         self.clock.resume(local.db_time, local.wall_time)
         self._load_local(local, self.clock.now())
         self.marker, self.loaded, self._needs_load = local.marker, True, False
+        # compared with the database at the first pull
+        self.identity, self._trusted_at = DbIdentity.from_record(local.db_identity), local.db_time
         self.offline = local
         self.apply_pending()
         return local
@@ -275,7 +298,10 @@ class RevocationSync:
         if write.heard is None:
             write.heard = self.clock.now()
         if self.state is not None:
-            write.seq = self.state.spool.append(write.record())
+            record = write.record()
+            # which database it was heard against; replayed whatever it is (what was heard is still true)
+            record["db"] = None if self.identity is None else self.identity.as_record()
+            write.seq = self.state.spool.append(record)
             if write.seq is None:
                 self._spool_full("revstore: the spool %s is full or not writable; %d revocations are effective in "
                                  "memory and queued, but not on disk", self.state.spool.path, len(write.targets))
@@ -346,14 +372,24 @@ class RevocationSync:
             "revoked_in_memory": len(self.memory.revoked),
             "pending_writes": sum(len(w.targets) for w in list(self._pending)),
             "listener_live": self.listener_live,
+            "listening": self.listener is not None,  # listening is on here (PostgreSQL, revstore_listen)
             "listener_problem": None if self.listener is None else self.listener.problem,
             "poll_interval": self._interval(),
             "seconds_since_last_sync": None if self.last_sync_ok is None else round(time.monotonic() - self.last_sync_ok, 3),
             "state_dir": None if self.state is None else str(self.state.folder),
             "spool_bytes": None if self.state is None else self.state.spool.size,
+            "spool_records": None if self.state is None else len(self._pending),
+            "snapshot_file_age": None if self.state is None else _newest_age(
+                self.state.snapshot.base_path, self.state.snapshot.journal_path),
+            "commits": self.commits,
+            "commit_failures": self.commit_failures,
+            "polls": self.polls,
+            "reloads": self.reloads,
             # running on the local snapshot (database down since start): how old it is
             "from_snapshot": self.offline is not None,
             "snapshot_age": None if self.offline is None else round(self.offline.age, 1),
+            # the last time the database was found changed under this worker: {"at", "what"}
+            "rewound": self.rewound,
         }
 
     def close(self, timeout: float = 5.0) -> None:
@@ -401,6 +437,7 @@ class RevocationSync:
                     self._flush()
                     if stopping:
                         return
+                    self._restore_lost()
                     self._save_snapshot()
                     self._reread()
                     while self._extend:
@@ -418,6 +455,8 @@ class RevocationSync:
                 return
 
     def _failed(self, exc: Exception) -> None:
+        if self._pending:
+            self.commit_failures += 1
         self._backoff = min(BACKOFF_MAX, max(BACKOFF_MIN, self._backoff * 2))
         self._retry_at = time.monotonic() + self._backoff
         reason = str(exc) if isinstance(exc, RevstoreError) else f"revstore: {type(exc).__name__}: {exc}"
@@ -453,6 +492,7 @@ class RevocationSync:
                     if_needed=True,
                     heard_at=datetime.fromtimestamp(heard, timezone.utc),
                 )
+                self.commits += 1
             ids = [t.value for t in targets if t.kind == "task"]
             self._post(lambda ids=ids: self.memory.committed(ids) or [])  # Celery's set is the loop's
             for w in batch:
@@ -475,6 +515,7 @@ class RevocationSync:
             self._base_due = (rows, marker, epoch(self.store.db_now()), False)
         if self._base_due is not None:
             rows, marker, db_now, reset = self._base_due
+            self.state.snapshot.db_identity = None if self.identity is None else self.identity.as_record()
             self._base_due = None
             try:
                 self.state.snapshot.write_base(rows, marker, db_now, reset=reset)
@@ -503,16 +544,29 @@ class RevocationSync:
         since = self.marker
         changes: Changes = self.store.changes_since(since)
         self.last_sync_ok = time.monotonic()
+        self.polls += 1
         if self.offline is not None:
             logger.warning("revstore: the database is back; catching up from the local snapshot's marker %d",
                            self.marker)
             self.offline = None
+        why = distrust(self.identity, changes.identity, self.marker, changes.clock)
+        if why is not None:
+            if not self._rewinding:
+                self._note_rewind(why, self.marker, "reloading from the table, keeping every revocation held "
+                                  "and writing back those the table lost")
+            self._rewinding = True
+            self._post(self._reload_job(keep=True))
+            self._rewinding = False
+            return
         if changes.reload_required:
             logger.warning("revstore: missed un-revokes that were already cleaned up; reloading everything")
             self._post(self._reload_job())
             return
         if changes.now is not None:
             self.clock.anchor(changes.now)  # the database clock, read with the rows
+            self._trusted_at = epoch(changes.now)
+        if self.identity is None:
+            self.identity = changes.identity
         if changes.rows:
             rows = changes.rows
             self.memory.fetched.record(rows)
@@ -526,16 +580,35 @@ class RevocationSync:
         self.memory.fetched.applied(rows)
         return live
 
-    def _reload_job(self) -> Callable[[], list[Revocation]]:
+    def _reload_job(self, keep: bool = False) -> Callable[[], list[Revocation]]:
+        """Load the table; the returned job puts it in memory on the loop thread.
+
+        ``keep``: the database changed under this worker (see
+        revstore.identity), so what memory holds is added to, never dropped,
+        and what the table lacks is queued to be written back.
+        """
+        held_since = self._trusted_at
+        self.identity = self.store.identity()
         rows, marker = self.store.load_active()
+        self.reloads += 1
         db_now = epoch(self.store.db_now())
         self.clock.anchor(db_now)
-        self.marker, self._needs_load = marker, False
+        self.marker, self._needs_load, self._trusted_at = marker, False, db_now
         if self.state is not None:
             self._base_due = (rows, marker, db_now, True)
 
         def job() -> list[Revocation]:
             self.memory.prepare()
+            if keep:
+                stored = {Target("task", i) for i in rows.task_ids}
+                stored.update(Target(k, v, h) for k, h, v, _ in rows.others)  # type: ignore[arg-type]
+                pending = self.pending_targets
+                lost = {t: left for t, left in self.memory.held().items() if t not in stored and t not in pending}
+                self.memory.load(rows)
+                if lost:
+                    self._write_back.append((lost, held_since))
+                    self._wake.set()
+                return []
             self.memory.replace(rows, keep=self.pending_ids)
             if not self.loaded:
                 logger.warning("revstore: loaded %d revocations after starting without the database", len(rows))
@@ -544,9 +617,65 @@ class RevocationSync:
 
         return job
 
+    def _note_rewind(self, why: str, marker: int, action: str) -> None:
+        """Say once what was seen (one line), and record it for ``revstore_status`` and ``revstore stats``."""
+        logger.warning("revstore: the database at %s changed under this worker: %s; its marker %d is not trusted; "
+                       "%s", mask_url(self.store.url), why, marker, action)
+        self.rewound = {"at": datetime.fromtimestamp(self.clock.now(), timezone.utc).isoformat(), "what": why}
+        if self.state is not None:
+            # the journal continues the other database's snapshot: nothing goes into it until the new base
+            self.state.snapshot.generation = ""
+        try:
+            self.store.record_rewind(f"{self.hostname}: {why}")
+        except RevstoreError as exc:  # only a note for operators: the reload must not wait for it
+            self._warn("%s (the note for `revstore stats` was not written)", str(exc).splitlines()[0])
+
+    def _restore_lost(self) -> None:
+        """Write back what this worker held and a changed database lost, unless restored there since.
+
+        Each revocation keeps what it had left (rounded up, so a few
+        writes cover any number); ``heard_at`` is when this worker was last
+        in step with the old database, so a restore made in the new one
+        after that wins, and the worker then drops what it held.
+        """
+        while self._write_back:
+            lost, held_since = self._write_back[0]
+            heard = None if held_since is None else datetime.fromtimestamp(held_since, timezone.utc)
+            groups: dict[float | None, list[Target]] = {}
+            for target, left in lost.items():
+                groups.setdefault(_lifetime(left), []).append(target)
+            written = 0
+            for expires, targets in groups.items():
+                result = self.store.add(targets, expires=expires, revoked_by=self.hostname, heard_at=heard,
+                                        reason="written back: the database had lost it")
+                written += result.changed
+                if result.unwritten:
+                    self.recheck(targets)  # restored since: the table decides
+            self._write_back.popleft()
+            logger.info("revstore: wrote back %d of %d revocations the database had lost", written, len(lost))
+
     def _cleanup(self) -> None:
         jitter = random.uniform(0.8, 1.2)
         self._cleanup_due = time.monotonic() + self.settings.cleanup_interval * jitter
         deleted = self.store.purge_expired(self.settings.cleanup_batch, max_batches=20)
         if deleted:
             logger.info("revstore: deleted %d expired revocations", deleted)
+
+
+def _newest_age(*paths: Path) -> float | None:
+    """Seconds since the newest of ``paths`` was written (the local snapshot's freshness); None: none exists."""
+    times = []
+    for path in paths:
+        try:
+            times.append(path.stat().st_mtime)
+        except OSError:  # not written yet, or being replaced
+            pass
+    return round(max(0.0, time.time() - max(times)), 1) if times else None
+
+
+def _lifetime(left: float | None) -> float | None:
+    """A written-back revocation's expiry: what it had left, rounded up to the minute (the hour past one)."""
+    if left is None:
+        return None
+    step = 60.0 if left < 3600 else 3600.0
+    return max(step, -(-left // step) * step)

@@ -37,6 +37,9 @@ LEGACY_HEAD = "0001"
 #: The first revision whose schema has ``<prefix>schema_info``.
 SCHEMA_INFO_REVISION = "0002"
 
+#: The first revision whose ``schema_info`` names the installation (see revstore.identity).
+INSTALLATION_ID_REVISION = "0004"
+
 Phase = Literal["expand", "contract"]
 Status = Literal["compatible", "upgrade needed", "package too old"]
 NextStep = Literal["expand", "deploy", "contract"]

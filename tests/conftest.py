@@ -38,7 +38,10 @@ WORKER_FIXTURES = {"cluster_factory", "pools"}
 #: which two runs at once must not both write): not about Celery, Python or the
 #: broker, so the main combination runs them once, as it runs the SQLite and
 #: MariaDB variants (the matrix uses PostgreSQL).
-MAIN_ONLY_MODULES = {"test_pgbouncer", "test_least_privilege", "test_reliability", "test_web_browser", "test_upgrade"}
+MAIN_ONLY_MODULES = {"test_pgbouncer", "test_least_privilege", "test_reliability", "test_web_browser", "test_upgrade",
+                     # the console's /metrics and `revstore check`: operator tooling over the broadcast the
+                     # rest of the matrix already covers on every broker and Celery
+                     "test_metrics", "test_check"}
 
 
 #: The user's own state folder (revstore_state_dir's default), as it was before the tests.

@@ -9,16 +9,17 @@ from typing import Any
 
 import uvicorn
 
-from revstore.web import Credentials, create_app
+from revstore.web import Credentials, create_app, proxy_options
 
 
 class ConsoleServer:
-    def __init__(self, store: Any, credentials: Credentials | None = None, celery_app: Any = None) -> None:
+    def __init__(self, store: Any, credentials: Credentials | None = None, celery_app: Any = None,
+                 open_reads: bool = True, forwarded_allow_ips: str | None = None, root_path: str = "") -> None:
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
-        config = uvicorn.Config(create_app(store, credentials, celery_app), host="127.0.0.1", port=self.port,
-                                log_level="warning", lifespan="off")
+        config = uvicorn.Config(create_app(store, credentials, celery_app, open_reads), host="127.0.0.1", port=self.port,
+                                log_level="warning", lifespan="off", **proxy_options(forwarded_allow_ips, root_path))
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()

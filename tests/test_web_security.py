@@ -138,7 +138,8 @@ def test_database_password_is_never_shown(pg_store, pg_schema) -> None:
     server = ConsoleServer(with_password)
     try:
         client = httpx.Client(base_url=server.url)
-        for path in ("/", "/revocations", "/revoke", "/fleet", "/login", "/revocation?kind=task&value=none"):
+        for path in ("/", "/revocations", "/revoke", "/fleet", "/login", "/revocation?kind=task&value=none", "/metrics",
+                     "/api/revocations"):
             page = client.get(path)
             assert secret not in page.text, path
         assert "***" in client.get("/").text

@@ -133,3 +133,18 @@ def test_a_0_1_0_database_is_adopted_by_the_first_upgrade(pg_store) -> None:
     assert legacy_revision(pg_store) == LEGACY_HEAD and pg_store.get("kept") is not None
     result = run_cli("--url", PG_BASE, "--schema", pg_store.tables.schema, "db", "sql", "--since", LEGACY_HEAD)
     assert result.code == 0 and "CREATE TABLE" in result.out and "revstore_schema_version" in result.out
+
+
+def test_the_installation_id_is_written_once_and_kept_by_later_steps(store, later_release) -> None:
+    """A database keeps its name across migrations; only a re-created one gets another (issue 21)."""
+    first = store.identity().installation
+    assert first and len(first) == 32
+    migrate.upgrade(store)  # nothing to run: nothing changes
+    assert store.identity().installation == first
+    migrate.contract(store)  # the later release's expand and contract steps
+    assert migrate.current_revision(store) == "0902"
+    assert store.identity().installation == first
+    migrate.downgrade(store, "0003")  # before the column: gone with it
+    migrate.upgrade(store, "0004")
+    again = store.identity().installation
+    assert again and again != first

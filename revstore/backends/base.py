@@ -196,6 +196,16 @@ class Backend(Protocol):
         """
         ...
 
+    def server_identity(self, conn: Connection) -> dict[str, ColumnElement[Any]]:
+        """What the server says of itself, as scalar SQL a poll can carry (name -> expression).
+
+        Only what this connection's role may read (a least-privilege role
+        may be refused some): probed here, once, in savepoints.  Empty where
+        the server says nothing that tells a failover or a new cluster apart
+        (see revstore.identity).
+        """
+        ...
+
     def extra_stats(self, conn: Connection, channel: str) -> dict[str, Any]:
         """Database-specific figures for ``revstore stats`` (PostgreSQL: the live listeners, connections held)."""
         ...
@@ -308,6 +318,9 @@ class SqlBackend:
     def listener(self, url: URL, channel: str, on_change: Callable[[], None], name: str, *,
                  probe: Callable[[str], None], check_interval: float, fallback_interval: float) -> Listener | None:
         return None
+
+    def server_identity(self, conn: Connection) -> dict[str, ColumnElement[Any]]:
+        return {}
 
     def extra_stats(self, conn: Connection, channel: str) -> dict[str, Any]:
         return {}

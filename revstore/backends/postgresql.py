@@ -8,9 +8,10 @@ from array import array
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, ClassVar
 
-from sqlalchemy import Table, bindparam, case, cast, column, func, literal, literal_column, select, text, tuple_
+from sqlalchemy import Table, Text, bindparam, case, cast, column, func, literal, literal_column, select, text, tuple_
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import URL, Connection
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql import ColumnElement, Select
 
 from ..schema import Tables
@@ -182,6 +183,35 @@ class PostgresBackend(SqlBackend):
         from .postgresql_listen import Listener as PgListener
 
         return PgListener(url, channel, on_change, probe, name, check_interval, fallback_interval)
+
+    def server_identity(self, conn: Connection) -> dict[str, ColumnElement[Any]]:
+        """The cluster's system identifier and the timeline it writes on, where the role may read them.
+
+        The system identifier (``pg_control_system()``) is new for a new
+        cluster (``initdb``, a restore into a new one); a streaming replica
+        shares its primary's.  The timeline is new after a promotion or a
+        point-in-time recovery.  It is read from the current WAL file's name,
+        not from ``pg_control_checkpoint()``, which shows the new one only
+        once the checkpoint a promotion requests is done (seconds later, and
+        the promoted server takes writes meanwhile); NULL on a standby.
+        Both functions are executable by every role by default; a DBA may
+        revoke them, and then that part is not compared.
+        """
+        lsn = func.pg_walfile_name(func.pg_current_wal_lsn())
+        candidates = {
+            "system_identifier": select(cast(literal_column("system_identifier"), Text))
+            .select_from(func.pg_control_system()).scalar_subquery(),
+            "timeline": case((func.pg_is_in_recovery(), None), else_=func.substr(lsn, 1, 8)),
+        }
+        usable = {}
+        for name, expr in candidates.items():
+            try:
+                with conn.begin_nested():
+                    conn.execute(select(expr))
+            except DBAPIError:
+                continue
+            usable[name] = expr
+        return usable
 
     def extra_stats(self, conn: Connection, channel: str) -> dict[str, Any]:
         """Workers whose LISTEN connection on our channel is open right now, and the connections revstore holds."""

@@ -9,8 +9,6 @@ Starlette's thread pool and never stall the event loop.
 from __future__ import annotations
 
 import base64
-import binascii
-import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -25,24 +23,21 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
-from .. import client
 from ..config import mask_url
-from ..errors import DatabaseUnavailable, InvalidInput, RevstoreError
-from ..inputs import parse_expires, parse_name_target, parse_targets, require_expiry, split_pasted
-from ..names import decode_where
-from ..store import KINDS, RevocationStore, Target, normalize_signal
+from ..errors import DatabaseUnavailable, RevstoreError
+from ..store import KINDS, RevocationStore, Target
+from . import actions
+from .access import CHALLENGE, TOO_LARGE, Caller, Refusal, client_address, read_body
+from .api import Api
 from .auth import SESSION_COOKIE, SESSION_SECONDS, Credentials, Session, SessionSigner, csrf_ok, same_origin
-from .chart import bar_chart
+from .chart import bar_chart, thousands
 from .fleet import fleet_status
+from .metrics import exposition, metrics_registry
+from .ratelimit import FailureLimiter
 
 logger = logging.getLogger("revstore.web")
 
 HERE = Path(__file__).resolve().parent
-PAGE_SIZE = 50
-#: A pasted list longer than this is refused: one form post should not be a bulk import (use the CLI).
-MAX_IDS = 10_000
-#: Bytes a form may carry: MAX_IDS ids of Celery's 36 characters fit with room to spare.
-MAX_BODY = 1024 * 1024
 SIGNALS = ("SIGTERM", "SIGKILL", "SIGINT", "SIGQUIT", "SIGUSR1", "SIGHUP")
 
 SECURITY_HEADERS = {
@@ -56,14 +51,23 @@ SECURITY_HEADERS = {
 
 
 class Console:
-    """State shared by the handlers: the store, the optional Celery app, credentials and sessions."""
+    """State shared by the handlers: the store, the optional Celery app, credentials and sessions.
 
-    def __init__(self, store: RevocationStore, credentials: Credentials, celery_app: Any = None) -> None:
+    ``open_reads`` False: pages and /metrics need credentials too (a console
+    listening beyond loopback without ``--public-read``).
+    """
+
+    def __init__(self, store: RevocationStore, credentials: Credentials, celery_app: Any = None,
+                 open_reads: bool = True) -> None:
         self.store = store
         self.credentials = credentials
         self.celery_app = celery_app
+        self.open_reads = open_reads
+        self.limiter = FailureLimiter()
         self.signer = SessionSigner()
+        self.registry = metrics_registry(store, celery_app)
         self.templates = Jinja2Templates(directory=str(HERE / "templates"))
+        self.templates.env.filters["num"] = thousands
 
     # ------------------------------------------------------------ plumbing
 
@@ -71,15 +75,68 @@ class Console:
         return self.signer.load(request.cookies.get(SESSION_COOKIE))
 
     def user(self, request: Request, session: Session | None) -> str | None:
-        """Who is writing: a logged-in session or valid basic credentials; None when anonymous."""
+        """Who is asking: a logged-in session, the bearer token or valid basic credentials; None when anonymous."""
         if session is not None and session.user:
             return session.user
-        return self.credentials.check_basic(request.headers.get("authorization"))
+        header = request.headers.get("authorization")
+        if self.credentials.check_bearer(header):
+            return "token"
+        return self.credentials.check_basic(header)
+
+    def blocked(self, address: str) -> Refusal | None:
+        """429 for an address over the failed-login limit, until its oldest failure is a minute old."""
+        wait = self.limiter.retry_after(address)
+        if wait is None:
+            return None
+        return Refusal(429, f"revstore: too many failed logins from {address}; try again in {wait} s",
+                       {"Retry-After": str(wait)})
+
+    def caller(self, request: Request) -> Caller:
+        """Who sent ``request``, checked once: credentials in its Authorization header, else its session.
+
+        Wrong credentials count as a failed login of the caller's address (so
+        basic auth on a page or the API is no way around the login limit),
+        and an address over the limit is refused whatever it sends.
+        """
+        address = client_address(request)
+        blocked = self.blocked(address)
+        if blocked is not None:
+            return Caller(None, False, blocked)
+        header = request.headers.get("authorization")
+        if header:
+            user = "token" if self.credentials.check_bearer(header) else self.credentials.check_basic(header)
+            if user is None:
+                failures = self.limiter.failed(address)
+                logger.warning("revstore console: failed login from %s (%d in the last minute; %s credentials)",
+                               address, failures, header.split(" ", 1)[0].lower())
+                return Caller(None, False, Refusal(401, "revstore: wrong token or password", CHALLENGE))
+            return Caller(user, False, None)
+        session = self.session(request)
+        if session is not None and session.user:
+            return Caller(session.user, True, None)
+        return Caller(None, False, None)
+
+    def reader(self, handler: Callable[[Request], Any]) -> Callable[[Request], Any]:
+        """``handler`` behind the read rule: open, or for authenticated callers only (see Console)."""
+        async def guarded(request: Request) -> Response:
+            if not self.open_reads:
+                who = self.caller(request)
+                refusal = who.refusal or (None if who.user else Refusal(
+                    401, "revstore: log in to read: this console is open to the network", CHALLENGE))
+                if refusal is not None:
+                    response = self.render(request, "error.html", status=refusal.status, login=True,
+                                           message=refusal.message)
+                    response.headers.update(refusal.headers)
+                    return response
+            return await handler(request)  # type: ignore[no-any-return]
+
+        return guarded
 
     def render(self, request: Request, name: str, status: int = 200, **context: Any) -> Response:
         session = self.session(request) or Session()
         context.update(
             request=request,
+            base=base_path(request),
             csrf=session.csrf,
             user=self.user(request, session),
             writable=self.credentials.writable,
@@ -87,11 +144,14 @@ class Console:
             database=mask_url(self.store.url),
         )
         response = self.templates.TemplateResponse(request, name, context, status_code=status)
-        return self.finish(response, session)
+        return self.finish(request, response, session)
 
-    def finish(self, response: Response, session: Session) -> Response:
+    def finish(self, request: Request, response: Response, session: Session) -> Response:
+        """Set the session cookie (``Secure`` when the browser came over HTTPS, seen through a trusted
+        proxy's X-Forwarded-Proto) on the console's own path only, and the security headers."""
         response.set_cookie(SESSION_COOKIE, self.signer.dump(session), max_age=SESSION_SECONDS,
-                            httponly=True, samesite="strict", secure=False, path="/")
+                            httponly=True, samesite="strict", secure=request.url.scheme == "https",
+                            path=base_path(request) or "/")
         response.headers.update(SECURITY_HEADERS)
         return response
 
@@ -100,16 +160,9 @@ class Console:
 
     async def form(self, request: Request) -> dict[str, str] | Response:
         """The posted form, once size, origin and CSRF token check out; else the refusal page."""
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > MAX_BODY:
-            return self.error(request, 413, f"revstore: the form is over {MAX_BODY // 1024} KiB; "
-                                            f"paste at most {MAX_IDS} ids, or use `revstore revoke`")
-        body = b""
-        async for piece in request.stream():
-            body += piece
-            if len(body) > MAX_BODY:
-                return self.error(request, 413, f"revstore: the form is over {MAX_BODY // 1024} KiB; "
-                                                f"paste at most {MAX_IDS} ids, or use `revstore revoke`")
+        body = await read_body(request)
+        if body is None:
+            return self.error(request, 413, TOO_LARGE)
         if not same_origin(request.headers.get("origin"), request.headers.get("host"), request.url.scheme):
             return self.error(request, 403, "revstore: refused: the form was posted from another site")
         try:
@@ -129,10 +182,14 @@ class Console:
         fields = await self.form(request)
         if isinstance(fields, Response):
             return fields
-        user = self.user(request, self.session(request))
-        if user is None:
+        who = self.caller(request)
+        if who.refusal is not None:
+            response = self.error(request, who.refusal.status, who.refusal.message)
+            response.headers.update(who.refusal.headers)
+            return response
+        if who.user is None:
             return self.error(request, 401, "revstore: log in to write")
-        return user, fields
+        return who.user, fields
 
     # --------------------------------------------------------------- pages
 
@@ -142,36 +199,17 @@ class Console:
 
     async def revocations(self, request: Request) -> Response:
         q = request.query_params
-        filters = {
-            "q": q.get("q", "").strip(),
-            "kind": q.get("kind") if q.get("kind") in KINDS else "",
-            "state": q.get("state") if q.get("state") in ("active", "tombstone", "all") else "active",
-            "terminate": q.get("terminate") if q.get("terminate") in ("yes", "no") else "",
-            "expiring": q.get("expiring") if q.get("expiring") in ("1", "24", "168") else "",
-        }
-        after = _decode_cursor(q.get("after"))
-        rows = await run_in_threadpool(
-            self.store.search,
-            filters["q"] or None,
-            kind=filters["kind"] or None,
-            active={"active": True, "tombstone": False, "all": None}[filters["state"]],
-            terminate={"yes": True, "no": False}.get(filters["terminate"]),
-            expiring_within=float(filters["expiring"]) * 3600 if filters["expiring"] else None,
-            after=after,
-            limit=PAGE_SIZE + 1,
-        )
-        more = len(rows) > PAGE_SIZE
-        rows = rows[:PAGE_SIZE]
+        filters = actions.filters_from(q)
+        rows, cursor = await run_in_threadpool(actions.search, self.store, filters, q.get("after"))
         query = {k: v for k, v in filters.items() if v}
-        next_url = "/revocations?" + urlencode({**query, "after": _encode_cursor(rows[-1].page_key())}) if more else None
-        first_url = "/revocations?" + urlencode(query) if after is not None else None
+        next_url = "/revocations?" + urlencode({**query, "after": cursor}) if cursor else None
+        first_url = "/revocations?" + urlencode(query) if actions.decode_cursor(q.get("after")) is not None else None
         return self.render(request, "revocations.html", rows=rows, filters=filters, kinds=KINDS,
                            next_url=next_url, first_url=first_url, link=_detail_link)
 
     async def detail(self, request: Request) -> Response:
-        q = request.query_params
-        target = Target(q.get("kind", "task"), q.get("value", ""), q.get("header", ""))  # type: ignore[arg-type]
         try:
+            target = actions.target_from(request.query_params)
             row = await run_in_threadpool(self.store.get, target)
         except RevstoreError as exc:
             return self.error(request, 400, str(exc))
@@ -195,43 +233,10 @@ class Console:
         return self.render(request, "revoke.html", signals=SIGNALS, form={}, errors=[], done=report)
 
     def _revoke(self, form: dict[str, str], user: str) -> str:
-        kind = form.get("kind", "task")
-        if kind not in KINDS:
-            raise InvalidInput(f"revstore: unknown revocation kind {kind!r}")
-        if kind == "name":
-            return self._revoke_name(form, user)
-        items = split_pasted(form.get("ids", ""))
-        if not items:
-            raise InvalidInput("revstore: nothing to revoke; give task ids or --stamp HEADER=VALUE")
-        if len(items) > MAX_IDS:
-            raise InvalidInput(f"revstore: {len(items)} ids pasted; at most {MAX_IDS} per form, "
-                               "use `revstore revoke` for more")
-        targets = parse_targets([] if kind == "stamp" else items, root=kind == "root",
-                                stamps=items if kind == "stamp" else ())
-        terminate = form.get("terminate") == "on"
-        signal = normalize_signal(form.get("signal") or "SIGTERM")
-        expires = parse_expires(form.get("expires"))
-        reason = form.get("reason") or None
-        revoked_by = f"web:{user}"[:255]
-        if self.celery_app is None:
-            result = self.store.add(targets, terminate=terminate, signal=signal if terminate else None,
-                                    expires=expires, reason=reason, revoked_by=revoked_by)
-            return (f"revoked {len(targets)} durably ({result.changed} new or changed); "
-                    "workers apply it at their next sync")
-        values = [t.value for t in targets]
-        if kind == "task":
-            report = client.revoke(self.celery_app, values, terminate, signal, expires, reason,
-                                   store=self.store, revoked_by=revoked_by)
-        elif kind == "root":
-            report = client.revoke_root(self.celery_app, values, terminate, signal, expires, reason,
-                                        store=self.store, revoked_by=revoked_by)
-        else:
-            headers: dict[str, list[Any]] = {}
-            for t in targets:
-                headers.setdefault(t.header, []).append(t.stamp_value)
-            report = client.revoke_by_stamped_headers(self.celery_app, headers, terminate, signal, expires,
-                                                      reason, store=self.store, revoked_by=revoked_by)
-        return str(report)
+        return actions.revoke(self.store, self.celery_app, user, kind=form.get("kind", "task"),
+                              ids=form.get("ids", ""), terminate=form.get("terminate") == "on",
+                              signal=form.get("signal"), expires=form.get("expires"),
+                              reason=form.get("reason") or None)
 
     async def restore(self, request: Request) -> Response:
         return await self._on_target(request, self._restore)
@@ -245,40 +250,18 @@ class Console:
         if isinstance(checked, Response):
             return checked
         _, form = checked
-        target = Target(form.get("kind", "task"), form.get("value", ""), form.get("header", ""))  # type: ignore[arg-type]
         try:
+            target = actions.target_from(form)
             await run_in_threadpool(action, target, form)
         except RevstoreError as exc:
             return self.error(request, 400, str(exc))
-        return RedirectResponse(_detail_link(target), status_code=303)
-
-    def _revoke_name(self, form: dict[str, str], user: str) -> str:
-        """First line the task name, each further line a ``KEY=VALUE`` argument filter, as the CLI's ``--where``."""
-        lines = [line.strip() for line in form.get("ids", "").splitlines() if line.strip()]
-        if not lines:
-            raise InvalidInput("revstore: nothing to revoke; give a task name")
-        target = parse_name_target(lines[0], lines[1:])
-        terminate = form.get("terminate") == "on"
-        signal = normalize_signal(form.get("signal") or "SIGTERM")
-        expires, reason, revoked_by = require_expiry(form.get("expires")), form.get("reason") or None, f"web:{user}"[:255]
-        if self.celery_app is None:
-            result = self.store.add([target], terminate=terminate, signal=signal if terminate else None,
-                                    expires=expires, reason=reason, revoked_by=revoked_by)
-            return f"revoked {target} durably ({result.changed} new or changed); workers apply it at their next sync"
-        return str(client.revoke_name(self.celery_app, target.header, decode_where(target.value), terminate, signal,
-                                      expires, reason, store=self.store, revoked_by=revoked_by))
+        return RedirectResponse(base_path(request) + _detail_link(target), status_code=303)
 
     def _restore(self, target: Target, form: dict[str, str]) -> None:
-        if self.celery_app is not None:
-            client.restore(self.celery_app, [target], True, self.store)
-        else:
-            self.store.remove([target])
+        actions.restore(self.store, self.celery_app, target)
 
     def _extend(self, target: Target, form: dict[str, str]) -> None:
-        expires = parse_expires(form.get("expires"))
-        if not isinstance(expires, float):
-            raise InvalidInput("revstore: extend needs a lifetime such as 12h or 7d")
-        self.store.extend([target], expires)
+        actions.extend(self.store, target, form.get("expires"))
 
     async def fleet(self, request: Request) -> Response:
         if self.celery_app is None:
@@ -286,10 +269,23 @@ class Console:
         version, workers = await run_in_threadpool(fleet_status, self.store, self.celery_app)
         return self.render(request, "fleet.html", workers=workers, version=version)
 
+    async def metrics(self, request: Request) -> Response:
+        """Prometheus' scrape: the table and, with -A, each worker (see revstore.web.metrics)."""
+        from prometheus_client import CONTENT_TYPE_LATEST
+
+        body = await run_in_threadpool(exposition, self.registry)
+        return Response(body, headers={"Content-Type": CONTENT_TYPE_LATEST, "Cache-Control": "no-store"})
+
     async def login_form(self, request: Request) -> Response:
         return self.render(request, "login.html", error=None)
 
     async def login(self, request: Request) -> Response:
+        address = client_address(request)
+        blocked = self.blocked(address)
+        if blocked is not None:
+            response = self.render(request, "login.html", status=blocked.status, error=blocked.message)
+            response.headers.update(blocked.headers)
+            return response
         form = await self.form(request)
         if isinstance(form, Response):
             return form
@@ -300,16 +296,24 @@ class Console:
         elif form.get("user") and creds.check_basic(_basic(form.get("user", ""), form.get("password", ""))):
             user = form["user"]
         if user is None:
+            failures = self.limiter.failed(address)
+            logger.warning("revstore console: failed login from %s (%d in the last minute)", address, failures)
             return self.render(request, "login.html", status=401, error="revstore: wrong token or password")
         # a fresh session (and CSRF token) on login: a token planted before it is worthless after
-        response = RedirectResponse("/", status_code=303)
-        return self.finish(response, Session(user=user))
+        response = RedirectResponse(base_path(request) + "/", status_code=303)
+        return self.finish(request, response, Session(user=user))
 
     async def logout(self, request: Request) -> Response:
         form = await self.form(request)
         if isinstance(form, Response):
             return form
-        return self.finish(RedirectResponse("/", status_code=303), Session())
+        return self.finish(request, RedirectResponse(base_path(request) + "/", status_code=303), Session())
+
+
+def base_path(request: Request) -> str:
+    """The sub-path the console is served under (``--root-path``, e.g. /revstore), "" at the root:
+    every link, form and redirect starts with it."""
+    return str(request.scope.get("root_path") or "").rstrip("/")
 
 
 def _basic(user: str, password: str) -> str:
@@ -330,24 +334,14 @@ def _detail_link(target: Target) -> str:
     return "/revocation?" + urlencode(query)
 
 
-def _encode_cursor(key: tuple[str, str, str]) -> str:
-    return base64.urlsafe_b64encode(json.dumps(list(key)).encode()).decode()
+def create_app(store: RevocationStore, credentials: Credentials | None = None, celery_app: Any = None,
+               open_reads: bool = True) -> Starlette:
+    """The console for ``store``; with ``celery_app`` it also broadcasts and shows the fleet.
 
-
-def _decode_cursor(text: str | None) -> tuple[str, str, str] | None:
-    """The page cursor from the URL; a tampered one just starts from the first page."""
-    if not text:
-        return None
-    try:
-        kind, header, value = json.loads(base64.urlsafe_b64decode(text.encode()))
-        return str(kind), str(header), str(value)
-    except (ValueError, TypeError, binascii.Error):
-        return None
-
-
-def create_app(store: RevocationStore, credentials: Credentials | None = None, celery_app: Any = None) -> Starlette:
-    """The console for ``store``; with ``celery_app`` it also broadcasts and shows the fleet."""
-    console = Console(store, credentials or Credentials(), celery_app)
+    ``open_reads`` False: reading needs credentials too (see :func:`revstore.web.serve`).
+    """
+    console = Console(store, credentials or Credentials(), celery_app, open_reads)
+    read = console.reader
 
     async def on_error(request: Request, exc: Exception) -> Response:
         if isinstance(exc, RevstoreError):
@@ -356,14 +350,16 @@ def create_app(store: RevocationStore, credentials: Credentials | None = None, c
         return console.error(request, 500, "revstore: internal error; the console's log has the details")
 
     routes = [
-        Route("/", console.overview),
-        Route("/revocations", console.revocations),
-        Route("/revocation", console.detail),
-        Route("/revoke", console.revoke_form, methods=["GET"]),
+        *Api(console).routes(),
+        Route("/", read(console.overview)),
+        Route("/revocations", read(console.revocations)),
+        Route("/revocation", read(console.detail)),
+        Route("/revoke", read(console.revoke_form), methods=["GET"]),
         Route("/revoke", console.revoke, methods=["POST"]),
         Route("/restore", console.restore, methods=["POST"]),
         Route("/extend", console.extend, methods=["POST"]),
-        Route("/fleet", console.fleet),
+        Route("/fleet", read(console.fleet)),
+        Route("/metrics", read(console.metrics)),
         Route("/login", console.login_form, methods=["GET"]),
         Route("/login", console.login, methods=["POST"]),
         Route("/logout", console.logout, methods=["POST"]),

@@ -1,9 +1,13 @@
-"""Who may write through the console, and proof that a form came from the console itself.
+"""Who may read and write through the console, and proof that a form came from the console itself.
 
-Reads are open (the console binds to 127.0.0.1 unless told otherwise);
-writes need credentials an operator configured: a token (typed once into the
-login form, then a session cookie) or HTTP basic credentials.  Without any,
-the console is read-only: nothing can write, whoever asks.
+Writes need credentials an operator configured: a token (typed once into the
+login form, then a session cookie; or sent as a bearer token) or HTTP basic
+credentials.  Without any, the console is read-only: nothing can write,
+whoever asks.  Reads are open while the console listens on loopback only;
+listening beyond it, reads need the same credentials unless the operator
+says ``--public-read``, and a console without credentials refuses to listen
+there at all (:func:`bind_refusal`): revocation reasons and task ids are
+not for the whole network.
 
 Every POST must carry the CSRF token of the caller's session, whatever
 authenticated it: browsers resend cookies and basic credentials on their own,
@@ -18,6 +22,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import ipaddress
 import json
 import secrets
 import time
@@ -50,6 +55,12 @@ class Credentials:
 
     def check_token(self, offered: str) -> bool:
         return bool(self.token) and _same(offered, self.token or "")
+
+    def check_bearer(self, header: str | None) -> bool:
+        """``header`` is ``Bearer <the token>`` (API clients, Prometheus)."""
+        if not (self.token and header and header[:7].lower() == "bearer "):
+            return False
+        return _same(header[7:].strip(), self.token)
 
     def check_basic(self, header: str | None) -> str | None:
         """The user name when ``header`` is valid HTTP basic auth for the configured user."""
@@ -119,3 +130,22 @@ def same_origin(origin: str | None, host: str | None, scheme: str) -> bool:
     if origin is None:  # not a browser, or an old one: the CSRF token still has to match
         return True
     return host is not None and origin == f"{scheme}://{host}"
+
+
+def is_loopback(host: str) -> bool:
+    """``host`` (what the console binds to) is reachable from this machine only."""
+    if host.strip("[]").lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
+
+
+def bind_refusal(host: str, credentials: Credentials) -> str | None:
+    """Why the console must not listen on ``host`` (None: it may)."""
+    if is_loopback(host) or credentials.writable:
+        return None
+    return (f"revstore: refusing to listen on {host} without credentials: anyone on the network could read "
+            "every revocation; set REVSTORE_WEB_TOKEN (or REVSTORE_WEB_USER and REVSTORE_WEB_PASSWORD), "
+            "or keep --host 127.0.0.1")
