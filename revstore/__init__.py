@@ -8,7 +8,7 @@ __version__ = "0.2.0"
 from .errors import ConfigurationError, DatabaseUnavailable, InvalidInput, RevstoreError, SchemaError
 from .cancel import RevocableTask
 from .cancel import is_revoked as is_current_task_revoked
-from .client import is_revoked, restore, revoke, revoke_by_stamped_headers, revoke_root
+from .client import is_revoked, restore, restore_name, revoke, revoke_by_stamped_headers, revoke_name, revoke_root
 from .integration import install
 from .store import Revocation, RevocationStore, Target
 
@@ -26,7 +26,9 @@ __all__ = [
     "is_current_task_revoked",
     "is_revoked",
     "restore",
+    "restore_name",
     "revoke",
     "revoke_by_stamped_headers",
+    "revoke_name",
     "revoke_root",
 ]

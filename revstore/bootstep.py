@@ -26,6 +26,7 @@ from .config import Settings, load_settings
 from .errors import DatabaseUnavailable, RevstoreError
 from .localstate import LocalState
 from .memory import WorkerMemory
+from .names import Rule
 from .store import Revocation, RevocationStore
 from .sync import RevocationSync
 
@@ -75,6 +76,7 @@ class Revstore(bootsteps.StartStopStep):
         self.sync = RevocationSync(store, self.settings, WorkerMemory(), c.hostname, state)
         self.sync.replay_spool()
         self.sync.memory.track()  # before Mingle merges its peers' replies
+        self.sync.memory.held = control.held_requests  # a name rule arriving revokes the held tasks it covers
         control.activate(self.sync, c.timer)
         cancel.activate(self.sync.memory, c.hostname)  # before the pool forks its children
         # solo runs tasks on the loop thread: is_revoked() must see rows fetched meanwhile
@@ -167,13 +169,23 @@ class Revstore(bootsteps.StartStopStep):
             self._waker = None
 
     def _on_task_received(self, request: Any = None, **_: Any) -> None:
-        """Mark a task of a revoked workflow revoked before it can run."""
+        """Mark a task of a revoked workflow, or of a revoked name, revoked before it can run.
+
+        Every task received passes here: with no rule naming the task, the
+        name check is one dict lookup.
+        """
         sync = self.sync
-        if sync is None or request is None or not sync.memory.roots:
+        if sync is None or request is None:
+            return
+        memory = sync.memory
+        rules = memory.names.get(request.name)
+        if rules is not None and memory.revoke_by_name(request, rules):
+            return
+        if not memory.roots:
             return
         root = getattr(request, "root_id", None)
-        if root is not None and root in sync.memory.roots:
-            sync.memory.revoke_member(request.id)
+        if root is not None and root in memory.roots:
+            memory.revoke_member(request.id)
 
 
 class LoopWaker:
@@ -241,6 +253,11 @@ def terminate_matching(rows: list[Revocation], pool: Any, memory: WorkerMemory) 
             matches = [r for r in list(requests.values()) if getattr(r, "root_id", None) == target.value]
             for r in matches:
                 memory.revoke_member(r.id)
+        elif target.kind == "name":  # memory revoked the held ones as the rule arrived; this kills the running
+            rule = Rule.parse(target.value)
+            matches = [r for r in list(requests.values())
+                       if getattr(r, "name", None) == target.header
+                       and rule.matches(getattr(r, "args", None), getattr(r, "kwargs", None))]
         else:
             value = target.stamp_value
             matches = [

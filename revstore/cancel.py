@@ -117,8 +117,13 @@ def _request_revoked(memory: WorkerMemory, request: Any) -> bool:
     root_id = getattr(request, "root_id", None)
     if memory.is_revoked(request.id, root_id):
         return True
+    # a worker Request has ``name``; the task's own request context calls it ``task``
+    name = getattr(request, "name", None) or getattr(request, "task", None)
+    args, kwargs = getattr(request, "args", None), getattr(request, "kwargs", None)
+    if memory.name_deadline(name, args, kwargs) is not None:
+        return True
     stamps = getattr(request, "stamps", None) or {}
-    if memory.fetched.revoked(_targets(request.id, root_id, stamps)):
+    if memory.fetched.revoked(_targets(request.id, root_id, stamps)) or memory.fetched.revoked_by_name(name, args, kwargs):
         return True
     for header, value in stamps.items():
         revoked = memory.stamps.get(header)

@@ -19,7 +19,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from . import config as _config
 from .errors import ConfigurationError, RevstoreError
-from .inputs import parse_expires, parse_targets
+from .inputs import parse_expires, parse_name_target, parse_targets, require_expiry
 from .store import RevocationStore, Revocation, Target
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -311,6 +311,27 @@ _broker_option = click.option(
          "$CELERY_BROKER_URL; 'none': do not wake them).")
 
 
+def _name_options(fn: F) -> F:
+    fn = click.option("--where", multiple=True, metavar="KEY=VALUE",
+                      help="With --name: only tasks whose keyword argument KEY (or positional argument "
+                           "number KEY, from 0) equals VALUE, read as JSON when it is (42, true, \"42\"), "
+                           "else as text (repeatable).")(fn)
+    return click.option("--name", default=None, metavar="TASK",
+                        help="Revoke by task name: every task of that name, or those --where selects.")(fn)
+
+
+def _name_or_targets(ids: tuple[str, ...], root: bool, stamps: tuple[str, ...], name: str | None,
+                     where: tuple[str, ...]) -> list[Target]:
+    """The targets of a revoke or restore: one name rule, or ids and stamps (never both, to keep intent plain)."""
+    if name is None:
+        if where:
+            raise ConfigurationError("revstore: --where only narrows --name TASK")
+        return parse_targets(ids, root, stamps)
+    if ids or root or stamps:
+        raise ConfigurationError("revstore: --name takes no task ids, --root or --stamp; give them in a separate command")
+    return [parse_name_target(name, where)]
+
+
 @main_group.command("revoke")
 @click.argument("ids", nargs=-1)
 @click.option("--terminate", is_flag=True, help="Also kill the task if it is running.")
@@ -319,33 +340,39 @@ _broker_option = click.option(
 @click.option("--reason", default=None, help="Free text kept with the revocation.")
 @click.option("--root", is_flag=True, help="IDS are workflow root ids: revoke every task of those workflows.")
 @click.option("--stamp", "stamps", multiple=True, metavar="HEADER=VALUE", help="Revoke by stamped header (repeatable).")
+@_name_options
 @_broker_option
 @pass_ctx
 @user_errors
 def revoke_cmd(ctx: Context, ids: tuple[str, ...], terminate: bool, sig: str | None, expires: str | None,
-               reason: str | None, root: bool, stamps: tuple[str, ...], broker: str | None) -> None:
+               reason: str | None, root: bool, stamps: tuple[str, ...], name: str | None, where: tuple[str, ...],
+               broker: str | None) -> None:
     """Write revocations to the table; workers apply them on their next sync."""
-    targets = parse_targets(ids, root, stamps)
+    targets = _name_or_targets(ids, root, stamps, name, where)
     if not targets:
-        raise ConfigurationError("revstore: nothing to revoke; give task ids or --stamp HEADER=VALUE")
+        raise ConfigurationError("revstore: nothing to revoke; give task ids, --stamp HEADER=VALUE or --name TASK")
     if sig is not None and not terminate:
         raise ConfigurationError("revstore: --signal only makes sense with --terminate")
-    lifetime = parse_expires(expires)
+    lifetime = require_expiry(expires) if name is not None else parse_expires(expires)
     wake = _waker(ctx, broker)
     result = ctx.store.add(targets, terminate=terminate, signal=sig, reason=reason, expires=lifetime)
     click.echo(f"revstore: revoked {len(targets)} ({result.changed} new or changed){wake()}")
 
 
 @main_group.command("restore")
-@click.argument("ids", nargs=-1, required=True)
+@click.argument("ids", nargs=-1)
 @click.option("--root", is_flag=True, help="IDS are workflow root ids.")
 @click.option("--stamp", "stamps", multiple=True, metavar="HEADER=VALUE", help="Un-revoke a stamped header value.")
+@_name_options
 @_broker_option
 @pass_ctx
 @user_errors
-def restore_cmd(ctx: Context, ids: tuple[str, ...], root: bool, stamps: tuple[str, ...], broker: str | None) -> None:
+def restore_cmd(ctx: Context, ids: tuple[str, ...], root: bool, stamps: tuple[str, ...], name: str | None,
+                where: tuple[str, ...], broker: str | None) -> None:
     """Un-revoke: the tasks may run again once workers sync."""
-    targets = parse_targets(ids, root, stamps)
+    targets = _name_or_targets(ids, root, stamps, name, where)
+    if not targets:
+        raise ConfigurationError("revstore: nothing to restore; give task ids, --stamp HEADER=VALUE or --name TASK")
     wake = _waker(ctx, broker)
     result = ctx.store.remove(targets)
     click.echo(f"revstore: restored {result.changed}{wake()}")
@@ -373,7 +400,7 @@ def _aligned(rows: list[tuple[str, ...]]) -> list[str]:
 
 
 @main_group.command("list")
-@click.option("--kind", type=click.Choice(["task", "stamp", "root"]), default=None)
+@click.option("--kind", type=click.Choice(["task", "stamp", "root", "name"]), default=None)
 @click.option("--terminate", "only_terminate", is_flag=True, help="Only revocations that terminate.")
 @click.option("--limit", type=click.IntRange(min=1), default=None)
 @click.option("--format", "fmt", type=click.Choice(["table", "tsv", "csv", "json"]), default=None,
@@ -401,16 +428,21 @@ def list_cmd(ctx: Context, kind: str | None, only_terminate: bool, limit: int | 
 
 
 @main_group.command("show")
-@click.argument("task_id")
+@click.argument("task_id", required=False)
 @click.option("--root", is_flag=True)
+@_name_options
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
 @user_errors
-def show_cmd(ctx: Context, task_id: str, root: bool, as_json: bool) -> None:
+def show_cmd(ctx: Context, task_id: str | None, root: bool, name: str | None, where: tuple[str, ...],
+             as_json: bool) -> None:
     """Show one revocation (exit 1 when there is none)."""
-    row = ctx.store.get(Target.root(task_id) if root else Target.task(task_id))
+    targets = _name_or_targets((task_id,) if task_id else (), root, (), name, where)
+    if len(targets) != 1:
+        raise ConfigurationError("revstore: show takes one TASK_ID (or --name TASK)")
+    row = ctx.store.get(targets[0])
     if row is None:
-        raise UserError(f"revstore: {task_id} is not revoked")
+        raise UserError(f"revstore: {targets[0]} is not revoked")
     click.echo(json.dumps(row.as_dict()) if as_json else _describe(row))
 
 

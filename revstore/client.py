@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .bounded import BoundedCall, DeadlineExceeded
-from .config import load_settings, mask_url
+from .config import load_settings, mask_url, parse_duration
 from .errors import ConfigurationError, RevstoreError
 from .store import DEFAULT, RevocationStore, Target, short_error
 
@@ -186,6 +186,37 @@ def revoke_root(
     targets = [Target.root(i) for i in _ids(root_ids)]
     return _revoke_durably(app, targets, terminate, signal, expires, reason, broadcast, "revstore_sync",
                            None, store, revoked_by)
+
+
+def revoke_name(
+    app: Any,
+    name: str,
+    where: dict[Any, Any] | None = None,
+    terminate: bool = False,
+    signal: str = "SIGTERM",
+    expires: Any = DEFAULT,
+    reason: str | None = None,
+    broadcast: bool = True,
+    store: RevocationStore | None = None,
+    revoked_by: str | None = None,
+) -> RevokeReport:
+    """Stop every task named ``name`` whose arguments match ``where``, durably, until ``expires``.
+
+    ``where`` maps keyword names to values and positions (ints) to values,
+    compared as exact JSON values (see revstore.names).  ``expires`` takes
+    seconds, a timedelta, a duration such as ``"1h"``, or None for never.
+    Celery has no control command for this: the broadcast asks every worker
+    to pull now (``revstore_sync``), the table is the record.
+    """
+    lifetime = parse_duration(expires) if isinstance(expires, str) else expires
+    return _revoke_durably(app, [Target.name(name, where)], terminate, signal, lifetime, reason, broadcast,
+                           "revstore_sync", None, store, revoked_by)
+
+
+def restore_name(app: Any, name: str, where: dict[Any, Any] | None = None, broadcast: bool = True,
+                 store: RevocationStore | None = None) -> int:
+    """Lift the rule :func:`revoke_name` wrote for the same ``name`` and ``where``: tasks not yet discarded run."""
+    return restore(app, [Target.name(name, where)], broadcast, store)
 
 
 def restore(app: Any, task_ids: str | Iterable[str | Target], broadcast: bool = True,

@@ -14,6 +14,7 @@ from typing import Any
 
 from . import config as _config
 from .errors import ConfigurationError
+from .names import parse_where
 from .store import DEFAULT, Target, as_target
 
 
@@ -26,6 +27,19 @@ def parse_targets(ids: Iterable[str], root: bool = False, stamps: Iterable[str] 
             raise ConfigurationError(f"revstore: --stamp {item!r} must look like HEADER=VALUE")
         targets.append(as_target(Target.stamp(header, value)))
     return targets
+
+
+def parse_name_target(name: str, where: Iterable[str] = ()) -> Target:
+    """A task name plus ``KEY=VALUE`` argument filters (a digit KEY is a position), validated as the store will."""
+    return as_target(Target.name(name.strip(), parse_where(where)))
+
+
+def require_expiry(text: str | None) -> Any:
+    """A name rule's lifetime: required, since a rule that never expires stops a service for good."""
+    if text is None or not text.strip():
+        raise ConfigurationError("revstore: a name revocation stops that work until it expires: "
+                                 "give an expiry (--expires 30m, 12h, 7d) or say never (--expires never)")
+    return _config.parse_duration(text)
 
 
 _SEPARATORS = re.compile(r"[\s,]+")

@@ -71,5 +71,6 @@ def column_pair(text: str, *, json_string: bool = False) -> tuple[str, str | Non
 def stored(kind: str, header: str, value: str) -> tuple[tuple[str, str, str], str | None, str | None]:
     """The primary key a target is stored under, and its ``header_full`` and ``value_full``."""
     header_key, header_full = column_pair(header)
-    value_key, value_full = column_pair(value, json_string=kind == "stamp")
+    # a name rule's value is JSON too: releases that know no ``name`` kind decode it as a stamp's
+    value_key, value_full = column_pair(value, json_string=kind in ("stamp", "name"))
     return (kind, header_key, value_key), header_full, value_full

@@ -18,12 +18,13 @@ import heapq
 import logging
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from celery.utils.collections import LimitedSet
 from celery.worker import state as worker_state
 
+from .names import Rule
 from .store import Revocation, Snapshot, Target, gc_paused
 
 logger = logging.getLogger("revstore")
@@ -82,6 +83,23 @@ class FetchedView:
                     return True
         return False
 
+    def revoked_by_name(self, name: str | None, args: Any, kwargs: Any) -> bool:
+        """Whether a fetched, not yet applied name rule covers this task."""
+        if not self._rows or not name:
+            return False
+        now = time.monotonic()
+        with self._lock:
+            rules = [(t.value, e[1]) for t, e in self._rows.items() if t.kind == "name" and t.header == name]
+        return any(until is not False and (until is None or until > now) and Rule.parse(where).matches(args, kwargs)
+                   for where, until in rules)
+
+
+def _latest_match(rules: dict[str, tuple[float, Rule]], args: Any, kwargs: Any) -> float | None:
+    """The latest monotonic deadline of the live ``rules`` that match these arguments, else None."""
+    now = time.monotonic()
+    deadlines = [deadline for deadline, rule in rules.values() if deadline > now and rule.matches(args, kwargs)]
+    return max(deadlines) if deadlines else None
+
 
 class WorkerMemory:
     """The worker's view of what is revoked: Celery's structures plus roots."""
@@ -91,6 +109,13 @@ class WorkerMemory:
         self.stamps = worker_state.revoked_stamps if stamps is None else stamps
         #: workflow root ids revoked -> monotonic deadline
         self.roots: dict[str, float] = {}
+        #: task name -> stored where -> (monotonic deadline, rule): the receipt check's one lookup
+        self.names: dict[str, dict[str, tuple[float, Rule]]] = {}
+        #: ids put in Celery's set by a name rule alone: a restore takes them out again
+        self.name_marked: set[str] = set()
+        self._prune_marked_at = 1000
+        #: the requests this worker holds by id, ETA tasks included (set by the bootstep)
+        self.held: Callable[[], dict[str, Any]] | None = None
         #: (header, json value) -> monotonic deadline, for stamp expiry
         self._stamp_deadlines: dict[tuple[str, str], float] = {}
         self._stamp_heap: list[tuple[float, str, str]] = []
@@ -174,6 +199,48 @@ class WorkerMemory:
         self._add(task_id)
         self.members.add(task_id)
 
+    # ------------------------------------------------------- name rules
+
+    def name_deadline(self, name: str | None, args: Any, kwargs: Any) -> float | None:
+        """The latest deadline of the live rules naming this task and matching its arguments, else None."""
+        rules = self.names.get(name) if name else None
+        return _latest_match(rules, args, kwargs) if rules else None
+
+    def revoke_by_name(self, request: Any, rules: dict[str, tuple[float, Rule]]) -> bool:
+        """Revoke a received task if one of its name's rules matches it; the id leaves Celery's set with the rule.
+
+        Called on receipt with the rules of the task's name (the caller did
+        the one dict lookup), and for requests already held when a rule
+        arrives.  Celery's own checks (on receipt, at the ETA, before the pool
+        runs it) then discard it as a revoked id: REVOKED in the result
+        backend, ``task_revoked`` sent.
+        """
+        deadline = _latest_match(rules, getattr(request, "args", None), getattr(request, "kwargs", None))
+        if deadline is None:
+            return False
+        task_id = request.id
+        if task_id not in self.revoked or task_id in self.name_marked:
+            self._add(task_id, deadline - self.revoked.expires)
+            self.name_marked.add(task_id)
+            if len(self.name_marked) > self._prune_marked_at:
+                self.name_marked.intersection_update(getattr(self.revoked, "_data", self.name_marked))
+                self._prune_marked_at = max(1000, 2 * len(self.name_marked))
+        return True
+
+    def _held_requests(self) -> list[Any]:
+        return list(self.held().values()) if self.held is not None else []
+
+    def _lift_names(self) -> None:
+        """A name rule went away: held tasks it alone revoked may run again."""
+        if not self.name_marked:
+            return
+        for request in self._held_requests():
+            task_id = getattr(request, "id", None)
+            if task_id in self.name_marked and self.name_deadline(
+                    getattr(request, "name", None), getattr(request, "args", None), getattr(request, "kwargs", None)) is None:
+                self.revoked.discard(task_id)
+                self.name_marked.discard(task_id)
+
     def _stamp(self, remaining: float | None, now: float) -> float:
         life = NEVER if remaining is None else remaining
         return now + life - self.revoked.expires
@@ -226,7 +293,10 @@ class WorkerMemory:
         self._stamp_deadlines.clear()
         self._stamp_heap.clear()
         self.roots.clear()
+        had_names, self.names = bool(self.names), {}
         self.load(snapshot, shift)
+        if had_names:
+            self._lift_names()
 
     # ----------------------------------------------------------- changes
 
@@ -242,6 +312,7 @@ class WorkerMemory:
             elif target.kind == "task":
                 self._add(target.value, self._stamp(row.remaining, now))
                 self.uncommitted.discard(target.value)
+                self.name_marked.discard(target.value)  # revoked by id now: a restored name rule must not lift it
             else:
                 self._add_other(target, row.remaining, now)
             if live:
@@ -265,6 +336,7 @@ class WorkerMemory:
         if target.kind == "task":
             self.revoked.discard(target.value)
             self.uncommitted.discard(target.value)
+            self.name_marked.discard(target.value)
         else:
             self._remove_other(target)
 
@@ -272,6 +344,13 @@ class WorkerMemory:
         deadline = now + (NEVER if remaining is None else remaining)
         if target.kind == "root":
             self.roots[target.value] = deadline
+            return
+        if target.kind == "name":
+            rules = self.names.setdefault(target.header, {})
+            rules[target.value] = (deadline, Rule.parse(target.value))
+            for request in self._held_requests():  # received before the rule: reserved, or waiting for its ETA
+                if getattr(request, "name", None) == target.header:
+                    self.revoke_by_name(request, rules)
             return
         value = target.stamp_value
         current = self.stamps.get(target.header)
@@ -285,6 +364,13 @@ class WorkerMemory:
     def _remove_other(self, target: Target) -> None:
         if target.kind == "root":
             self.roots.pop(target.value, None)
+            return
+        if target.kind == "name":
+            rules = self.names.get(target.header, {})
+            if rules.pop(target.value, None) is not None:
+                if not rules:
+                    del self.names[target.header]
+                self._lift_names()
             return
         self._stamp_deadlines.pop((target.header, target.value), None)
         value = target.stamp_value
@@ -307,6 +393,12 @@ class WorkerMemory:
                 self._remove_other(Target("stamp", value, header))
         for root, deadline in [(r, d) for r, d in self.roots.items() if d <= now]:
             self.roots.pop(root, None)
+        if self.names:
+            for name, rules in list(self.names.items()):
+                for where in [w for w, (d, _) in rules.items() if d <= now]:
+                    del rules[where]  # the ids it marked leave Celery's set at the same deadline
+                if not rules:
+                    del self.names[name]
 
     def held(self) -> dict[Target, float | None]:
         """What the table gave this memory and it still holds, with the seconds each has left (None: never).
@@ -331,8 +423,8 @@ class WorkerMemory:
     # ------------------------------------------------------------- query
 
     def live_count(self) -> int:
-        """Revocations held: task ids, stamp values and workflow roots."""
-        return len(self.revoked) + len(self._stamp_deadlines) + len(self.roots)
+        """Revocations held: task ids, stamp values, workflow roots and name rules."""
+        return len(self.revoked) + len(self._stamp_deadlines) + len(self.roots) + sum(map(len, self.names.values()))
 
     def is_revoked(self, task_id: str, root_id: str | None = None) -> bool:
         return task_id in self.revoked or (root_id is not None and root_id in self.roots)

@@ -22,14 +22,16 @@ from typing import Any, Literal
 from .errors import InvalidInput
 from .identity import DbIdentity
 from .keys import stored as stored_key
+from .names import describe as describe_name
+from .names import decode_where, encode_where
 from .schema import KINDS, MAX_KEY_LENGTH
 
-Kind = Literal["task", "stamp", "root"]
+Kind = Literal["task", "stamp", "root", "name"]
 
 
 @dataclass(frozen=True)
 class Target:
-    """What a revocation applies to: a task id, a workflow root or a stamp."""
+    """What a revocation applies to: a task id, a workflow root, a stamp or a task name (see revstore.names)."""
 
     kind: Kind
     value: str
@@ -52,6 +54,11 @@ class Target:
             raise InvalidInput(f"revstore: stamp value {value!r:.40} is not JSON-serializable") from None
         return cls("stamp", encoded, header)
 
+    @classmethod
+    def name(cls, task_name: str, where: Any = None) -> Target:
+        """Every task of ``task_name`` whose arguments match ``where`` (None: all of them)."""
+        return cls("name", encode_where(where), task_name)
+
     @property
     def stamp_value(self) -> Any:
         return json.loads(self.value)
@@ -61,6 +68,8 @@ class Target:
             return self.value
         if self.kind == "root":
             return f"root:{self.value}"
+        if self.kind == "name":
+            return f"name:{describe_name(self.header, self.value)}"
         return f"stamp:{self.header}={self.value}"
 
 
@@ -251,9 +260,13 @@ def as_target(item: Target | str) -> Target:
         target = Target.task(item)  # type: ignore[arg-type]
     if target.kind not in KINDS:
         raise InvalidInput(f"revstore: unknown revocation kind {target.kind!r}")
-    validate_key(target.value, {"task": "task id", "root": "root id", "stamp": "stamp value"}[target.kind])
+    validate_key(target.value, {"task": "task id", "root": "root id", "stamp": "stamp value", "name": "where"}[target.kind])
     if target.kind == "stamp":
         validate_key(target.header, "stamped header name")
+    elif target.kind == "name":
+        validate_key(target.header, "task name")
+        if encode_where(decode_where(target.value)) != target.value:
+            raise InvalidInput(f"revstore: {target.value[:60]!r} is not a stored where (build it with Target.name)")
     return target
 
 

@@ -6,7 +6,9 @@ learn what changed:
 * ``kind='task'``: a task id (``value``), what ``control.revoke`` revokes;
 * ``kind='stamp'``: a stamped header (``header``) and one JSON-encoded value,
   what ``control.revoke_by_stamped_headers`` revokes;
-* ``kind='root'``: a workflow root id: every task whose ``root_id`` is it.
+* ``kind='root'``: a workflow root id: every task whose ``root_id`` is it;
+* ``kind='name'``: a task name (``header``) and the canonical JSON of the
+  arguments it is narrowed to (``value``, ``{}`` for all; see revstore.names).
 
 ``version`` is the change marker.  Every write transaction first bumps the
 single row of the clock table and stamps the rows it writes with the new
@@ -45,7 +47,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import mysql
 from sqlalchemy.sql import func
 
-KINDS = ("task", "stamp", "root")
+KINDS = ("task", "stamp", "root", "name")
 
 #: Longest id, header or stamp value stored as itself in the primary key:
 #: Celery ids are 36 characters; 255 leaves room for custom ids and fits every

@@ -52,7 +52,7 @@ def test_revoke_list_show_restore_stats_round_trip(opts, store) -> None:
     assert_one_line_error(revstore(*opts, "show", "never-revoked"), "not revoked")
 
     stats = json.loads(revstore(*opts, "stats", "--json").out)
-    assert stats["active"] == {"task": 2, "stamp": 1, "root": 1} and stats["tombstones"] == 1
+    assert stats["active"] == {"task": 2, "stamp": 1, "root": 1, "name": 0} and stats["tombstones"] == 1
     assert "purge" not in revstore(*opts, "purge-expired").err
 
 

@@ -35,7 +35,8 @@ ODD_IDS = ["nul\x00inside", "lone\udcffsurrogate", "\x00", keys.DIGEST_PREFIX + 
 STAMPS = [Target.stamp("batch", "v" * 400), Target.stamp("h" * 300, "nightly"), Target.stamp("h" * 300, "w" * 70_000),
           Target.stamp("odd", "\udcff\x00"), Target.stamp("n", 1)]
 ROOTS = [Target.root("r" * 1_000)]
-ALL = [Target.task(i) for i in LONG_IDS + ODD_IDS] + STAMPS + ROOTS
+NAMES = [Target.name("t" * 300, {"customer": "c" * 400}), Target.name("billing.charge", {0: "\udcff\x00"})]
+ALL = [Target.task(i) for i in LONG_IDS + ODD_IDS] + STAMPS + ROOTS + NAMES
 
 
 def test_any_key_round_trips_through_every_read(store: RevocationStore) -> None:
@@ -46,14 +47,15 @@ def test_any_key_round_trips_through_every_read(store: RevocationStore) -> None:
     snapshot, _ = store.load_active()
     assert sorted(snapshot.task_ids) == sorted(LONG_IDS + ODD_IDS)
     assert sorted((k, h, v) for k, h, v, _ in snapshot.others) == sorted((t.kind, t.header, t.value)
-                                                                        for t in STAMPS + ROOTS)
+                                                                        for t in STAMPS + ROOTS + NAMES)
     assert {r.target for r in store.changes_since(0).rows} == set(ALL)
     assert {r.target for r in store.iter_rows(page=3)} == set(ALL)  # keyset pages over digests
     assert {r.target for r in store.iter_active()} == set(ALL)
     found = store.get_many(ALL)
     assert set(found) == set(ALL) and all(r.terminate for r in found.values())
     assert STAMPS[2] in found and found[STAMPS[2]].target.stamp_value == "w" * 70_000
-    assert store.stats()["active"] == {"task": len(LONG_IDS + ODD_IDS), "stamp": len(STAMPS), "root": 1}
+    assert store.stats()["active"] == {"task": len(LONG_IDS + ODD_IDS), "stamp": len(STAMPS), "root": 1,
+                                       "name": len(NAMES)}
 
     assert store.remove([LONG_IDS[2], STAMPS[1]]).changed == 2
     assert not store.is_revoked(LONG_IDS[2]) and not store.is_revoked(STAMPS[1])
@@ -91,12 +93,20 @@ def test_expired_long_keys_are_cleaned_up(store: RevocationStore) -> None:
     assert store.stats()["active"]["task"] == 0 and store.get(LONG_IDS[0]) is None
 
 
-def test_release_0_1_0_reads_a_table_holding_digest_rows(pg_store: RevocationStore, tmp_path: Path) -> None:
-    """0.1.0 workers keep running after the expand step: digest rows load as harmless ids and JSON stamps."""
+@pytest.mark.parametrize("release", ["0.1.0", "before-names"])
+def test_releases_without_a_kind_read_a_table_holding_digest_and_name_rows(
+        pg_store: RevocationStore, tmp_path: Path, release: str) -> None:
+    """Earlier workers keep running after the expand step: digest rows load as harmless ids and JSON stamps.
+
+    A name rule's row is a kind they do not know: 0.1.0 loads every kind
+    but ``task`` as a stamp, later code applies it as one when it pulls it;
+    its value is JSON either way (a digest is a JSON string), so neither fails.
+    """
     pg_store.add(ALL)
-    old = tmp_path / "v0.1.0"
+    old = tmp_path / "old"
     old.mkdir()
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", releases.commit_of("0.1.0"), "revstore", "migrations"],
+    commit = releases.commit_of("0.1.0") if release == "0.1.0" else releases.before_name_rules()
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", commit, "revstore", "migrations"],
                              capture_output=True, check=True)
     subprocess.run(["tar", "-x", "-C", str(old)], input=archive.stdout, check=True)
     script = textwrap.dedent("""
@@ -120,15 +130,17 @@ def test_release_0_1_0_reads_a_table_holding_digest_rows(pg_store: RevocationSto
     run = subprocess.run([sys.executable, "-c", script, str(old), url, pg_store.tables.schema or ""],
                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
-    assert json.loads(run.stdout) == {"tasks": len(LONG_IDS + ODD_IDS), "others": len(STAMPS + ROOTS)}
+    # 0.1.0 loads every kind but task as "others"; later code loads only the kinds it knows
+    others = STAMPS + ROOTS + (NAMES if release == "0.1.0" else [])
+    assert json.loads(run.stdout) == {"tasks": len(LONG_IDS + ODD_IDS), "others": len(others)}
     table = pg_store.tables.revocations
     with pg_store.engine.connect() as conn:
         rows = conn.execute(select(table.c.kind, table.c.value)).all()
-    assert {kind for kind, _ in rows} <= {"task", "stamp", "root"}
+    assert {kind for kind, _ in rows} == {"task", "stamp", "root", "name"}
     for kind, value in rows:
         assert len(value) <= 255
-        if kind == "stamp":
-            json.loads(value)  # 0.1.0 decodes every stamp value
+        if kind in ("stamp", "name"):
+            json.loads(value)  # earlier releases decode every value of a kind they take for a stamp
 
 
 @pytest.mark.parametrize("backend", ["postgresql", "sqlite", "mariadb"])

@@ -23,7 +23,7 @@ from sqlalchemy import text
 from conftest import PG_BASE
 from harness import Cluster, Worker, wait_for
 from revstore import migrate
-from revstore.store import RevocationStore
+from revstore.store import RevocationStore, Target
 
 POOLS = ["prefork", "threads", "gevent", "eventlet", "solo"]
 STEP = 0.1
@@ -98,3 +98,39 @@ def test_table_only_revoke_stops_a_running_task(pool: str, pools, client_app) ->
     cluster, workers = pools
     latency = _run_and_revoke(cluster, workers[pool], client_app, lambda i: cluster.store.add([i]), "table")
     assert latency < 4.0  # NOTIFY + pull + one step, with slack; polling alone would take 5 s
+
+
+
+def _stepping(cluster: Cluster, client_app: Any, worker: Worker, tag: str) -> Any:
+    result = client_app.steps.apply_async((tag,), {"n": 300, "step": STEP}, queue=worker.queue)
+    wait_for(lambda: (cluster.out / f"step-{tag}").exists(), 30, what=f"the {worker.pool} task {tag} to start stepping")
+    return result
+
+
+@pytest.mark.parametrize("pool", POOLS)
+def test_a_terminating_name_rule_stops_a_running_task(pool: str, pools, client_app) -> None:  # type: ignore[no-untyped-def]
+    """Issue 24: a rule on the task's name and first argument, written to the table only, once it runs.
+
+    Prefork, gevent and eventlet kill the task; threads and solo cannot, so
+    it stops at its next ``is_revoked()``, which the rule alone makes true.
+    A rule without terminate shows ``is_revoked()`` true inside the task in every pool.
+    """
+    cluster, workers = pools
+    worker = workers[pool]
+    tag = f"{pool}-name-{uuid.uuid4().hex[:6]}"
+    rules = [Target.name("workerapp.steps", {0: tag}), Target.name("workerapp.steps", {0: f"{tag}-soft"})]
+    try:
+        result = _stepping(cluster, client_app, worker, tag)
+        cluster.store.add(rules[:1], terminate=True, expires=600)
+        wait_for(lambda: result.state == "REVOKED", 10, what=f"the {pool} task to stop")
+        if pool in ("threads", "solo"):
+            assert (cluster.out / f"checkpoint-{tag}").exists(), "is_revoked() never said True"
+
+        soft = _stepping(cluster, client_app, worker, f"{tag}-soft")
+        cluster.store.add(rules[1:], expires=600)
+        wait_for(lambda: (cluster.out / f"checkpoint-{tag}-soft").exists(), 15, what=f"is_revoked() in {pool}")
+        wait_for(lambda: soft.state == "REVOKED", 10, what="the softly stopped task to be REVOKED")
+        assert not cluster.finished(tag) and not cluster.finished(f"{tag}-soft")
+        assert worker.proc is not None and worker.proc.poll() is None
+    finally:
+        cluster.store.remove(rules)

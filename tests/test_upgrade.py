@@ -21,7 +21,7 @@ import revstore
 from cli_helpers import revstore as new_cli
 from conftest import LATER_RELEASE, PG_BASE
 from harness import Cluster, Worker, wait_for
-from releases import Release, build, previous_version
+from releases import Release, before_name_rules, build, previous_version
 from revstore import migrate
 from revstore.store import RevocationStore
 from test_worker_durability import revoked_on, send
@@ -190,3 +190,52 @@ def test_a_dba_applies_the_expand_sql_to_a_database_0_1_0_created(
     assert check.code == 0 and check.out.startswith(f"revstore: compatible: schema {migrate.head_revision()}")
     assert old_cli(legacy, fleet, *opts, "db", "check").returncode == 0  # 0.1.0 still accepts it
     assert "before-the-upgrade" in new_cli(*opts, "list").out
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("release", ["previous", "before-name-rules"])
+def test_older_workers_run_beside_name_rules(release: str, fleet: Cluster, pg_schema: str,
+                                            celery_app) -> None:  # type: ignore[no-untyped-def]
+    """Issue 24: rows of the ``name`` kind, loaded at start and pulled live, leave an old worker running.
+
+    The old worker (the previous release, and this release's code before
+    name rules) takes them for stamps no task carries, so it ignores them
+    (a matching task runs there) and keeps honouring every other revocation;
+    this release's worker beside it discards the matching task.
+    """
+    previous = build(previous_version()) if release == "previous" else build("0.2.0", before_name_rules())
+    cluster, opts = fleet, ["--url", PG_BASE, "--schema", pg_schema]
+    store = RevocationStore(PG_BASE, schema=pg_schema)
+    try:
+        migrate.upgrade(store)
+        for rule in (["--where", "0=named-x", "--terminate"], ["--where", "k=" + "long" * 100], []):
+            name = "workerapp.charge" if not rule else "workerapp.record"
+            assert new_cli(*opts, "revoke", "--name", name, *rule, "--expires", "1h").code == 0
+        old = cluster.worker("old", release=previous).start()  # loads the name rows
+        new = cluster.worker("new").start()
+        client = Celery("names-client", broker=celery_app.app.conf.broker_url)
+        client.conf.update(revstore_url=PG_BASE, revstore_schema=pg_schema)
+        revstore.install(client)
+        revstore.revoke_name(client, "workerapp.record", where={0: "named-y"}, expires="1h")  # pulled live
+        revoked = f"by-id-{uuid.uuid4().hex[:8]}"
+        assert new_cli(*opts, "revoke", revoked).code == 0
+        wait_for(lambda: revoked in revoked_on(celery_app, old), 20, what="the old worker to pull past the name rows")
+
+        for w in (old, new):
+            for tag in ("named-x", "named-y"):
+                send(celery_app, w.queue, tag, task_id=f"{tag}-on-{w.name}")
+        wait_for(lambda: cluster.finished("named-x") and cluster.finished("named-y"), 30,
+                 what="the old worker to run what it does not know is revoked")
+        for tag in ("named-x", "named-y"):
+            result = celery_app.app.AsyncResult(f"{tag}-on-{new.name}")
+            wait_for(lambda: result.state == "REVOKED", 20, what=f"the new worker to discard {tag}")
+        assert_never_ran(celery_app, cluster, [old, new], [revoked])
+
+        old.kill()  # and the old release starts again on a table holding them
+        old.start()
+        assert_never_ran(celery_app, cluster, [old], [revoked])
+        assert_started_cleanly(old)
+        assert "ERROR/" not in old.output(), old.output()[-3000:]  # nothing failed on the rows it does not know
+        assert "Traceback" not in new.output()
+    finally:
+        store.dispose()

@@ -181,6 +181,25 @@ def test_search_filters_and_pages(console, pg_store) -> None:
     assert "page-00" not in client.get("/revocations", params={"terminate": "yes"}).text
 
 
+def test_the_form_revokes_by_name_with_an_expiry_and_the_list_filters_names(console, pg_store) -> None:
+    client, csrf = logged_in(console)
+    form = {"csrf": csrf, "kind": "name", "ids": "billing.charge_card\ncustomer_id=42\n0=eu", "reason": "incident"}
+    missing = client.post("/revoke", data=form)
+    assert missing.status_code == 400 and "give an expiry" in missing.text and "Traceback" not in missing.text
+    bad = client.post("/revoke", data={**form, "ids": "billing.charge_card\ncustomer_id", "expires": "30m"})
+    assert bad.status_code == 400 and "must look like KEY=VALUE" in bad.text
+    assert pg_store.stats()["active"]["name"] == 0  # nothing written by a refused form
+    done = client.post("/revoke", data={**form, "expires": "30m", "terminate": "on"})
+    assert done.status_code == 200 and 'id="done"' in done.text, done.text
+    target = Target.name("billing.charge_card", {"customer_id": 42, 0: "eu"})  # the CLI's row for the same rule
+    row = pg_store.get(target)
+    assert row is not None and row.terminate and row.revoked_by == "web:token" and 1790 < row.remaining <= 1800
+    pg_store.add(["plain-task-id"])
+    listed = client.get("/revocations", params={"kind": "name"})
+    assert listed.status_code == 200 and "billing.charge_card" in listed.text and "plain-task-id" not in listed.text
+    assert client.get("/revocation", params={"kind": "name", "header": target.header, "value": target.value}).status_code == 200
+
+
 def test_a_revoke_with_the_database_down_is_one_error_naming_it(pg_store, pg_proxy) -> None:
     """The console writes through the durable API: with the database down, nothing is revoked and it says so."""
     url = pg_proxy.url(pg_store.url.set(password="pw-in-url").render_as_string(hide_password=False))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 from celery import Celery
 
@@ -51,6 +52,16 @@ OUT = Path(os.environ.get("TEST_OUT", "/tmp/revstore-test-out"))
 @app.task(bind=True)
 def record(self, tag: str, sleep: float = 0.0) -> str:
     """Record that the task started, sleep, record that it finished."""
+    return _record(self, tag, sleep)
+
+
+@app.task(bind=True)
+def charge(self, tag: str, customer_id: object = None, sleep: float = 0.0) -> str:
+    """A second task name, with a keyword argument, for revocations by name and arguments."""
+    return _record(self, tag, sleep)
+
+
+def _record(self: Any, tag: str, sleep: float) -> str:
     (OUT / f"started-{tag}").write_text(self.request.hostname or "")
     deadline = time.monotonic() + sleep
     while time.monotonic() < deadline:

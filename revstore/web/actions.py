@@ -16,7 +16,8 @@ from typing import Any
 
 from .. import client
 from ..errors import InvalidInput
-from ..inputs import parse_expires, parse_targets, split_pasted
+from ..inputs import parse_expires, parse_name_target, parse_targets, require_expiry, split_pasted
+from ..names import decode_where
 from ..store import KINDS, Revocation, RevocationStore, Target, normalize_signal
 
 #: A pasted list longer than this is refused: one form post should not be a bulk import (use the CLI).
@@ -76,6 +77,10 @@ def revoke(store: RevocationStore, celery_app: Any, user: str, *, kind: str, ids
     """
     if kind not in KINDS:
         raise InvalidInput(f"revstore: unknown revocation kind {kind!r}")
+    if kind == "name":
+        lines = ids.splitlines() if isinstance(ids, str) else [str(i) for i in ids]
+        return _revoke_name(store, celery_app, f"web:{user}"[:255], [line.strip() for line in lines if line.strip()],
+                            terminate, normalize_signal(signal or "SIGTERM"), expires, reason)
     items = split_pasted(ids) if isinstance(ids, str) else [str(i) for i in ids]
     if not items:
         raise InvalidInput("revstore: nothing to revoke; give task ids or --stamp HEADER=VALUE")
@@ -106,6 +111,22 @@ def revoke(store: RevocationStore, celery_app: Any, user: str, *, kind: str, ids
         report = client.revoke_by_stamped_headers(celery_app, headers, terminate, sig, lifetime,
                                                   reason, store=store, revoked_by=revoked_by)
     return str(report)
+
+
+def _revoke_name(store: RevocationStore, celery_app: Any, revoked_by: str, lines: list[str], terminate: bool,
+                 signal: str, expires: str | None, reason: str | None) -> str:
+    """A task name (the first line) and ``KEY=VALUE`` argument filters (the others), as the CLI's ``--where``;
+    an expiry is required, as by the CLI."""
+    if not lines:
+        raise InvalidInput("revstore: nothing to revoke; give a task name")
+    target = parse_name_target(lines[0], lines[1:])
+    lifetime = require_expiry(expires)
+    if celery_app is None:
+        result = store.add([target], terminate=terminate, signal=signal if terminate else None,
+                           expires=lifetime, reason=reason, revoked_by=revoked_by)
+        return f"revoked {target} durably ({result.changed} new or changed); workers apply it at their next sync"
+    return str(client.revoke_name(celery_app, target.header, decode_where(target.value), terminate, signal,
+                                  lifetime, reason, store=store, revoked_by=revoked_by))
 
 
 def restore(store: RevocationStore, celery_app: Any, target: Target) -> int:
