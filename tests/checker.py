@@ -85,6 +85,8 @@ class Op:
     ok: bool
     expires: float | None = None
     error: str | None = None
+    #: the op also broadcast the revoke (the client API reports whether its broadcast went out)
+    broadcast: bool = False
 
 
 @dataclass
@@ -108,8 +110,9 @@ class Fault:
     start: float
     end: float
     worker: str | None = None
-    #: rewind: when the put-back began (the copy was taken at ``start``)
-    put_back: float | None = None
+    #: rewind: when the copy (taken at ``start``) was put back; recreate: when the new schema was
+    #: ready.  Writes that began later are not lost by the fault.
+    rebuilt: float | None = None
 
 
 @dataclass
@@ -249,7 +252,7 @@ class Judge:
         """When the revoke certainly applies on ``worker`` (in its life at ``t``).
 
         A process launched after the row was committed loads it before its first
-        task.  One that heard the broadcast (every path but the CLI's) has it in
+        task.  One that heard the op's broadcast (if it sent one) has it in
         memory.  Else it has it once it pulled: the table's deadline, and a
         poll after it became ready (it may have loaded before the commit and
         missed the broadcast while starting).
@@ -259,7 +262,7 @@ class Judge:
             return math.inf
         if life.launched >= self.commit_bound(op) + CLOCK_MARGIN:
             return life.launched
-        if op.path != "cli" and self.hears(life, op):
+        if op.broadcast and self.hears(life, op):
             return op.end + self.h.settle
         return max(self.table_deadline(op), (life.ready or t) + self.h.settle)
 
@@ -270,10 +273,11 @@ class Judge:
         table): what they took is not judged, what was written after them is.
         """
         for fault in self.faults:
-            if fault.kind == "rewind" and fault.put_back is not None and t > fault.put_back:
-                if op.start < fault.end and self.commit_bound(op) + BACKOFF_MAX > fault.start:
-                    return True
-            if fault.kind == "recreate" and t > fault.start and op.start < fault.end:
+            if fault.kind not in ("rewind", "recreate") or fault.rebuilt is None or t <= fault.start:
+                continue
+            if fault.kind == "rewind" and op.start < fault.rebuilt and self.commit_bound(op) + BACKOFF_MAX > fault.start:
+                return True
+            if fault.kind == "recreate" and op.start < fault.rebuilt:
                 return True
         return False
 
@@ -316,9 +320,9 @@ class Judge:
         """A rewind may revive what the restore lifted; a re-created database may drop its
         tombstone before every worker pulled it."""
         for fault in self.faults:
-            if fault.kind == "rewind" and restore.start < fault.end and self.commit_bound(restore) + self.h.settle > fault.start:
-                return True
-            if fault.kind == "recreate" and restore.end + self.h.settle > fault.start and restore.start < fault.end:
+            if fault.kind not in ("rewind", "recreate") or fault.rebuilt is None:
+                continue
+            if restore.start < fault.rebuilt and self.commit_bound(restore) + self.h.settle + BACKOFF_MAX > fault.start:
                 return True
         return False
 
