@@ -97,7 +97,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 def admin_engine(url: str, server: str) -> Iterator[Engine]:
     """An autocommit engine on ``url``; the tests fail (never skip) if the server does not answer."""
-    engine = create_engine(normalize_url(url), isolation_level="AUTOCOMMIT")
+    # pre-ping: a pooled connection another test run terminated (pg_terminate_backend) is replaced
+    engine = create_engine(normalize_url(url), isolation_level="AUTOCOMMIT", pool_pre_ping=True)
     try:
         with engine.connect() as conn:
             conn.execute(text("select 1"))
