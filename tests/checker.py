@@ -275,7 +275,8 @@ class Judge:
         for fault in self.faults:
             if fault.kind not in ("rewind", "recreate") or fault.rebuilt is None or t <= fault.start:
                 continue
-            if fault.kind == "rewind" and op.start < fault.rebuilt and self.commit_bound(op) + BACKOFF_MAX > fault.start:
+            if (fault.kind == "rewind" and op.start < fault.rebuilt
+                    and self.commit_bound(op) + BACKOFF_MAX > fault.start):
                 return True
             if fault.kind == "recreate" and op.start < fault.rebuilt:
                 return True

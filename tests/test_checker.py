@@ -183,7 +183,8 @@ class Driver:
         try:
             result = action()
         except Exception as exc:  # a write during a fault may fail: recorded, never counted as done
-            self.h.add(Op(kind, path, task_id, start, time.time(), False, expires, f"{type(exc).__name__}: {exc}"[:300]))
+            error = f"{type(exc).__name__}: {exc}"[:300]
+            self.h.add(Op(kind, path, task_id, start, time.time(), False, expires, error))
         else:
             # the client API reports a failed broadcast instead of raising: then the table is the only path
             broadcast = kind == "revoke" and path != "cli" and getattr(result, "broadcast", True)
@@ -254,6 +255,9 @@ class Driver:
     def table(self, name: str) -> str:
         return f'"{self.schema}".revstore_{name}'
 
+    def backup(self, name: str) -> str:
+        return f'"{self.schema}".checker_backup_{name}'
+
     def fault_rewind(self, rng: random.Random) -> None:
         """The database is restored from a backup: copy the tables, let work go on, put the copy back
         while the workers are cut off (a restore restarts the server)."""
@@ -262,7 +266,7 @@ class Driver:
             conn.execute(text("BEGIN"))
             conn.execute(text(f"LOCK TABLE {self.table('clock')} IN EXCLUSIVE MODE"))  # a consistent pair
             for name in ("revocations", "clock"):
-                conn.execute(text(f'CREATE TABLE "{self.schema}".checker_backup_{name} AS SELECT * FROM {self.table(name)}'))
+                conn.execute(text(f"CREATE TABLE {self.backup(name)} AS SELECT * FROM {self.table(name)}"))
             conn.execute(text("COMMIT"))
         time.sleep(rng.uniform(3, 8))
         for proxy in self.proxies:
@@ -272,8 +276,8 @@ class Driver:
             conn.execute(text(f"LOCK TABLE {self.table('clock')}, {self.table('revocations')} IN ACCESS EXCLUSIVE MODE"))
             for name in ("revocations", "clock"):
                 conn.execute(text(f"DELETE FROM {self.table(name)}"))
-                conn.execute(text(f'INSERT INTO {self.table(name)} SELECT * FROM "{self.schema}".checker_backup_{name}'))
-                conn.execute(text(f'DROP TABLE "{self.schema}".checker_backup_{name}'))
+                conn.execute(text(f"INSERT INTO {self.table(name)} SELECT * FROM {self.backup(name)}"))
+                conn.execute(text(f"DROP TABLE {self.backup(name)}"))
             conn.execute(text("COMMIT"))
         rebuilt = time.time()
         time.sleep(rng.uniform(0.5, 2))
