@@ -65,10 +65,6 @@ class Worker:
     proc: subprocess.Popen[bytes] | None = None
 
     @property
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    @property
     def nodename(self) -> str:
         return f"{self.name}@testhost"
 
