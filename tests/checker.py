@@ -50,10 +50,14 @@ FAULT_KINDS = ("kill", "kill_early", "db_restart", "cut", "pgbouncer", "rewind",
 DEFAULT_FAULTS = ("kill", "db_restart", "cut", "pgbouncer")
 #: Faults during which a worker cannot reach the database (delays sync and write-through).
 OUTAGES = ("db_restart", "rewind", "recreate")
+#: Paths whose row may be committed only by the write-through of a worker that heard the
+#: broadcast: a stock broadcast, and the patched ``app.control.revoke`` when its own write
+#: failed (it logs a warning and broadcasts without the durable flag, as stock would).
+WRITE_THROUGH = ("stock", "patched")
 #: How far a worker's estimate of the database clock may be off (one round trip,
 #: plus the 50 ms write batching that dates a batch by its earliest revoke).
 CLOCK_MARGIN = 1.0
-#: A stock broadcast sent this long before a restore may still reach a worker that
+#: A broadcast without the durable flag sent this long before a restore may still reach a worker that
 #: was starting (or a solo worker busy with a task) after it: such a restore is not
 #: taken as the last word.
 STOCK_LATE = 30.0
@@ -235,9 +239,9 @@ class Judge:
         return self._deadlines[key]
 
     def commit_bound(self, op: Op) -> float:
-        """By when the op's row was committed: the client's own write, or (a stock broadcast)
+        """By when the op's row was committed: the client's own write, or (WRITE_THROUGH)
         the write-through of a worker that heard it, which an outage delays."""
-        return self.table_deadline(op) if op.path == "stock" else op.end
+        return self.table_deadline(op) if op.path in WRITE_THROUGH else op.end
 
     def life_at(self, worker: str, t: float) -> Life | None:
         lives = [life for life in self.h.lives if life.worker == worker and life.launched <= t]
@@ -298,7 +302,7 @@ class Judge:
             return False
         if op.expires is not None and t >= op.start + op.expires - CLOCK_MARGIN:
             return False
-        if op.path == "stock" and not self.heard(op):
+        if op.path in WRITE_THROUGH and not self.heard(op):
             return False
         return not self.overtaken(op, t) and not self.lost_by_database(op, t)
 
@@ -306,7 +310,7 @@ class Judge:
 
     def lifted(self, op: Op, at: float, eta_ids: set[str]) -> bool:
         """The revoke ``op`` certainly no longer applies anywhere from ``at`` on."""
-        margin = STOCK_LATE if op.path == "stock" else CLOCK_MARGIN
+        margin = STOCK_LATE if op.path in WRITE_THROUGH else CLOCK_MARGIN
         for x in self.by_id[op.id]:
             if (x.kind == "restore" and x.ok and x.start > op.end + margin and x.end + self.h.settle <= at
                     and not self.restore_at_risk(x)):
