@@ -315,11 +315,19 @@ class Judge:
             if (x.kind == "restore" and x.ok and x.start > op.end + margin and x.end + self.h.settle <= at
                     and not self.restore_at_risk(x)):
                 return True
-        if op.expires is not None and op.id not in eta_ids:
+        if op.expires is not None and op.id not in eta_ids and not self.written_back(op):
             # expired, cleaned up and pulled; a held ETA task would have extended it
             gone = op.end + op.expires + self.h.cleanup_interval + self.h.settle + CLOCK_MARGIN
             return gone <= at
         return False
+
+    def written_back(self, op: Op) -> bool:
+        """The revocation was live when a rewind or re-created database lost it: workers write
+        back what they held with its remaining lifetime rounded up (to the minute), so its
+        expiry is no longer the one asked for."""
+        return any(f.kind in ("rewind", "recreate") and f.rebuilt is not None
+                   and op.start < f.rebuilt and f.start < op.end + (op.expires or 0.0)
+                   for f in self.faults)
 
     def restore_at_risk(self, restore: Op) -> bool:
         """A rewind may revive what the restore lifted; a re-created database may drop its

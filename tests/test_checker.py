@@ -27,6 +27,7 @@ from __future__ import annotations
 import os
 import random
 import secrets
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -400,8 +401,12 @@ def test_random_operations_and_faults_keep_the_promise(cluster_factory, celery_a
         found.append(f"NOTHING PROVED: {exercised}")
     if found:
         path = history.dump(HISTORY_DIR / f"history-{seed}.json")
+        logs = HISTORY_DIR / f"history-{seed}-logs"  # pytest's temporary folders are soon removed
+        logs.mkdir(exist_ok=True)
+        for log in cluster.tmp.glob("*.log"):
+            shutil.copy(log, logs)
         pytest.fail(f"CHECKER_SEED={seed} CHECKER_FAULTS={','.join(FAULTS)}: {len(found)} violations "
-                    f"(history: {path}; worker logs: {cluster.tmp})\n{first(found, 30)}", pytrace=False)
+                    f"(history: {path}; worker logs: {logs})\n{first(found, 30)}", pytrace=False)
 
 
 def test_fault_kinds_are_known() -> None:
