@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test docs bench clean
+.PHONY: demo test docs bench soak clean
 
 $(STAMP): pyproject.toml
 	bash .ci/packages
@@ -28,6 +28,17 @@ bench: $(STAMP)
 	bash .ci/services
 	$(BIN)/python -m pip install -q -e '.[test,bench]'
 	$(BIN)/python -m bench.all
+
+# The randomized checker (tests/test_checker.py, issue 21) for SECONDS of random
+# operations and faults, with a new seed each run (printed; CHECKER_SEED=N repeats
+# one).  FAULTS: a comma list of checker.FAULT_KINDS or "all" (default: the kinds
+# current code passes).  A failing run's history goes to .cache/checker/.
+SECONDS ?= 1800
+FAULTS ?=
+soak: $(STAMP)
+	bash .ci/services
+	TEST_BROKER=$${TEST_BROKER:-redis://127.0.0.1:6379/5} CHECKER_SECONDS=$(SECONDS) CHECKER_FAULTS=$(FAULTS) \
+		$(BIN)/python -m pytest tests/test_checker.py -k keep_the_promise
 
 clean:
 	rm -rf $(VENV) .nox .cache dist build site

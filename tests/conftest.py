@@ -35,13 +35,14 @@ BROKER_URL = os.environ.get("TEST_BROKER", "redis://127.0.0.1:6379/5")
 WORKER_FIXTURES = {"cluster_factory", "pools"}
 #: Worker tests about the database side (pooler, grants, outages), a browser, or
 #: revstore's own releases (the two-release test builds 0.1.0 into a shared cache,
-#: which two runs at once must not both write): not about Celery, Python or the
+#: which two runs at once must not both write), or the randomized checker (two
+#: minutes, PgBouncer and proxies): not about Celery, Python or the
 #: broker, so the main combination runs them once, as it runs the SQLite and
 #: MariaDB variants (the matrix uses PostgreSQL).
 MAIN_ONLY_MODULES = {"test_pgbouncer", "test_least_privilege", "test_reliability", "test_web_browser", "test_upgrade",
                      # the console's /metrics and `revstore check`: operator tooling over the broadcast the
                      # rest of the matrix already covers on every broker and Celery
-                     "test_metrics", "test_check"}
+                     "test_metrics", "test_check", "test_checker"}
 
 
 #: The user's own state folder (revstore_state_dir's default), as it was before the tests.
@@ -96,7 +97,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 def admin_engine(url: str, server: str) -> Iterator[Engine]:
     """An autocommit engine on ``url``; the tests fail (never skip) if the server does not answer."""
-    engine = create_engine(normalize_url(url), isolation_level="AUTOCOMMIT")
+    # pre-ping: a pooled connection another test run terminated (pg_terminate_backend) is replaced
+    engine = create_engine(normalize_url(url), isolation_level="AUTOCOMMIT", pool_pre_ping=True)
     try:
         with engine.connect() as conn:
             conn.execute(text("select 1"))

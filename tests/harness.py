@@ -31,6 +31,12 @@ def await_redelivery(delivered_at: float) -> None:
     time.sleep(max(0.0, delivered_at + VISIBILITY + 1.0 - time.monotonic()))
 
 
+def revoked_on(app: Any, worker: Worker, timeout: float = 2) -> set[str]:
+    """The ids in ``worker``'s revoked set (``inspect revoked``): what it would drop now."""
+    replies = app.control.inspect([worker.nodename], timeout=timeout).revoked() or {}
+    return set(replies.get(worker.nodename, []))
+
+
 def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.1, what: str = "condition") -> Any:
     deadline = time.monotonic() + timeout
     while True:

@@ -54,6 +54,12 @@ class TcpProxy:
         with self._lock:
             server, self._server = self._server, None
         if server is not None:
+            # wakes the thread blocked in accept(): until it returns, the kernel keeps the
+            # socket listening and up() could not bind the port again
+            try:
+                server.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
             server.close()
         self.cut()
         self.resume()  # the pipes of cut connections end instead of waiting

@@ -11,14 +11,9 @@ from pathlib import Path
 from celery.result import AsyncResult
 from sqlalchemy import text
 
-from harness import wait_for
+from harness import revoked_on, wait_for
 
 REVSTORE = str(Path(sys.executable).with_name("revstore"))
-
-
-def revoked_on(celery_app, worker) -> set[str]:
-    replies = celery_app.app.control.inspect([worker.nodename], timeout=2).revoked() or {}
-    return set(replies.get(worker.nodename, []))
 
 
 def test_cli_only_terminate_reaches_worker_within_a_second(cluster_factory, celery_app) -> None:
@@ -52,6 +47,6 @@ def test_listener_reconnects_and_resyncs_what_it_missed(cluster_factory, celery_
     missed = f"missed-{uuid.uuid4().hex[:6]}"
     cluster.store.add([missed])  # written while the listener is down
 
-    wait_for(lambda: missed in revoked_on(celery_app, worker), 10, what="the resync after reconnect")
+    wait_for(lambda: missed in revoked_on(celery_app.app, worker), 10, what="the resync after reconnect")
     assert "listener reconnected" in worker.output()
     wait_for(lambda: worker.nodename in cluster.store.stats()["listeners"], 10, what="the listener to be back")

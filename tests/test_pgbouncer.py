@@ -24,7 +24,7 @@ from sqlalchemy import text
 
 from cli_helpers import revstore
 from conftest import PG_BASE, REDIS_URL
-from harness import wait_for
+from harness import revoked_on, wait_for
 from revstore import client, migrate
 from revstore.store import RevocationStore
 
@@ -66,11 +66,6 @@ def session_pgbouncer(tmp_path_factory):  # type: ignore[no-untyped-def]
     yield via(port)
     pid = int((folder / "pgbouncer.pid").read_text())
     subprocess.run(["kill", str(pid)], check=False)
-
-
-def revoked_on(celery_app, worker) -> set[str]:
-    replies = celery_app.app.control.inspect([worker.nodename], timeout=2).revoked() or {}
-    return set(replies.get(worker.nodename, []))
 
 
 def status(celery_app, worker) -> dict:
@@ -132,9 +127,9 @@ def test_sync_heavy_run_through_pgbouncer_logs_no_database_error(cluster_factory
         client.revoke(app, f"api-{i}")  # client API: table, then broadcast
         celery_app.app.control.revoke(f"stock-{i}")  # stock broadcast: every worker writes it through
     for w in workers:
-        wait_for(lambda w=w: set(ids) | {"pre-7", "line\nbreak"} <= revoked_on(celery_app, w), 20,
+        wait_for(lambda w=w: set(ids) | {"pre-7", "line\nbreak"} <= revoked_on(celery_app.app, w), 20,
                  what=f"{w.name} to hold every revocation")
-    assert not {f"gone-{i}" for i in range(4)} & revoked_on(celery_app, workers[0])
+    assert not {f"gone-{i}" for i in range(4)} & revoked_on(celery_app.app, workers[0])
     wait_for(lambda: cluster.store.get("expires-soon") is None, 15, what="a worker's cleanup")
     assert cluster.store.get("stock-3").revoked_by  # written through by a worker
     time.sleep(2)  # more polls at 0.2 s
@@ -206,7 +201,7 @@ def test_listener_that_stops_hearing_falls_back_to_polling(cluster_factory, cele
         assert "did not hear its probe notification" in worker.output()
 
         cluster.store.add(["while-deaf"])  # reaches the worker by polling
-        wait_for(lambda: "while-deaf" in revoked_on(celery_app, worker), 8, what="the poll to bring the revoke")
+        wait_for(lambda: "while-deaf" in revoked_on(celery_app.app, worker), 8, what="the poll to bring the revoke")
 
         proxy.drop_notifications = False
         wait_for(lambda: status(celery_app, worker).get("listener_live"), 15, what="the listener to recover")

@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from console_server import ConsoleServer
-from harness import wait_for
+from harness import revoked_on, wait_for
 from nginx import Nginx
 from revstore.web import Credentials
 
@@ -61,11 +61,6 @@ def shoot(driver, name: str, out: Path) -> None:  # type: ignore[no-untyped-def]
         driver.save_screenshot(str(path))
         assert path.stat().st_size > 8_000, path
     driver.set_window_size(*SIZES["desktop"])
-
-
-def revoked_on(celery_app, worker) -> set[str]:  # type: ignore[no-untyped-def]
-    replies = celery_app.app.control.inspect([worker.nodename], timeout=2).revoked() or {}
-    return set(replies.get(worker.nodename, []))
 
 
 def test_operator_revokes_finds_and_restores_in_a_browser(browser, cluster_factory, celery_app, tmp_path) -> None:
@@ -111,7 +106,7 @@ def test_operator_revokes_finds_and_restores_in_a_browser(browser, cluster_facto
         assert row is not None and row.active and row.reason == "customer cancelled <b>order</b>"
         # at least the 2 days asked for (the worker holding the ETA task may extend it past the ETA)
         assert row.revoked_by == "web:token" and row.remaining > 1.9 * 86400
-        wait_for(lambda: held in revoked_on(celery_app, worker), 10, what="the worker's memory to hold the revoke")
+        wait_for(lambda: held in revoked_on(celery_app.app, worker), 10, what="the worker's memory to hold the revoke")
 
         b.get(base + "/revocations")
         Select(b.find_element(By.NAME, "kind")).select_by_value("task")
@@ -127,7 +122,7 @@ def test_operator_revokes_finds_and_restores_in_a_browser(browser, cluster_facto
         b.find_element(By.ID, "restore").click()
         wait_for(lambda: _text(b, "state").startswith("restored"), 10, what="the detail page to show the restore")
         assert not store.is_revoked(held)
-        wait_for(lambda: held not in revoked_on(celery_app, worker), 15, what="the worker to forget the revoke")
+        wait_for(lambda: held not in revoked_on(celery_app.app, worker), 15, what="the worker to forget the revoke")
 
         b.get(base + "/fleet")
         table = b.find_element(By.ID, "workers").text

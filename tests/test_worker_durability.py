@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from celery.result import AsyncResult
 
-from harness import await_redelivery, wait_for
+from harness import await_redelivery, revoked_on, wait_for
 from revstore.store import Target
 
 REVSTORE = str(Path(sys.executable).with_name("revstore"))
@@ -33,11 +33,6 @@ def send(celery_app, queue: str, tag: str, **options) -> str:
 def held_by(celery_app, worker, task_id: str) -> bool:
     replies = celery_app.app.control.inspect([worker.nodename], timeout=1).scheduled() or {}
     return any(entry["request"]["id"] == task_id for entry in replies.get(worker.nodename, []))
-
-
-def revoked_on(celery_app, worker) -> set[str]:
-    replies = celery_app.app.control.inspect([worker.nodename], timeout=2).revoked() or {}
-    return set(replies.get(worker.nodename, []))
 
 
 @pytest.mark.parametrize("backend", ["postgresql", "sqlite", "mariadb"])
@@ -94,11 +89,11 @@ def test_two_workers_share_revocations_and_restore(cluster_factory, celery_app, 
     task_id = f"shared-{uuid.uuid4().hex[:6]}"
 
     celery_app.app.control.revoke(task_id, destination=[a.nodename])  # only A hears it
-    wait_for(lambda: task_id in revoked_on(celery_app, b), 10, what="B to learn of the revoke by sync")
-    assert task_id in revoked_on(celery_app, a)
+    wait_for(lambda: task_id in revoked_on(celery_app.app, b), 10, what="B to learn of the revoke by sync")
+    assert task_id in revoked_on(celery_app.app, a)
 
     cli(cluster, "restore", task_id)
-    wait_for(lambda: task_id not in revoked_on(celery_app, a) and task_id not in revoked_on(celery_app, b), 10,
+    wait_for(lambda: task_id not in revoked_on(celery_app.app, a) and task_id not in revoked_on(celery_app.app, b), 10,
              what="both workers to drop the restored id")
     send(celery_app, b.queue, "after-restore", task_id=task_id)
     wait_for(lambda: cluster.finished("after-restore"), 20, what="the restored task to run")
@@ -163,10 +158,10 @@ def test_expired_revocations_leave_table_and_memory(cluster_factory, celery_app,
     cluster.store.add([short], expires=8)  # outlives a worker start on a loaded machine
     cluster.store.add([long_])
     worker = cluster.worker("a").start()
-    assert {short, long_} <= revoked_on(celery_app, worker)
+    assert {short, long_} <= revoked_on(celery_app.app, worker)
 
     wait_for(lambda: cluster.store.get(short) is None, 25, what="cleanup to delete the expired row")
-    held = revoked_on(celery_app, worker)
+    held = revoked_on(celery_app.app, worker)
     assert short not in held and long_ in held
     assert cluster.store.get(long_) is not None
 

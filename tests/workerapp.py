@@ -7,6 +7,7 @@ test can tell whether a task ran, whichever process ran it.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -81,3 +82,21 @@ def steps(self, tag: str, n: int = 100, step: float = 0.1) -> int:
         time.sleep(step)
     (OUT / f"done-{tag}").write_text(self.request.hostname or "")
     return n
+
+
+@app.task(bind=True)
+def logged(self, seq: int) -> int:
+    """Append one line per execution to ``runs.jsonl``, outside revstore.
+
+    The randomized checker (tests/checker.py) judges from this log, not from
+    revstore's view: a redelivered or repeated id leaves one line per run.
+    One ``O_APPEND`` write of a short line is atomic across the pool's
+    processes and threads.
+    """
+    line = json.dumps({"id": self.request.id, "seq": seq, "host": self.request.hostname, "t": time.time()})
+    fd = os.open(OUT / "runs.jsonl", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.write(fd, (line + "\n").encode())
+    finally:
+        os.close(fd)
+    return seq
