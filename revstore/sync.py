@@ -660,6 +660,9 @@ class RevocationSync:
         deleted = self.store.purge_expired(self.settings.cleanup_batch, max_batches=20)
         if deleted:
             logger.info("revstore: deleted %d expired revocations", deleted)
+        aged = self.store.purge_audit(self.settings.cleanup_batch, max_batches=20)
+        if aged:
+            logger.info("revstore: deleted %d audit rows older than revstore_audit_ttl", aged)
 
 
 def _newest_age(*paths: Path) -> float | None:
