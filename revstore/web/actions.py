@@ -86,7 +86,7 @@ def revoke(store: RevocationStore, celery_app: Any, user: str, *, kind: str, ids
                             stamps=items if kind == "stamp" else ())
     sig = normalize_signal(signal or "SIGTERM")
     lifetime = parse_expires(expires)
-    revoked_by = f"web:{user}"[:255]
+    revoked_by = actor(user)
     if celery_app is None:
         result = store.add(targets, terminate=terminate, signal=sig if terminate else None,
                            expires=lifetime, reason=reason, revoked_by=revoked_by)
@@ -108,19 +108,25 @@ def revoke(store: RevocationStore, celery_app: Any, user: str, *, kind: str, ids
     return str(report)
 
 
-def restore(store: RevocationStore, celery_app: Any, target: Target) -> int:
+def restore(store: RevocationStore, celery_app: Any, target: Target, user: str) -> int:
     """Un-revoke ``target`` (a tombstone stays until cleanup); with an app, wake the workers too."""
     if celery_app is not None:
-        return client.restore(celery_app, [target], True, store)
-    return store.remove([target]).changed
+        return client.restore(celery_app, [target], True, store, revoked_by=actor(user))
+    return store.remove([target], revoked_by=actor(user)).changed
 
 
-def extend(store: RevocationStore, target: Target, expires: str | None) -> None:
+def extend(store: RevocationStore, target: Target, expires: str | None, user: str) -> None:
     """Keep ``target`` revoked for ``expires`` from now; a restored one is never revived."""
     lifetime = parse_expires(expires)
     if not isinstance(lifetime, float):
         raise InvalidInput("revstore: extend needs a lifetime such as 12h or 7d")
-    store.extend([target], lifetime)
+    store.extend([target], lifetime, extended_by=actor(user))
+
+
+def actor(user: str) -> str:
+    """What a console or API write is recorded under: the basic-auth user or the token's label,
+    not the console process's own user@host."""
+    return f"web:{user}"[:255]
 
 
 def encode_cursor(key: tuple[str, str, str]) -> str:
