@@ -8,7 +8,9 @@ cleanup deletes rows older than ``revstore_audit_ttl``.
 
 Keys are kept as ``revstore list`` prints them (``str(Target)``) in a JSON
 list, so the history of one key is a match on its JSON string: it finds the
-operations that named it among their first keys, and only those.
+operations that named it among their first keys, and only those.  A key
+longer than a key column (ids of any length are allowed, see revstore.keys)
+is named by its digest, so a row stays short and fits MySQL's TEXT.
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ from typing import Any
 
 from sqlalchemy import Connection, delete, select
 
+from . import keys as _keys
 from .records import Target
-from .schema import AUDIT_KEYS, MAX_REASON_LENGTH, Tables
+from .schema import AUDIT_KEYS, MAX_KEY_LENGTH, MAX_REASON_LENGTH, Tables
 
 #: What each store write records as its action.
 ACTIONS = ("revoke", "restore", "extend", "import")
@@ -61,13 +64,19 @@ def parse_key(text: str) -> Target:
     return Target.task(text)
 
 
+def named(target: Target) -> str:
+    """How the audit names ``target``: as ``revstore list`` prints it, or its digest when longer than a key."""
+    text = str(target)
+    return text if len(text) <= MAX_KEY_LENGTH else _keys.digest(text)
+
+
 def record(conn: Connection, tables: Tables, action: str, targets: Sequence[Target], actor: str,
            reason: str | None, at: datetime) -> None:
     """Add the row for one operation, inside the caller's write transaction."""
     kinds = {t.kind for t in targets}
     conn.execute(tables.audit.insert().values(
         done_at=at, actor=actor, action=action, kind=kinds.pop() if len(kinds) == 1 else None,
-        key_count=len(targets), first_keys=json.dumps([str(t) for t in targets[:AUDIT_KEYS]]),
+        key_count=len(targets), first_keys=json.dumps([named(t) for t in targets[:AUDIT_KEYS]]),
         reason=None if reason is None else reason[:MAX_REASON_LENGTH],
     ))
 
@@ -82,7 +91,7 @@ def query(tables: Tables, *, key: Target | None = None, actor: str | None = None
     stmt = select(audit.c.id, audit.c.done_at, audit.c.actor, audit.c.action, audit.c.kind, audit.c.key_count,
                   audit.c.first_keys, audit.c.reason)
     if key is not None:
-        stmt = stmt.where(audit.c.first_keys.contains(json.dumps(str(key)), autoescape=True))
+        stmt = stmt.where(audit.c.first_keys.contains(json.dumps(named(key)), autoescape=True))
     if actor is not None:
         stmt = stmt.where(audit.c.actor == actor)
     if since is not None:

@@ -42,6 +42,16 @@ def test_history_of_one_id_names_each_actor_and_a_bulk_write_is_one_row(store: R
     assert_one_line_error(revstore(*opts, "revoke", "x", "--by", "b" * 300), "revoked_by is 300 characters")
 
 
+def test_a_key_of_any_length_has_a_history(store: RevocationStore) -> None:
+    """Ids of any length are allowed (revstore.keys): the audit names a long one by its digest."""
+    long_id = "x" * 100_000 + "\u00e9\x00"
+    store.add([long_id], revoked_by="ops")
+    store.remove([long_id], revoked_by="ops2")
+    history = store.audit_history(key=long_id)
+    assert [(e.action, e.actor) for e in history] == [("revoke", "ops"), ("restore", "ops2")]
+    assert history[0].keys[0].startswith("revstore-sha256:") and store.audit_history(key="x" * 100_000) == []
+
+
 def test_cleanup_keeps_the_audit_for_audit_ttl(store: RevocationStore) -> None:
     store.add([Target.root("wf"), Target.stamp("batch", 7)], revoked_by="ops")
     assert store.purge_audit() == 0 and len(store.audit_history()) == 1  # 90 days by default
