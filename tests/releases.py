@@ -84,9 +84,19 @@ def commit_of(version: str) -> str:
                 "run `git fetch --tags --unshallow`", pytrace=False)
 
 
-def build(version: str) -> Release:
-    """Install ``version`` into its cached venv (once), with this venv's dependency versions."""
-    commit = commit_of(version)
+def before_audit() -> str:
+    """The last commit whose revstore had no audit table: the 0.2.0 workers deployed when its expand step runs."""
+    added = _git("log", "--format=%H", "-1", "-S", 'f"{prefix}audit"', "--", "revstore/schema.py")
+    if not added:
+        pytest.fail("the commit that added the audit table is not in this clone: run `git fetch --unshallow`",
+                    pytrace=False)
+    return _git("rev-parse", f"{added}^")
+
+
+def build(version: str, commit: str | None = None) -> Release:
+    """Install ``version`` (or that release's code at ``commit``) into its cached venv (once),
+    with this venv's dependency versions."""
+    commit = commit or commit_of(version)
     recipe = hashlib.sha256(" ".join(EXTRAS).encode()).hexdigest()[:6]
     home = CACHE / f"{commit[:12]}-py{sys.version_info.major}.{sys.version_info.minor}-{recipe}"
     release = Release(version, commit, home / "venv" / "bin" / "python", home / "src" / "tests")
