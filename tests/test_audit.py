@@ -18,7 +18,7 @@ def test_history_of_one_id_names_each_actor_and_a_bulk_write_is_one_row(store: R
     opts = _opts(store)
     assert revstore(*opts, "revoke", "t-1", "--by", "alice", "--reason", "bad input").code == 0
     assert revstore(*opts, "restore", "t-1", "--by", "bob").code == 0
-    store.add(["t-1", "t-2"], revoked_by="carol")
+    assert revstore(*opts, "revoke", "t-1", "t-2", "--by", "carol").code == 0
     store.add([f"bulk-{i}" for i in range(12)], revoked_by="dave")
     store.extend(["t-1"], 10 * 365 * 86400, extended_by="erin")
     store.extend(["never-revoked"], 3600, extended_by="erin")  # changes nothing: no row
@@ -38,8 +38,13 @@ def test_history_of_one_id_names_each_actor_and_a_bulk_write_is_one_row(store: R
     assert [(e["action"], e["actor"]) for e in listed] == [(e.action, e.actor) for e in history]
     text = revstore(*opts, "audit", "--actor", "dave", "--since", "1h")
     assert text.code == 0 and text.out.count("\n") == 1 and "and 7 more" in text.out, text.text
-    assert_one_line_error(revstore(*opts, "audit", "--since", "soon"), "cannot read duration")
-    assert_one_line_error(revstore(*opts, "revoke", "x", "--by", "b" * 300), "revoked_by is 300 characters")
+
+
+def test_bad_input_is_one_line(sqlite_url: str) -> None:
+    """Checked before the database is asked (the same on every backend)."""
+    assert_one_line_error(revstore("--url", sqlite_url, "audit", "--since", "soon"), "cannot read duration")
+    assert_one_line_error(revstore("--url", sqlite_url, "revoke", "x", "--by", "b" * 300),
+                          "revoked_by is 300 characters")
 
 
 def test_a_key_of_any_length_has_a_history(store: RevocationStore) -> None:
