@@ -441,7 +441,7 @@ class RevocationSync:
                     self._save_snapshot()
                     self._reread()
                     while self._extend:
-                        self.store.extend(*self._extend[0])
+                        self.store.extend(*self._extend[0], extended_by=self.hostname[:255])
                         self._extend.popleft()
                     if now >= self._sync_due:
                         self._pull()
