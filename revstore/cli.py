@@ -332,6 +332,11 @@ def _name_or_targets(ids: tuple[str, ...], root: bool, stamps: tuple[str, ...], 
     return [parse_name_target(name, where)]
 
 
+_by_option = click.option(
+    "--by", default=None, metavar="NAME",
+    help="Who the write is recorded under, in the row and the audit (default: user@host).")
+
+
 @main_group.command("revoke")
 @click.argument("ids", nargs=-1)
 @click.option("--terminate", is_flag=True, help="Also kill the task if it is running.")
@@ -342,11 +347,12 @@ def _name_or_targets(ids: tuple[str, ...], root: bool, stamps: tuple[str, ...], 
 @click.option("--stamp", "stamps", multiple=True, metavar="HEADER=VALUE", help="Revoke by stamped header (repeatable).")
 @_name_options
 @_broker_option
+@_by_option
 @pass_ctx
 @user_errors
 def revoke_cmd(ctx: Context, ids: tuple[str, ...], terminate: bool, sig: str | None, expires: str | None,
                reason: str | None, root: bool, stamps: tuple[str, ...], name: str | None, where: tuple[str, ...],
-               broker: str | None) -> None:
+               broker: str | None, by: str | None) -> None:
     """Write revocations to the table; workers apply them on their next sync."""
     targets = _name_or_targets(ids, root, stamps, name, where)
     if not targets:
@@ -355,7 +361,7 @@ def revoke_cmd(ctx: Context, ids: tuple[str, ...], terminate: bool, sig: str | N
         raise ConfigurationError("revstore: --signal only makes sense with --terminate")
     lifetime = require_expiry(expires) if name is not None else parse_expires(expires)
     wake = _waker(ctx, broker)
-    result = ctx.store.add(targets, terminate=terminate, signal=sig, reason=reason, expires=lifetime)
+    result = ctx.store.add(targets, terminate=terminate, signal=sig, reason=reason, expires=lifetime, revoked_by=by)
     click.echo(f"revstore: revoked {len(targets)} ({result.changed} new or changed){wake()}")
 
 
@@ -365,16 +371,17 @@ def revoke_cmd(ctx: Context, ids: tuple[str, ...], terminate: bool, sig: str | N
 @click.option("--stamp", "stamps", multiple=True, metavar="HEADER=VALUE", help="Un-revoke a stamped header value.")
 @_name_options
 @_broker_option
+@_by_option
 @pass_ctx
 @user_errors
 def restore_cmd(ctx: Context, ids: tuple[str, ...], root: bool, stamps: tuple[str, ...], name: str | None,
-                where: tuple[str, ...], broker: str | None) -> None:
+                where: tuple[str, ...], broker: str | None, by: str | None) -> None:
     """Un-revoke: the tasks may run again once workers sync."""
     targets = _name_or_targets(ids, root, stamps, name, where)
     if not targets:
         raise ConfigurationError("revstore: nothing to restore; give task ids, --stamp HEADER=VALUE or --name TASK")
     wake = _waker(ctx, broker)
-    result = ctx.store.remove(targets)
+    result = ctx.store.remove(targets, revoked_by=by)
     click.echo(f"revstore: restored {result.changed}{wake()}")
 
 
@@ -451,8 +458,37 @@ def show_cmd(ctx: Context, task_id: str | None, root: bool, name: str | None, wh
 @pass_ctx
 @user_errors
 def purge_cmd(ctx: Context, batch: int) -> None:
-    """Delete expired revocations and old un-revoke tombstones now."""
+    """Delete expired revocations, old un-revoke tombstones and audit rows past revstore_audit_ttl now."""
     click.echo(f"revstore: deleted {ctx.store.purge_expired(batch)} expired rows")
+    click.echo(f"revstore: deleted {ctx.store.purge_audit(batch)} audit rows older than revstore_audit_ttl")
+
+
+@main_group.command("audit")
+@click.option("--key", default=None, metavar="ID", help="Only operations naming this key among their first keys "
+              "(a task id, root:ID or stamp:HEADER=VALUE, as `revstore list` prints them).")
+@click.option("--actor", default=None, help="Only operations by this actor.")
+@click.option("--since", default=None, help="Only the last 90 (seconds), 30m, 12h or 7d (database time).")
+@click.option("--limit", type=click.IntRange(min=1), default=None)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@pass_ctx
+@user_errors
+def audit_cmd(ctx: Context, key: str | None, actor: str | None, since: str | None, limit: int | None,
+              as_json: bool) -> None:
+    """Who did what, oldest first: one line per revoke, restore, extend or import."""
+    from .audit import parse_key
+
+    seconds = _config.parse_duration(since) if since is not None else None
+    if since is not None and seconds is None:
+        raise ConfigurationError("revstore: --since takes a duration (90, 30m, 12h, 7d), not 'never'")
+    for entry in ctx.store.audit_history(key=parse_key(key) if key is not None else None, actor=actor,
+                                         since=seconds, limit=limit):
+        if as_json:
+            click.echo(json.dumps(entry.as_dict()))
+            continue
+        more = f" and {entry.more} more" if entry.more else ""
+        reason = f"\treason={entry.reason}" if entry.reason else ""
+        click.echo(f"{entry.at.isoformat(timespec='seconds')}\t{entry.actor}\t{entry.action}\t{entry.count}\t"
+                   f"{' '.join(entry.keys)}{more}{reason}")
 
 
 @main_group.command("stats")

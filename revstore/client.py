@@ -220,9 +220,12 @@ def restore_name(app: Any, name: str, where: dict[Any, Any] | None = None, broad
 
 
 def restore(app: Any, task_ids: str | Iterable[str | Target], broadcast: bool = True,
-            store: RevocationStore | None = None) -> int:
-    """Un-revoke: the ids (or targets) may run again on every worker after its next sync."""
-    result = (store if store is not None else store_for(app)).remove(_ids(task_ids))
+            store: RevocationStore | None = None, revoked_by: str | None = None) -> int:
+    """Un-revoke: the ids (or targets) may run again on every worker after its next sync.
+
+    ``revoked_by`` names who restored, in the tombstone and the audit (default: user@host).
+    """
+    result = (store if store is not None else store_for(app)).remove(_ids(task_ids), revoked_by=revoked_by)
     if broadcast:
         _broadcast(app, "revstore_sync", RevokeReport([], 0, False))
     return result.changed

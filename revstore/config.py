@@ -43,6 +43,9 @@ DEFAULT_CLEANUP_BATCH = 5000
 #: How long an un-revoke (tombstone) is kept so that running workers see it.
 DEFAULT_TOMBSTONE_TTL = 24 * 3600.0
 
+#: How long the cleanup keeps audit rows (who did what): a quarter's history.
+DEFAULT_AUDIT_TTL = 90 * 86400.0
+
 DEFAULT_TABLE_PREFIX = "revstore_"
 
 #: A worker may start from its local snapshot while the database is down
@@ -80,6 +83,7 @@ ENV = {
     "revstore_cleanup_interval": "REVSTORE_CLEANUP_INTERVAL",
     "revstore_cleanup_batch": "REVSTORE_CLEANUP_BATCH",
     "revstore_tombstone_ttl": "REVSTORE_TOMBSTONE_TTL",
+    "revstore_audit_ttl": "REVSTORE_AUDIT_TTL",
     "revstore_start_without_db": "REVSTORE_START_WITHOUT_DB",
     "revstore_listen": "REVSTORE_LISTEN",
     "revstore_state_dir": "REVSTORE_STATE_DIR",
@@ -224,6 +228,7 @@ class Settings:
     cleanup_interval: float = DEFAULT_CLEANUP_INTERVAL
     cleanup_batch: int = DEFAULT_CLEANUP_BATCH
     tombstone_ttl: float = DEFAULT_TOMBSTONE_TTL
+    audit_ttl: float = DEFAULT_AUDIT_TTL
     start_without_db: bool = False
     listen: bool = True
     #: where LISTEN connects, when not to ``url`` (a direct PostgreSQL behind a pooler)
@@ -345,6 +350,7 @@ def load_settings(
         cleanup_interval=num("revstore_cleanup_interval", DEFAULT_CLEANUP_INTERVAL, 1.0),
         cleanup_batch=int(batch),
         tombstone_ttl=num("revstore_tombstone_ttl", DEFAULT_TOMBSTONE_TTL, 1.0),
+        audit_ttl=num("revstore_audit_ttl", DEFAULT_AUDIT_TTL, 1.0),
         start_without_db=False if start_raw is None else _as_bool("revstore_start_without_db", start_raw),
         listen=True if listen_raw is None else _as_bool("revstore_listen", listen_raw),
         listen_url=listen_url,

@@ -3,7 +3,8 @@
 Generated from the same table description the store uses (prefix, schema),
 so the grants always name the tables that exist and nothing more.  A worker
 or client needs exactly the DML the store issues: rows of the revocations
-table (upsert, un-revoke, cleanup with ``SELECT ... FOR UPDATE``), the clock
+table (upsert, un-revoke, cleanup with ``SELECT ... FOR UPDATE``), rows of
+the audit table (insert, read, cleanup), the clock
 row (the version bump) and a read of ``schema_info`` (the start-up window
 check; ``alembic_version`` for 0.1.0 workers).  ``LISTEN``/``pg_notify`` need no grant.  Nothing here lets a worker
 run DDL, which is the point: migrations are an admin's job.
@@ -62,6 +63,9 @@ def worker_sql(tables: Tables, role: str = "revstore_worker", *, create_role: bo
         f"GRANT SELECT, INSERT, UPDATE, DELETE ON {table(tables.revocations.name)} TO {role};",
         f"GRANT SELECT, UPDATE ON {table(tables.clock.name)} TO {role};",
         f"GRANT SELECT ON {table(tables.schema_info.name)} TO {role};",
+        # append-only from the writers' side: no UPDATE; DELETE for the cleanup after revstore_audit_ttl
+        f"GRANT SELECT, INSERT, DELETE ON {table(tables.audit.name)} TO {role};",
+        f"GRANT USAGE ON SEQUENCE {schema}.{_ident(tables.audit.name + '_id_seq')} TO {role};",
         "-- read by revstore 0.1.0 workers at start, while the schema stays compatible with them",
         f"GRANT SELECT ON {table(tables.legacy_version_table)} TO {role};",
     ]

@@ -18,6 +18,10 @@ skips a row that commits late (see ``docs/design.md``).  An un-revoke keeps the
 row as a tombstone (``active = false``) so running workers learn of it; the
 cleanup deletes tombstones after ``revstore_tombstone_ttl``.
 
+``audit`` is append-only: one row per write operation (who, what, how many
+keys, the first few of them), written in the write's own transaction and
+deleted by the cleanup after ``revstore_audit_ttl`` (see ``revstore.audit``).
+
 ``schema_info`` holds the compatibility window a worker checks at start
 (see ``revstore.window``).
 
@@ -80,6 +84,16 @@ INSTALLATION_ID_LENGTH = 32
 #: What a worker says it saw when it found the database changed under it.
 REWOUND_NOTE_LENGTH = 255
 
+#: How many keys of one operation the audit names: a bulk revoke of a
+#: million ids stays one short row (its ``key_count`` says how many more).
+AUDIT_KEYS = 5
+
+#: An audit row's action: revoke, restore, extend, import, …
+AUDIT_ACTION_LENGTH = 16
+
+#: SQLite numbers rows only in an INTEGER PRIMARY KEY.
+AUDIT_ID = BigInteger().with_variant(Integer(), "sqlite")
+
 #: MySQL/MariaDB DATETIME keeps whole seconds unless given a precision; the
 #: stored value is UTC there (the store sets the session time zone).
 TIMESTAMP = DateTime(timezone=True).with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
@@ -93,6 +107,7 @@ class Tables:
     revocations: Table
     clock: Table
     schema_info: Table
+    audit: Table
     prefix: str
     schema: str | None
 
@@ -163,7 +178,23 @@ def build_tables(prefix: str = "revstore_", schema: str | None = None) -> Tables
         # later step, new when the database is dropped and re-created
         Column("installation_id", String(INSTALLATION_ID_LENGTH), nullable=True),
     )
-    return Tables(metadata, revocations, clock, schema_info, prefix, schema)
+    audit = Table(
+        f"{prefix}audit",
+        metadata,
+        # revision 0005: append-only, one row per operation, however many keys
+        Column("id", AUDIT_ID, primary_key=True, autoincrement=True),
+        Column("done_at", TIMESTAMP, nullable=False),
+        Column("actor", String(MAX_KEY_LENGTH), nullable=False),
+        Column("action", String(AUDIT_ACTION_LENGTH), nullable=False),
+        # the operation's one kind, NULL when it mixed kinds
+        Column("kind", String(8), nullable=True),
+        Column("key_count", BigInteger, nullable=False),
+        # a JSON list of the first AUDIT_KEYS keys, as `revstore list` prints them
+        Column("first_keys", Text, nullable=False),
+        Column("reason", Text, nullable=True),
+        Index(f"{prefix}audit_done_at_ix", "done_at"),
+    )
+    return Tables(metadata, revocations, clock, schema_info, audit, prefix, schema)
 
 
 def version_table(name: str, schema: str | None) -> Table:

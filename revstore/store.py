@@ -24,11 +24,12 @@ from sqlalchemy import Engine, and_, case, create_engine, func, literal, or_, se
 from sqlalchemy.engine import URL, Connection
 from sqlalchemy.exc import DBAPIError, NoSuchModuleError, OperationalError, ProgrammingError
 
+from . import audit as _audit
 from . import backends as _backends
 from . import keys as _keys
 from . import config as _config
 from .backends import Backend, Listener, Pooling
-from .errors import ConfigurationError, DatabaseUnavailable, SchemaError
+from .errors import ConfigurationError, DatabaseUnavailable, InvalidInput, SchemaError
 from .records import (
     Changes,
     Kind,
@@ -77,6 +78,7 @@ class RevocationStore:
         table_prefix: str = _config.DEFAULT_TABLE_PREFIX,
         default_expires: float | None = _config.DEFAULT_EXPIRES,
         tombstone_ttl: float = _config.DEFAULT_TOMBSTONE_TTL,
+        audit_ttl: float = _config.DEFAULT_AUDIT_TTL,
         engine: Engine | None = None,
         pool_size: int = _config.DEFAULT_POOL_SIZE,
         max_overflow: int = _config.DEFAULT_POOL_MAX_OVERFLOW,
@@ -87,6 +89,7 @@ class RevocationStore:
         self.tables: Tables = build_tables(table_prefix, schema)
         self.default_expires = default_expires
         self.tombstone_ttl = tombstone_ttl
+        self.audit_ttl = audit_ttl
         #: what this database does its own way (see revstore.backends)
         self.backend: Backend = _backends.for_dialect(
             engine.dialect.name if engine is not None else self.url.get_backend_name())
@@ -105,6 +108,7 @@ class RevocationStore:
             table_prefix=settings.table_prefix,
             default_expires=settings.default_expires,
             tombstone_ttl=settings.tombstone_ttl,
+            audit_ttl=settings.audit_ttl,
             pool_size=settings.pool_size,
             max_overflow=settings.pool_max_overflow,
             prepare_threshold=settings.prepare_threshold,
@@ -154,7 +158,7 @@ class RevocationStore:
                 ) from None
             if _is_missing_table(exc):
                 raise SchemaError(
-                    f"revstore: the revstore tables are missing in {_config.mask_url(self.url)}; "
+                    f"revstore: revstore tables are missing in {_config.mask_url(self.url)} ({short_error(exc)}); "
                     "run `revstore db upgrade` as a database admin"
                 ) from None
             if isinstance(exc, ProgrammingError):
@@ -270,7 +274,7 @@ class RevocationStore:
         sig = normalize_signal(signal) if signal is not None else ("SIGTERM" if terminate else None)
         if reason is not None:
             reason = str(reason)[:MAX_REASON_LENGTH].replace("\x00", "")
-        by = validate_label(revoked_by, "revoked_by") if revoked_by is not None else default_revoker()
+        by = _actor(revoked_by)
         if not items:
             return WriteResult(0, 0)
         # validate expires before touching the database
@@ -302,6 +306,7 @@ class RevocationStore:
             for chunk in self._key_chunks(todo, self.backend.upsert_chunk):
                 # a notification repeated in one transaction is delivered once
                 changed += self._upsert(conn, chunk, shared, expires_at, heard, notify=(self.channel, version))
+            _audit.record(conn, self.tables, "revoke", todo, by, reason, now)
             return WriteResult(changed, version, len(todo) - changed)
 
         return self._run(write, write=True)
@@ -333,13 +338,16 @@ class RevocationStore:
         """A WHERE condition: the row's key is one of ``items``."""
         return self.backend.key_in(self.tables.revocations, [_keys.stored(t.kind, t.header, t.value)[0] for t in items])
 
-    def put_rows(self, rows: Sequence[Revocation]) -> WriteResult:
+    def put_rows(self, rows: Sequence[Revocation], *, imported_by: str | None = None) -> WriteResult:
         """Write rows exactly as given (times, reason, revoker), for ``revstore import``.
 
         A row already active in the table is left alone: an import never
         weakens or shortens a live revocation.  Tombstones in the table are
         replaced by active imported rows.  Versions are new (this database's).
+        The rows keep their own ``revoked_by``; the audit names ``imported_by``
+        (default: user@host), who ran the import.
         """
+        actor = _actor(imported_by)
         items = list(rows)
         for row in items:
             as_target(row.target)
@@ -377,6 +385,7 @@ class RevocationStore:
                     for r in items[start : start + WRITE_CHUNK]
                 ]
                 changed += self.backend.upsert_rows(conn, self.tables.revocations, values, merge)
+            _audit.record(conn, self.tables, "import", [r.target for r in items], actor, None, now)
             if changed:
                 self._notify(conn, version)
             return WriteResult(changed, version if changed else 0)
@@ -427,7 +436,7 @@ class RevocationStore:
         the change on their next sync.  ``changed`` counts the targets that
         were revoked.
         """
-        by = validate_label(revoked_by, "revoked_by") if revoked_by is not None else default_revoker()
+        by = _actor(revoked_by)
         table = self.tables.revocations
 
         def write(conn: Connection, items: list[Target], version: int, now: datetime) -> WriteResult:
@@ -445,18 +454,23 @@ class RevocationStore:
                     select(func.count()).select_from(table).where(self._key_in(chunk), table.c.active)
                 ).scalar_one())
                 self.backend.upsert(conn, table, _stored_rows(chunk), shared, merge)
+            _audit.record(conn, self.tables, "restore", items, by, None, now)
             self._notify(conn, version)
             return WriteResult(was_active, version)
 
         return self._versioned_write(targets, write)
 
-    def extend(self, targets: Iterable[Target | str], expires: float) -> WriteResult:
+    def extend(self, targets: Iterable[Target | str], expires: float, *, extended_by: str | None = None) -> WriteResult:
         """Keep active revocations at least ``expires`` seconds from now (database time).
 
         For a worker holding a task whose ETA is later than its revocation's
         expiry.  Unlike :meth:`add` it never revives a restored target, and it
         leaves rows that already last long enough (within EXTEND_SLACK) alone.
+        The row's ``revoked_by`` stays; the audit names ``extended_by``
+        (default: user@host), and only when a row changed: workers extend
+        on their own, often with nothing to do.
         """
+        actor = _actor(extended_by)
         self._expiry(datetime(2000, 1, 1), expires)  # validate before touching the database
         table = self.tables.revocations
 
@@ -465,13 +479,16 @@ class RevocationStore:
             return and_(table.c.expires_at.is_not(None), table.c.expires_at < until - EXTEND_SLACK)
 
         return self._update_active(
-            targets, lambda version, now: {"expires_at": self._expiry(now, expires), "version": version}, shorter)
+            targets, lambda version, now: {"expires_at": self._expiry(now, expires), "version": version}, shorter,
+            audit=("extend", actor))
 
-    def _update_active(self, targets: Iterable[Target | str], values: Any, where: Any = None) -> WriteResult:
+    def _update_active(self, targets: Iterable[Target | str], values: Any, where: Any = None, *,
+                       audit: tuple[str, str]) -> WriteResult:
         """Change active rows of ``targets`` in one versioned transaction.
 
         ``values(version, now)`` gives the new column values; ``where(now)``
-        narrows the rows further.
+        narrows the rows further; ``audit`` (action, actor) is recorded when
+        a row changed.
         """
         table = self.tables.revocations
 
@@ -484,6 +501,7 @@ class RevocationStore:
                 result = conn.execute(stmt.values(**values(version, now)))
                 changed += max(result.rowcount or 0, 0)
             if changed:
+                _audit.record(conn, self.tables, audit[0], items, audit[1], None, now)
                 self._notify(conn, version)
             return WriteResult(changed, version if changed else 0)
 
@@ -535,6 +553,30 @@ class RevocationStore:
                 if deleted < batch:
                     break
         return total
+
+    def purge_audit(self, batch: int = _config.DEFAULT_CLEANUP_BATCH, max_batches: int | None = None) -> int:
+        """Delete audit rows older than ``audit_ttl`` (database time), ``batch`` rows per transaction."""
+        total, batches = 0, 0
+        while max_batches is None or batches < max_batches:
+            deleted = self._run(lambda conn: _audit.delete_older(
+                conn, self.tables, self.backend.now_plus(-self.audit_ttl), batch), write=True)
+            total, batches = total + deleted, batches + 1
+            if deleted < batch:
+                break
+        return total
+
+    def audit_history(self, *, key: Target | str | None = None, actor: str | None = None,
+                      since: float | None = None, limit: int | None = None,
+                      newest_first: bool = False) -> list[_audit.AuditEntry]:
+        """Audit rows, oldest first: those naming ``key`` among their first keys, by ``actor``,
+        of the last ``since`` seconds (database time).  ``newest_first`` with ``limit``: the latest ones."""
+        target = as_target(key) if key is not None else None
+        if since is not None and not since > 0:
+            raise InvalidInput(f"revstore: since must be a positive number of seconds, not {since!r}")
+        stmt = _audit.query(self.tables, key=target, actor=actor,
+                            since=None if since is None else self.backend.now_plus(-since), limit=limit,
+                            newest_first=newest_first)
+        return self._run(lambda conn: [_audit.entry(row) for row in conn.execute(stmt)])
 
     def _delete_expired(self, conn: Connection, tombstones: bool, batch: int) -> list[int]:
         """Delete up to ``batch`` expired rows (or tombstones); their versions."""
@@ -909,6 +951,11 @@ class RevocationStore:
         """Raise DatabaseUnavailable/SchemaError unless the tables can be read."""
         clock = self.tables.clock
         self._run(lambda conn: conn.execute(select(clock.c.version)).first())
+
+
+def _actor(by: str | None) -> str:
+    """Who a write is recorded under: ``by`` if given (validated), else this process's user@host."""
+    return validate_label(by, "revoked_by") if by is not None else default_revoker()
 
 
 #: Whether a task's key column holds a digest (see revstore.keys): a C-level test per id.

@@ -441,7 +441,7 @@ class RevocationSync:
                     self._save_snapshot()
                     self._reread()
                     while self._extend:
-                        self.store.extend(*self._extend[0])
+                        self.store.extend(*self._extend[0], extended_by=self.hostname[:255])
                         self._extend.popleft()
                     if now >= self._sync_due:
                         self._pull()
@@ -660,6 +660,9 @@ class RevocationSync:
         deleted = self.store.purge_expired(self.settings.cleanup_batch, max_batches=20)
         if deleted:
             logger.info("revstore: deleted %d expired revocations", deleted)
+        aged = self.store.purge_audit(self.settings.cleanup_batch, max_batches=20)
+        if aged:
+            logger.info("revstore: deleted %d audit rows older than revstore_audit_ttl", aged)
 
 
 def _newest_age(*paths: Path) -> float | None:

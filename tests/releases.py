@@ -93,6 +93,15 @@ def before_name_rules() -> str:
     return _git("rev-parse", f"{added}^")
 
 
+def before_audit() -> str:
+    """The last commit whose revstore had no audit table: the 0.2.0 workers deployed when its expand step runs."""
+    added = _git("log", "--format=%H", "-1", "-S", 'f"{prefix}audit"', "--", "revstore/schema.py")
+    if not added:
+        pytest.fail("the commit that added the audit table is not in this clone: run `git fetch --unshallow`",
+                    pytrace=False)
+    return _git("rev-parse", f"{added}^")
+
+
 def build(version: str, commit: str | None = None) -> Release:
     """Install ``version`` (or that release's code at ``commit``) into its cached venv (once),
     with this venv's dependency versions."""

@@ -145,6 +145,8 @@ def test_revocations_outlive_the_eta_of_tasks_a_worker_holds(client, celery_app)
              what="the worker to extend both revocations past the ETA")
     time.sleep(1.5)
     assert not client.store.get(ids["restored"]).active  # an extension never revives a restore
+    # audited under the worker that extended it
+    assert ("extend", worker.nodename) in [(e.action, e.actor) for e in client.store.audit_history(key=ids["client"])]
 
 
 @pytest.mark.parametrize("odd", [True, False], ids=["odd-input", "no-tables"])

@@ -92,6 +92,8 @@ def test_worker_with_dml_only_role_loads_writes_syncs_and_cleans(
     celery_app.app.control.revoke(eta, destination=[worker.nodename])
     row = wait_for(lambda: cluster.store.get(eta), 10, what="the worker's write-through row")
     assert row.revoked_by == worker.nodename  # written by the worker's role, not by this client
+    # and audited in the same transaction, as the role: who, and which id
+    assert [(e.action, e.actor) for e in cluster.store.audit_history(key=eta)][:1] == [("revoke", worker.nodename)]
 
     wait_for(lambda: cluster.store.stats()["expired_awaiting_cleanup"] == 0
              and cluster.store.stats()["active"]["task"] == 2, 15, what="the worker's cleanup to delete the expired row")

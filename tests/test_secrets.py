@@ -40,7 +40,7 @@ PLAIN = {
     "revstore_state_dir": "a folder",
     **{name: "a number or a boolean" for name in (
         "revstore_sync_interval", "revstore_default_expires", "revstore_cleanup_interval", "revstore_cleanup_batch",
-        "revstore_tombstone_ttl", "revstore_start_without_db", "revstore_listen", "revstore_snapshot_max_age",
+        "revstore_tombstone_ttl", "revstore_audit_ttl", "revstore_start_without_db", "revstore_listen", "revstore_snapshot_max_age",
         "revstore_state_ttl",
         "revstore_listen_check_interval", "revstore_pool_size", "revstore_pool_max_overflow",
         "revstore_pool_idle_timeout", "revstore_prepare_threshold")},

@@ -21,7 +21,7 @@ import revstore
 from cli_helpers import revstore as new_cli
 from conftest import LATER_RELEASE, PG_BASE
 from harness import Cluster, Worker, wait_for
-from releases import Release, before_name_rules, build, previous_version
+from releases import Release, before_audit, before_name_rules, build, previous_version
 from revstore import migrate
 from revstore.store import RevocationStore
 from test_worker_durability import revoked_on, send
@@ -237,5 +237,35 @@ def test_older_workers_run_beside_name_rules(release: str, fleet: Cluster, pg_sc
         assert_started_cleanly(old)
         assert "ERROR/" not in old.output(), old.output()[-3000:]  # nothing failed on the rows it does not know
         assert "Traceback" not in new.output()
+    finally:
+        store.dispose()
+
+
+@pytest.mark.timeout(600)
+def test_0_2_0_as_deployed_keeps_running_across_the_audit_step(fleet: Cluster, pg_schema: str,
+                                                               celery_app) -> None:  # type: ignore[no-untyped-def]
+    """Issue 27 item 6: the audit table is an expand step; 0.2.0 workers and CLI run on it and restart on it.
+
+    Their writes leave no audit row (they know no audit), this release's do.
+    """
+    deployed = build("0.2.0", before_audit())
+    opts = ["--url", PG_BASE, "--schema", pg_schema]
+    ids = [f"{name}-{uuid.uuid4().hex[:8]}" for name in ("new-cli", "old-cli")]
+    store = RevocationStore(PG_BASE, schema=pg_schema)
+    try:
+        assert old_cli(deployed, fleet, *opts, "db", "upgrade").returncode == 0  # the schema 0.2.0 deployed
+        old = fleet.worker("old", release=deployed).start()
+        migrate.upgrade(store)  # the audit step, under the running worker
+        assert old_cli(deployed, fleet, *opts, "db", "check").returncode == 0
+        assert new_cli(*opts, "revoke", ids[0], "--by", "alice").code == 0
+        written = old_cli(deployed, fleet, *opts, "revoke", ids[1])
+        assert written.returncode == 0, written.stderr
+        wait_for(lambda: set(ids) <= revoked_on(celery_app, old), 20, what="the running 0.2.0 worker to sync both")
+        old.kill()
+        old.start()  # restarts on the new schema
+        assert_started_cleanly(old)
+        assert_never_ran(celery_app, fleet, [old], ids)
+        assert [(e.action, e.actor) for e in store.audit_history(key=ids[0])] == [("revoke", "alice")]
+        assert store.audit_history(key=ids[1]) == []
     finally:
         store.dispose()

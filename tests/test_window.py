@@ -127,7 +127,8 @@ def test_a_0_1_0_database_is_adopted_by_the_first_upgrade(pg_store) -> None:
     with pg_store.engine.begin() as conn:
         versions.drop(conn)  # now exactly what 0.1.0's `db upgrade` leaves
     assert migrate.current_revision(pg_store) == LEGACY_HEAD
-    pg_store.add(["kept"])
+    with pg_store.engine.begin() as conn:  # a row as 0.1.0 writes it (this release's writes need its expand steps)
+        conn.execute(pg_store.tables.revocations.insert().values(kind="task", header="", value="kept", version=1))
     migrate.upgrade(pg_store)
     assert migrate.current_revision(pg_store) == migrate.head_revision()
     assert legacy_revision(pg_store) == LEGACY_HEAD and pg_store.get("kept") is not None

@@ -249,8 +249,8 @@ class MysqlBackend(SqlBackend):
         """Accounts for the database the statements run in (``mysql <database> < grants.sql``).
 
         The admin may create, alter and drop tables in that database and
-        hand the worker its grants; the worker gets rows of the two tables
-        and a read of ``schema_info`` (the start-up window check), nothing
+        hand the worker its grants; the worker gets rows of the two tables,
+        appends to (and cleans) the audit, and a read of ``schema_info`` (the start-up window check), nothing
         else: no DDL anywhere.  No 0.1.0 worker ever ran on MySQL (it could
         not write there), so unlike PostgreSQL no legacy version table grant.
         """
@@ -267,6 +267,7 @@ class MysqlBackend(SqlBackend):
             f"GRANT SELECT, INSERT, UPDATE, DELETE ON {_table(tables.revocations.name)} TO {worker};",
             f"GRANT SELECT, UPDATE ON {_table(tables.clock.name)} TO {worker};",
             f"GRANT SELECT ON {_table(tables.schema_info.name)} TO {worker};",
+            f"GRANT SELECT, INSERT, DELETE ON {_table(tables.audit.name)} TO {worker};",
         ]
         return "\n".join(lines) + "\n"
 

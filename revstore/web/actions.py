@@ -79,7 +79,7 @@ def revoke(store: RevocationStore, celery_app: Any, user: str, *, kind: str, ids
         raise InvalidInput(f"revstore: unknown revocation kind {kind!r}")
     if kind == "name":
         lines = ids.splitlines() if isinstance(ids, str) else [str(i) for i in ids]
-        return _revoke_name(store, celery_app, f"web:{user}"[:255], [line.strip() for line in lines if line.strip()],
+        return _revoke_name(store, celery_app, actor(user), [line.strip() for line in lines if line.strip()],
                             terminate, normalize_signal(signal or "SIGTERM"), expires, reason)
     items = split_pasted(ids) if isinstance(ids, str) else [str(i) for i in ids]
     if not items:
@@ -91,7 +91,7 @@ def revoke(store: RevocationStore, celery_app: Any, user: str, *, kind: str, ids
                             stamps=items if kind == "stamp" else ())
     sig = normalize_signal(signal or "SIGTERM")
     lifetime = parse_expires(expires)
-    revoked_by = f"web:{user}"[:255]
+    revoked_by = actor(user)
     if celery_app is None:
         result = store.add(targets, terminate=terminate, signal=sig if terminate else None,
                            expires=lifetime, reason=reason, revoked_by=revoked_by)
@@ -129,19 +129,25 @@ def _revoke_name(store: RevocationStore, celery_app: Any, revoked_by: str, lines
                                   lifetime, reason, store=store, revoked_by=revoked_by))
 
 
-def restore(store: RevocationStore, celery_app: Any, target: Target) -> int:
+def restore(store: RevocationStore, celery_app: Any, target: Target, user: str) -> int:
     """Un-revoke ``target`` (a tombstone stays until cleanup); with an app, wake the workers too."""
     if celery_app is not None:
-        return client.restore(celery_app, [target], True, store)
-    return store.remove([target]).changed
+        return client.restore(celery_app, [target], True, store, revoked_by=actor(user))
+    return store.remove([target], revoked_by=actor(user)).changed
 
 
-def extend(store: RevocationStore, target: Target, expires: str | None) -> None:
+def extend(store: RevocationStore, target: Target, expires: str | None, user: str) -> None:
     """Keep ``target`` revoked for ``expires`` from now; a restored one is never revived."""
     lifetime = parse_expires(expires)
     if not isinstance(lifetime, float):
         raise InvalidInput("revstore: extend needs a lifetime such as 12h or 7d")
-    store.extend([target], lifetime)
+    store.extend([target], lifetime, extended_by=actor(user))
+
+
+def actor(user: str) -> str:
+    """What a console or API write is recorded under: the basic-auth user or the token's label,
+    not the console process's own user@host."""
+    return f"web:{user}"[:255]
 
 
 def encode_cursor(key: tuple[str, str, str]) -> str:

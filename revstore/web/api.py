@@ -176,8 +176,9 @@ class Api:
         checked = await self._write(request)
         if isinstance(checked, Response):
             return checked
-        target = actions.target_from(checked[1])
-        changed = await run_in_threadpool(actions.restore, self.console.store, self.console.celery_app, target)
+        user, body = checked
+        target = actions.target_from(body)
+        changed = await run_in_threadpool(actions.restore, self.console.store, self.console.celery_app, target, user)
         return reply({"ok": True, "restored": changed})
 
     @_errors_as_json
@@ -185,9 +186,9 @@ class Api:
         checked = await self._write(request)
         if isinstance(checked, Response):
             return checked
-        _, body = checked
+        user, body = checked
         target = actions.target_from(body)
-        await run_in_threadpool(actions.extend, self.console.store, target, _text(body, "expires"))
+        await run_in_threadpool(actions.extend, self.console.store, target, _text(body, "expires"), user)
         row = await run_in_threadpool(self.console.store.get, target)
         return reply({"ok": True, "revocation": row.as_dict() if row is not None else None})
 

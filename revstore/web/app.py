@@ -9,6 +9,7 @@ Starlette's thread pool and never stall the event loop.
 from __future__ import annotations
 
 import base64
+import functools
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +26,7 @@ from starlette.templating import Jinja2Templates
 
 from ..config import mask_url
 from ..errors import DatabaseUnavailable, RevstoreError
+from ..schema import AUDIT_KEYS
 from ..store import KINDS, RevocationStore, Target
 from . import actions
 from .access import CHALLENGE, TOO_LARGE, Caller, Refusal, client_address, read_body
@@ -38,6 +40,8 @@ from .ratelimit import FailureLimiter
 logger = logging.getLogger("revstore.web")
 
 HERE = Path(__file__).resolve().parent
+#: Audit rows a detail page shows, the latest ones (`revstore audit --key` lists every one).
+HISTORY_ROWS = 50
 SIGNALS = ("SIGTERM", "SIGKILL", "SIGINT", "SIGQUIT", "SIGUSR1", "SIGHUP")
 
 SECURITY_HEADERS = {
@@ -79,9 +83,7 @@ class Console:
         if session is not None and session.user:
             return session.user
         header = request.headers.get("authorization")
-        if self.credentials.check_bearer(header):
-            return "token"
-        return self.credentials.check_basic(header)
+        return self.credentials.check_bearer(header) or self.credentials.check_basic(header)
 
     def blocked(self, address: str) -> Refusal | None:
         """429 for an address over the failed-login limit, until its oldest failure is a minute old."""
@@ -104,7 +106,7 @@ class Console:
             return Caller(None, False, blocked)
         header = request.headers.get("authorization")
         if header:
-            user = "token" if self.credentials.check_bearer(header) else self.credentials.check_basic(header)
+            user = self.credentials.check_bearer(header) or self.credentials.check_basic(header)
             if user is None:
                 failures = self.limiter.failed(address)
                 logger.warning("revstore console: failed login from %s (%d in the last minute; %s credentials)",
@@ -215,7 +217,11 @@ class Console:
             return self.error(request, 400, str(exc))
         if row is None:
             return self.error(request, 404, f"revstore: {target} is not revoked")
-        return self.render(request, "detail.html", row=row, link=_detail_link(row.target))
+        latest = await run_in_threadpool(functools.partial(
+            self.store.audit_history, key=target, newest_first=True, limit=HISTORY_ROWS + 1))
+        return self.render(request, "detail.html", row=row, link=_detail_link(row.target),
+                           history=latest[:HISTORY_ROWS][::-1], history_cut=len(latest) > HISTORY_ROWS,
+                           audit_keys=AUDIT_KEYS)
 
     async def revoke_form(self, request: Request) -> Response:
         return self.render(request, "revoke.html", signals=SIGNALS, form={}, errors=[])
@@ -244,24 +250,24 @@ class Console:
     async def extend(self, request: Request) -> Response:
         return await self._on_target(request, self._extend)
 
-    async def _on_target(self, request: Request, action: Callable[[Target, dict[str, str]], Any]) -> Response:
+    async def _on_target(self, request: Request, action: Callable[[Target, dict[str, str], str], Any]) -> Response:
         """A write action on one revocation from its detail page; back to that page when done."""
         checked = await self.writer(request)
         if isinstance(checked, Response):
             return checked
-        _, form = checked
+        user, form = checked
         try:
             target = actions.target_from(form)
-            await run_in_threadpool(action, target, form)
+            await run_in_threadpool(action, target, form, user)
         except RevstoreError as exc:
             return self.error(request, 400, str(exc))
         return RedirectResponse(base_path(request) + _detail_link(target), status_code=303)
 
-    def _restore(self, target: Target, form: dict[str, str]) -> None:
-        actions.restore(self.store, self.celery_app, target)
+    def _restore(self, target: Target, form: dict[str, str], user: str) -> None:
+        actions.restore(self.store, self.celery_app, target, user)
 
-    def _extend(self, target: Target, form: dict[str, str]) -> None:
-        actions.extend(self.store, target, form.get("expires"))
+    def _extend(self, target: Target, form: dict[str, str], user: str) -> None:
+        actions.extend(self.store, target, form.get("expires"), user)
 
     async def fleet(self, request: Request) -> Response:
         if self.celery_app is None:
@@ -290,11 +296,9 @@ class Console:
         if isinstance(form, Response):
             return form
         creds = self.credentials
-        user = None
-        if form.get("token") and creds.check_token(form["token"]):
-            user = "token"
-        elif form.get("user") and creds.check_basic(_basic(form.get("user", ""), form.get("password", ""))):
-            user = form["user"]
+        user = creds.check_token(form["token"]) if form.get("token") else None
+        if user is None and form.get("user"):
+            user = creds.check_basic(_basic(form.get("user", ""), form.get("password", "")))
         if user is None:
             failures = self.limiter.failed(address)
             logger.warning("revstore console: failed login from %s (%d in the last minute)", address, failures)

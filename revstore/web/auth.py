@@ -24,24 +24,68 @@ import hashlib
 import hmac
 import ipaddress
 import json
+import re
 import secrets
 import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from .. import config as _config
+from ..errors import ConfigurationError
 
 SESSION_COOKIE = "revstore_session"
 SESSION_SECONDS = 8 * 3600
 
 
+#: What a token's label may be: it names the operator in ``revoked_by`` and the audit.
+_LABEL = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
+
+#: The label of a token configured without one (what earlier releases wrote as ``web:token``).
+UNLABELLED = "token"
+
+
+def parse_tokens(value: str | None) -> dict[str, str]:
+    """``revstore_web_token`` as {label: token}.
+
+    ``alice:tok1,bob:tok2`` gives each operator a token of their own, so the
+    audit says who wrote.  A value with no comma that is not ``label:token``
+    is one token, labelled ``token``, as before labels existed.  A list that
+    does not parse is refused rather than guessed at: a typo must not turn
+    two tokens into one nobody knows.
+    """
+    if not value:
+        return {}
+    pieces = value.split(",")
+    pairs = [piece.strip().partition(":") for piece in pieces]
+    labelled = all(sep and _LABEL.match(label) and token for label, sep, token in pairs)
+    if not labelled:
+        if len(pieces) == 1:
+            return {UNLABELLED: value}
+        raise ConfigurationError("revstore: revstore_web_token must be one token, or label:token pairs separated "
+                                 "by commas (labels: letters, digits, _ . @ -)")
+    tokens: dict[str, str] = {}
+    for label, _, token in pairs:
+        if label in tokens or token in tokens.values():
+            raise ConfigurationError(f"revstore: revstore_web_token repeats the label {label!r} or its token; "
+                                     "give each label its own token")
+        tokens[label] = token
+    return tokens
+
+
 @dataclass(frozen=True)
 class Credentials:
-    """The write credentials configured for the console; none means read-only."""
+    """The write credentials configured for the console; none means read-only.
+
+    ``token`` is ``revstore_web_token`` as configured (see :func:`parse_tokens`).
+    """
 
     token: str | None = None
     user: str | None = None
     password: str | None = None
+    tokens: dict[str, str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tokens", parse_tokens(self.token))
 
     @classmethod
     def from_settings(cls, conf: Mapping[str, Any] | None = None, **explicit: Any) -> Credentials:
@@ -51,16 +95,24 @@ class Credentials:
 
     @property
     def writable(self) -> bool:
-        return bool(self.token) or bool(self.user and self.password)
+        return bool(self.tokens) or bool(self.user and self.password)
 
-    def check_token(self, offered: str) -> bool:
-        return bool(self.token) and _same(offered, self.token or "")
+    def check_token(self, offered: str) -> str | None:
+        """The label of the token ``offered``, None if it is none of them.
 
-    def check_bearer(self, header: str | None) -> bool:
-        """``header`` is ``Bearer <the token>`` (API clients, Prometheus)."""
-        if not (self.token and header and header[:7].lower() == "bearer "):
-            return False
-        return _same(header[7:].strip(), self.token)
+        Every token is compared, matched or not: the time taken does not tell which one matched.
+        """
+        found = None
+        for label, token in self.tokens.items():
+            if _same(offered, token):
+                found = label
+        return found
+
+    def check_bearer(self, header: str | None) -> str | None:
+        """The token's label when ``header`` is ``Bearer <a token>`` (API clients, Prometheus)."""
+        if not (self.tokens and header and header[:7].lower() == "bearer "):
+            return None
+        return self.check_token(header[7:].strip())
 
     def check_basic(self, header: str | None) -> str | None:
         """The user name when ``header`` is valid HTTP basic auth for the configured user."""
