@@ -9,6 +9,7 @@ example alert rules and the Grafana dashboard in docs/ name must be exported.
 from __future__ import annotations
 
 import re
+import threading
 from pathlib import Path
 
 import httpx
@@ -124,3 +125,34 @@ def test_metrics_without_the_database_still_answer(pg_store, pg_proxy, monkeypat
     finally:
         console.close()
         through.dispose()
+
+
+def test_a_scrape_never_waits_for_the_counts_that_scan_the_table(sqlite_url, monkeypatch) -> None:
+    """The counts are refreshed in the background: a scrape serves the last ones, then sees the new."""
+    from prometheus_client.parser import text_string_to_metric_families as parse
+
+    from revstore import migrate
+    from revstore.store import RevocationStore
+
+    store = RevocationStore(sqlite_url)
+    migrate.upgrade(store)
+    store.add(["a", "b"])
+    monkeypatch.setattr(metrics, "WORKERS_SECONDS", 0.0)
+    monkeypatch.setattr(metrics, "COUNTS_SECONDS", 0.0)
+    registry = metrics.metrics_registry(store)
+
+    def live_tasks() -> float:
+        for family in parse(metrics.exposition(registry).decode()):
+            for sample in family.samples:
+                if sample.name == "revstore_table_revocations" and sample.labels.get("kind") == "task":
+                    return sample.value
+        raise AssertionError("no revstore_table_revocations{kind=task} sample")
+
+    assert live_tasks() == 2  # the first scrape counts, once
+    counted = []
+    real = store.stats
+    monkeypatch.setattr(store, "stats", lambda: counted.append(threading.current_thread().name) or real())
+    store.add(["c"])
+    wait_for(lambda: live_tasks() == 3, 10, what="the background count to show the new row")
+    assert counted and "MainThread" not in counted, counted  # never counted on the scrape's thread
+    store.dispose()

@@ -8,9 +8,11 @@ Prometheus servers, or a dashboard refreshing fast, cost no more:
 * the clock's version: one row by primary key;
 * the next expiry: a ``min()`` answered by one descent of the ``expires_at`` index;
 * the counts by kind, tombstones and expired rows need a scan of the table
-  (0.2 s at a million rows on PostgreSQL, more on a busy server), so they are refreshed at most every
-  :data:`COUNTS_SECONDS` and ``revstore_table_counts_age_seconds`` says how old
-  they are.
+  (0.2 s at a million rows on PostgreSQL, more on a busy server), so a
+  scrape never waits for one: they are counted once when the console first
+  serves ``/metrics``, then again in the background at most every
+  :data:`COUNTS_SECONDS`, and ``revstore_table_counts_age_seconds`` says how
+  old they are.
 
 Worker metrics carry a ``worker`` label (the node name); a worker that does
 not answer within the broadcast's timeout is absent from that scrape, which
@@ -97,6 +99,7 @@ class RevstoreCollector(Collector):
         self._counts_at = float("-inf")
         self._table: dict[str, Any] = {}
         self._counts: dict[str, Any] | None = None
+        self._counting = False
         self._workers: list[dict[str, Any]] = []
         self._database_up = False
 
@@ -109,8 +112,11 @@ class RevstoreCollector(Collector):
         try:
             version = self.store.current_version()
             self._table = {"version": version, "next_expiry": self.store.next_expiry()}
-            if now - self._counts_at >= COUNTS_SECONDS:
+            if self._counts is None:
                 self._counts, self._counts_at = self.store.stats(), time.monotonic()
+            elif now - self._counts_at >= COUNTS_SECONDS and not self._counting:
+                self._counting = True
+                threading.Thread(target=self._count, name="revstore-metrics-counts", daemon=True).start()
             self._database_up = True
         except (RevstoreError, SQLAlchemyError) as exc:
             logger.warning("revstore console: /metrics cannot read the table: %s", str(exc).splitlines()[0])
@@ -123,6 +129,18 @@ class RevstoreCollector(Collector):
                                mask_url(str(exc).splitlines()[0] if str(exc) else type(exc).__name__))
                 self._workers = []
         self._fresh_at = time.monotonic()
+
+    def _count(self) -> None:
+        """Refresh the counts off the scrape's path (they scan the table)."""
+        try:
+            counts = self.store.stats()
+        except (RevstoreError, SQLAlchemyError) as exc:
+            logger.warning("revstore console: /metrics cannot count the table: %s", str(exc).splitlines()[0])
+            counts = None
+        with self._lock:
+            if counts is not None:
+                self._counts, self._counts_at = counts, time.monotonic()
+            self._counting = False
 
     def collect(self) -> Iterator[Metric]:
         with self._lock:  # concurrent scrapes share one broadcast
