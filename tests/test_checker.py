@@ -37,6 +37,7 @@ from typing import Any
 import pytest
 from celery import Celery
 from sqlalchemy import Engine, text
+from sqlalchemy.exc import OperationalError
 
 import revstore
 from checker import FAULT_KINDS, Fault, History, Judge, Op, Run, Send, first, parse_faults
@@ -293,8 +294,14 @@ class Driver:
         start = time.time()
         for proxy in self.proxies:
             proxy.down()
-        with self.admin.connect() as conn:
-            conn.execute(text(f'DROP SCHEMA "{self.schema}" CASCADE'))
+        for attempt in range(5):  # a client writing directly (not through the proxy) may deadlock with it
+            try:
+                with self.admin.connect() as conn:
+                    conn.execute(text(f'DROP SCHEMA "{self.schema}" CASCADE'))
+                break
+            except OperationalError as exc:
+                if getattr(exc.orig, "sqlstate", None) != "40P01" or attempt == 4:
+                    raise
         migrate.upgrade(self.cluster.store)  # type: ignore[attr-defined]  # what `revstore db upgrade` runs
         rebuilt = time.time()
         time.sleep(rng.uniform(0.5, 2))
