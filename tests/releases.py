@@ -84,22 +84,22 @@ def commit_of(version: str) -> str:
                 "run `git fetch --tags --unshallow`", pytrace=False)
 
 
+def _before(text: str, what: str) -> str:
+    """The commit before the one that added ``text`` to revstore/schema.py (``what`` names the change)."""
+    added = _git("log", "--format=%H", "-1", "-S", text, "--", "revstore/schema.py")
+    if not added:
+        pytest.fail(f"the commit that added {what} is not in this clone: run `git fetch --unshallow`", pytrace=False)
+    return _git("rev-parse", f"{added}^")
+
+
 def before_name_rules() -> str:
     """The last commit whose revstore knew no ``name`` kind: the 0.2.0 workers deployed before issue 24."""
-    added = _git("log", "--format=%H", "-1", "-S", 'KINDS = ("task", "stamp", "root")', "--", "revstore/schema.py")
-    if not added:
-        pytest.fail("the commit that added the name kind is not in this clone: run `git fetch --unshallow`",
-                    pytrace=False)
-    return _git("rev-parse", f"{added}^")
+    return _before('KINDS = ("task", "stamp", "root")', "the name kind")
 
 
 def before_audit() -> str:
     """The last commit whose revstore had no audit table: the 0.2.0 workers deployed when its expand step runs."""
-    added = _git("log", "--format=%H", "-1", "-S", 'f"{prefix}audit"', "--", "revstore/schema.py")
-    if not added:
-        pytest.fail("the commit that added the audit table is not in this clone: run `git fetch --unshallow`",
-                    pytrace=False)
-    return _git("rev-parse", f"{added}^")
+    return _before('f"{prefix}audit"', "the audit table")
 
 
 def build(version: str, commit: str | None = None) -> Release:
