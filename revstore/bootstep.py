@@ -76,7 +76,7 @@ class Revstore(bootsteps.StartStopStep):
         self.sync = RevocationSync(store, self.settings, WorkerMemory(), c.hostname, state)
         self.sync.replay_spool()
         self.sync.memory.track()  # before Mingle merges its peers' replies
-        self.sync.memory.held = control.held_requests  # a name rule arriving revokes the held tasks it covers
+        self.sync.memory.held_requests = control.held_requests  # a name rule arriving revokes the held tasks it covers
         control.activate(self.sync, c.timer)
         cancel.activate(self.sync.memory, c.hostname)  # before the pool forks its children
         # solo runs tasks on the loop thread: is_revoked() must see rows fetched meanwhile

@@ -61,6 +61,22 @@ class DbIdentity:
         return None
 
 
+def witness_lost(target: Any, seen: int, now: int | None, purged: int | None) -> str | None:
+    """Why a table that no longer holds ``target`` at version ``seen`` or later went back; None: it did not.
+
+    Versions only grow, so a row the reader pulled keeps its version or
+    gets a newer one, unless the cleanup deleted it (expired: at or below
+    ``purged``) or the table was put back from a copy.  The clock alone
+    misses a put-back once later writes take it past the reader's marker.
+    """
+    if now is None and purged is not None and seen <= purged:
+        return None
+    if now is not None and now >= seen:
+        return None
+    found = "gone" if now is None else f"at version {now}"
+    return f"the table went back (a row pulled at version {seen} is {found})"
+
+
 def distrust(before: DbIdentity | None, now: DbIdentity | None, marker: int, clock: int | None) -> str | None:
     """Why a marker taken on ``before`` is not to be trusted on ``now`` whose clock is ``clock``; None: trust it."""
     if before is not None and now is not None:

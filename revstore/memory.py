@@ -115,7 +115,7 @@ class WorkerMemory:
         self.name_marked: set[str] = set()
         self._prune_marked_at = 1000
         #: the requests this worker holds by id, ETA tasks included (set by the bootstep)
-        self.held: Callable[[], dict[str, Any]] | None = None
+        self.held_requests: Callable[[], dict[str, Any]] | None = None
         #: (header, json value) -> monotonic deadline, for stamp expiry
         self._stamp_deadlines: dict[tuple[str, str], float] = {}
         self._stamp_heap: list[tuple[float, str, str]] = []
@@ -228,7 +228,7 @@ class WorkerMemory:
         return True
 
     def _held_requests(self) -> list[Any]:
-        return list(self.held().values()) if self.held is not None else []
+        return list(self.held_requests().values()) if self.held_requests is not None else []
 
     def _lift_names(self) -> None:
         """A name rule went away: held tasks it alone revoked may run again."""

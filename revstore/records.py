@@ -128,6 +128,10 @@ class Changes:
     clock: int | None = None
     #: what the database said it is, in the same statement (see revstore.identity)
     identity: DbIdentity | None = None
+    #: the cleanup's high-water mark: rows at or below it may be gone because they expired
+    purged: int | None = None
+    #: the version the table now holds for the reader's witness row (None: no such row); see changes_since
+    witness: int | None = None
 
 
 @dataclass

@@ -20,7 +20,7 @@ from datetime import datetime, timedelta, timezone
 from operator import methodcaller
 from typing import Any
 
-from sqlalchemy import Engine, and_, case, create_engine, func, literal, or_, select, true, tuple_, update
+from sqlalchemy import Engine, and_, case, create_engine, func, literal, null, or_, select, true, tuple_, update
 from sqlalchemy.engine import URL, Connection
 from sqlalchemy.exc import DBAPIError, NoSuchModuleError, OperationalError, ProgrammingError
 
@@ -737,7 +737,7 @@ class RevocationStore:
 
         self._run(write, write=True)
 
-    def changes_since(self, marker: int) -> Changes:
+    def changes_since(self, marker: int, witness: Target | None = None) -> Changes:
         """Rows written (revoked or un-revoked) after ``marker``, in version order.
 
         One statement, since every worker runs it at every poll (through a
@@ -749,23 +749,37 @@ class RevocationStore:
         same row carries the clock's version and what the database says it
         is, so a reader learns in the same round trip whether its marker
         still means anything here (see revstore.identity).
+
+        ``witness``: a row the reader pulled at its marker's version.  Its
+        version now comes back too (one primary-key lookup): a table put
+        back from a copy loses it, or gives it an older version, even once
+        later writes have taken the clock past the reader's marker again.
         """
         table, clock = self.tables.revocations, self.tables.clock
+        seen = table.alias("witness")
+        if witness is None:
+            witness_version: Any = null()
+        else:
+            k, h, v = _keys.stored(witness.kind, witness.header, witness.value)[0]
+            witness_version = (select(seen.c.version).where(seen.c.kind == k, seen.c.header == h, seen.c.value == v)
+                               .scalar_subquery())
 
         def read(conn: Connection) -> Changes:
             identity = self._identity_columns(conn)
             stmt = (
-                select(clock.c.purged_version, clock.c.version, self._now(), *identity, *self._columns())
+                select(clock.c.purged_version, clock.c.version, self._now(), witness_version, *identity,
+                       *self._columns())
                 .select_from(clock.outerjoin(table, table.c.version > marker))
                 .where(clock.c.id == 1)
                 .order_by(table.c.version)
             )
             found = conn.execute(stmt).all()
-            first, skip = found[0], 3 + len(identity)
+            first, skip = found[0], 4 + len(identity)
             purged, now = int(first[0]), self.backend.as_datetime(first[2])
             rows = [self._row(r[skip:], now) for r in found if r[skip] is not None]
             new_marker = max([marker] + [r.version for r in rows])
-            return Changes(rows, new_marker, purged > marker, now, int(first[1]), self._identity(first[3:skip]))
+            return Changes(rows, new_marker, purged > marker, now, int(first[1]), self._identity(first[4:skip]),
+                           purged, None if first[3] is None else int(first[3]))
 
         return self._run(read)
 

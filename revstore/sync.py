@@ -26,7 +26,7 @@ from typing import Any
 
 from .config import Settings, mask_url
 from .errors import RevstoreError
-from .identity import DbIdentity, distrust
+from .identity import DbIdentity, distrust, witness_lost
 from .localstate import DbClock, LocalState, SnapshotRead, StateDamaged, epoch
 from .memory import WorkerMemory
 from .store import DEFAULT, EXTEND_SLACK, Changes, Revocation, RevocationStore, Snapshot, Target
@@ -138,6 +138,9 @@ class RevocationSync:
         self._write_back: deque[tuple[dict[Target, float | None], float | None]] = deque()
         #: a change was seen and logged, its reload not done yet (a retry must not log it again)
         self._rewinding = False
+        #: a row pulled at the marker's version, and that version: a table put back from a copy
+        #: loses it even after later writes take the clock past the marker again (see changes_since)
+        self._witness: tuple[Target, int] | None = None
         #: the snapshot is in memory (set on the loop thread, when applied)
         self.loaded = False
         #: the database thread still has to fetch the first snapshot
@@ -541,8 +544,8 @@ class RevocationSync:
             self._post(lambda targets=targets, rows=rows: self.memory.reconcile(targets, rows) or [])
 
     def _pull(self) -> None:
-        since = self.marker
-        changes: Changes = self.store.changes_since(since)
+        since, witness = self.marker, self._witness
+        changes: Changes = self.store.changes_since(since, None if witness is None else witness[0])
         self.last_sync_ok = time.monotonic()
         self.polls += 1
         if self.offline is not None:
@@ -550,7 +553,10 @@ class RevocationSync:
                            self.marker)
             self.offline = None
         why = distrust(self.identity, changes.identity, self.marker, changes.clock)
+        if why is None and witness is not None:
+            why = witness_lost(witness[0], witness[1], changes.witness, changes.purged)
         if why is not None:
+            self._witness = None
             if not self._rewinding:
                 self._note_rewind(why, self.marker, "reloading from the table, keeping every revocation held "
                                   "and writing back those the table lost")
@@ -571,6 +577,8 @@ class RevocationSync:
             rows = changes.rows
             self.memory.fetched.record(rows)
             self._post(lambda: self._apply(rows))
+            last = rows[-1]  # in version order: a row at the new marker's version
+            self._witness = (last.target, last.version)
         self.marker = changes.marker
         if self.state is not None:
             self._journal(changes, since, self.clock.now())

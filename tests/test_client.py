@@ -107,9 +107,9 @@ def test_a_durable_broadcast_that_arrives_after_a_restore_does_not_revive_it(cli
     worker = client.worker("a").start()
     task_id = f"late-{uuid.uuid4().hex[:6]}"
     report = revstore.revoke(celery_app.app, task_id, broadcast=False)
-    wait_for(lambda: task_id in revoked_on(celery_app, worker), 10, what="the worker to sync the revoke")
+    wait_for(lambda: task_id in revoked_on(celery_app.app, worker), 10, what="the worker to sync the revoke")
     revstore.restore(celery_app.app, [task_id])
-    wait_for(lambda: task_id not in revoked_on(celery_app, worker), 10, what="the worker to sync the restore")
+    wait_for(lambda: task_id not in revoked_on(celery_app.app, worker), 10, what="the worker to sync the restore")
     written_at = client.store.get(task_id).version - 1  # the revoke's version: the restore's is the next
     assert written_at > 0
 
@@ -117,7 +117,7 @@ def test_a_durable_broadcast_that_arrives_after_a_restore_does_not_revive_it(cli
     celery_app.app.control.broadcast("revoke", arguments={"task_id": [task_id], "revstore_durable": written_at},
                                      destination=[worker.nodename])
     time.sleep(1.5)
-    assert task_id not in revoked_on(celery_app, worker)
+    assert task_id not in revoked_on(celery_app.app, worker)
     celery_app.record.apply_async(("late",), queue=worker.queue, task_id=task_id)
     wait_for(lambda: client.finished("late"), 20, what="the restored task to run")
 

@@ -104,7 +104,7 @@ def test_tables_put_back_from_a_copy_under_a_running_worker(cluster_factory, cel
     lost = [f"lost-{i}-{uuid.uuid4().hex[:6]}" for i in range(20)]
     for task_id in lost:  # one version each: the clock moves 20 ahead of the copy
         store.add([task_id])
-    wait_for(lambda: set(lost) <= revoked_on(celery_app, worker), 15, what="the worker to pull the 20 revokes")
+    wait_for(lambda: set(lost) <= revoked_on(celery_app.app, worker), 15, what="the worker to pull the 20 revokes")
     wait_for(lambda: status(celery_app, worker).get("marker") == store.current_version(), 10,
              what="the worker's marker to reach the clock")
 
@@ -112,7 +112,7 @@ def test_tables_put_back_from_a_copy_under_a_running_worker(cluster_factory, cel
     assert_eta_task_never_runs(celery_app, cluster, worker, lambda task_id: cli(cluster, "revoke", task_id))
 
     # nothing the worker held is dropped, and what the table lost is written back
-    assert set(lost) <= revoked_on(celery_app, worker)
+    assert set(lost) <= revoked_on(celery_app.app, worker)
     wait_for(lambda: all(is_active(store, task_id) for task_id in lost), 10, what="the lost rows to be written back")
     seen = status(celery_app, worker)["rewound"]
     assert seen and "clock went back" in seen["what"], seen
@@ -176,7 +176,7 @@ def test_failover_to_a_replica_that_missed_commits(pg_pair: Pair, tmp_path: Path
         wait_for(lambda: all(is_active(store, t) for t in heard), 10, what="the write-through of the late broadcast")
         held = {early, *heard, *pulled}
         for w in workers:
-            wait_for(lambda w=w: held <= revoked_on(celery_app, w), 15, what=f"{w.name} to hold every revocation")
+            wait_for(lambda w=w: held <= revoked_on(celery_app.app, w), 15, what=f"{w.name} to hold every revocation")
 
         # the failover: the primary dies, the replica is promoted, the address moves to it
         primary.stop("immediate")
@@ -192,15 +192,15 @@ def test_failover_to_a_replica_that_missed_commits(pg_pair: Pair, tmp_path: Path
         promoted.add([after])  # table-only, after the failover
         started = time.monotonic()
         for w in workers:
-            wait_for(lambda w=w: after in revoked_on(celery_app, w), POLL + RECONNECT,
+            wait_for(lambda w=w: after in revoked_on(celery_app.app, w), POLL + RECONNECT,
                      what=f"{w.name} to pull a revoke written after the failover")
         print(f"table-only revoke after the failover reached both workers in {time.monotonic() - started:.2f}s")
 
         kept = held - {restored}
         for w in workers:
-            wait_for(lambda w=w: restored not in revoked_on(celery_app, w), POLL + RECONNECT,
+            wait_for(lambda w=w: restored not in revoked_on(celery_app.app, w), POLL + RECONNECT,
                      what=f"{w.name} to drop the id restored after the failover")
-            assert kept <= revoked_on(celery_app, w), f"{w.name} lost revocations it held"
+            assert kept <= revoked_on(celery_app.app, w), f"{w.name} lost revocations it held"
         wait_for(lambda: all(is_active(promoted, t) for t in kept), 10,
                  what="the revocations the replica missed to be written back")
         assert not is_active(promoted, restored), "a write-back undid a restore made after the failover"

@@ -157,7 +157,7 @@ def test_long_ids_and_stamps_revoked_by_broadcast_survive_sigkill(cluster_factor
     worker.kill()
 
     worker.start()
-    assert {long_id, longer_id} <= revoked_on(celery_app, worker)
+    assert {long_id, longer_id} <= revoked_on(celery_app.app, worker)
     if not celery_app.app.conf.broker_url.startswith("amqp"):
         # AMQP carries the task id as correlation_id, a short string of at most
         # 255 bytes: there no task with a longer id can be sent at all, stock or not

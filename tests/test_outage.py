@@ -80,7 +80,7 @@ def test_sigkill_and_restart_during_an_outage_lose_nothing(cluster_factory, cele
     pg_proxy.up()
     wait_for(lambda: cluster.store.is_revoked(revoked), 40, what="the spooled revoke to land")
     wait_for(lambda: not status(celery_app, a).get("from_snapshot"), 20, what="the worker to catch up")
-    wait_for(lambda: restored not in revoked_on(celery_app, a), 20, what="the restore to win in memory")
+    wait_for(lambda: restored not in revoked_on(celery_app.app, a), 20, what="the restore to win in memory")
     assert not cluster.store.is_revoked(restored)  # the restore was later than the revoke it heard
     wait_for(lambda: state_files(cluster, a, ".spool")[0].stat().st_size == 0, 10, what="the spool to empty")
 
@@ -165,11 +165,11 @@ def test_a_restore_right_after_a_broadcast_revoke_wins(cluster_factory, celery_a
             revstore.restore(celery_app.app, task_id)
     finally:
         conf.revstore_url = conf.revstore_schema = None
-    wait_for(lambda: not revoked_on(celery_app, a) & set(ids) and not revoked_on(celery_app, b) & set(ids), 30,
+    wait_for(lambda: not revoked_on(celery_app.app, a) & set(ids) and not revoked_on(celery_app.app, b) & set(ids), 30,
              what="both workers to drop every restored id")
     time.sleep(2)  # any late write-through has landed by now
     assert [i for i in ids if cluster.store.is_revoked(i)] == []
-    assert not revoked_on(celery_app, a) & set(ids) and not revoked_on(celery_app, b) & set(ids)
+    assert not revoked_on(celery_app.app, a) & set(ids) and not revoked_on(celery_app.app, b) & set(ids)
 
 
 def test_crash_loops_leave_no_litter(cluster_factory, celery_app) -> None:

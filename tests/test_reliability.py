@@ -149,7 +149,7 @@ def test_connection_cuts_mid_sync_skip_and_repeat_nothing(cluster_factory, celer
         db_proxy.cut()
         time.sleep(0.15)
     assert {r.task_id for r in store.iter_active()} == expected
-    wait_for(lambda: revoked_on(celery_app, worker) == expected, 30, what="memory to equal the table")
+    wait_for(lambda: revoked_on(celery_app.app, worker) == expected, 30, what="memory to equal the table")
     assert worker.proc.poll() is None
     # the cuts did hit the worker: its listener (PostgreSQL) or its pool (polling) reconnected
     assert "listener lost its connection" in worker.output() or backend == "mariadb"
@@ -196,7 +196,7 @@ def test_stock_revoke_with_the_database_down_returns_broadcasts_and_lands_later(
         with pytest.raises(DatabaseUnavailable):
             revstore.revoke(celery_app.app, f"api-{uuid.uuid4().hex[:6]}", broadcast=False)
 
-        assert revoked in revoked_on(celery_app, worker)
+        assert revoked in revoked_on(celery_app.app, worker)
         send(celery_app, worker.queue, "revoked", task_id=revoked)
         send(celery_app, worker.queue, "control")
         wait_for(lambda: cluster.finished("control"), 20, what="the control task")

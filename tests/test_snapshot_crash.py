@@ -24,16 +24,16 @@ def test_table_only_revokes_of_a_workers_first_seconds_survive_its_sigkill(clust
     started = time.monotonic()
     early, later = f"early-{uuid.uuid4().hex[:6]}", f"later-{uuid.uuid4().hex[:6]}"
     cluster.store.add([early])  # table only: no broadcast, the worker pulls it
-    wait_for(lambda: early in revoked_on(celery_app, a), 10, what="the worker to pull the first revoke")
+    wait_for(lambda: early in revoked_on(celery_app.app, a), 10, what="the worker to pull the first revoke")
     # past the moment 0.2.0 wrote its deferred base, then one more pull
     time.sleep(max(0.0, 6.0 - (time.monotonic() - started)))
     cluster.store.add([later])
-    wait_for(lambda: later in revoked_on(celery_app, a), 10, what="the worker to pull the second revoke")
+    wait_for(lambda: later in revoked_on(celery_app.app, a), 10, what="the worker to pull the second revoke")
     a.kill()
 
     a.start()
     assert "from the local snapshot" in a.output(), "the restart did not use the snapshot: the test proves nothing"
-    assert {early, later} <= revoked_on(celery_app, a)
+    assert {early, later} <= revoked_on(celery_app.app, a)
     send(celery_app, a.queue, "early", task_id=early)
     send(celery_app, a.queue, "control")
     wait_for(lambda: cluster.finished("control"), 30, what="the control task")

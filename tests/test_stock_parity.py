@@ -242,9 +242,9 @@ def test_real_workers_over_redis_stock_and_revstore_side_by_side(cluster_factory
     assert "revstore_not_stored" not in ours_replies[2]  # a 300-character stamp value is stored
 
     sent = {LONG, 123, "side-ok", "side-sig"}  # other tests' broadcasts without a destination reach these workers too
-    stock_ids = revoked_on(celery_app, stock_worker) & sent
+    stock_ids = revoked_on(celery_app.app, stock_worker) & sent
     assert stock_ids == sent  # what stock holds ...
-    assert stock_ids <= revoked_on(celery_app, ours)  # ... revstore holds too
+    assert stock_ids <= revoked_on(celery_app.app, ours)  # ... revstore holds too
     wait_for(lambda: all(cluster.store.is_revoked(t) for t in
                          ("side-ok", "side-sig", LONG, Target.stamp("h", "ok"), Target.stamp("h", "v" * 300),
                           Target.stamp("a", "b"))), 10,

@@ -116,7 +116,7 @@ def test_fleet_rolls_from_the_previous_release_without_refusal_or_lost_revocatio
         assert report.written == 1 and report.broadcast, report
         stock.revoke(ids["old-heard-after"], destination=[b.nodename])
         wait_for(lambda: store.get(ids["old-heard-after"]) is not None, 10, what="B's write-through")
-        wait_for(lambda: {ids["new-cli"], ids["new-client"]} <= revoked_on(celery_app, b), 20,
+        wait_for(lambda: {ids["new-cli"], ids["new-client"]} <= revoked_on(celery_app.app, b), 20,
                  what="running old worker B to sync what new-code clients wrote")
 
         # The old release restarts against the expanded schema after SIGKILL, and honours everything.
@@ -129,7 +129,7 @@ def test_fleet_rolls_from_the_previous_release_without_refusal_or_lost_revocatio
         b = cluster.worker("b").start()
         stock.revoke(ids["new-heard"], destination=[b.nodename])
         wait_for(lambda: store.get(ids["new-heard"]) is not None, 10, what="new B's write-through")
-        wait_for(lambda: ids["new-heard"] in revoked_on(celery_app, a), 20, what="old A to sync new B's row")
+        wait_for(lambda: ids["new-heard"] in revoked_on(celery_app.app, a), 20, what="old A to sync new B's row")
         a.kill()
         a = cluster.worker("a").start()
         for w in (a, b):
@@ -219,7 +219,7 @@ def test_older_workers_run_beside_name_rules(release: str, fleet: Cluster, pg_sc
         revstore.revoke_name(client, "workerapp.record", where={0: "named-y"}, expires="1h")  # pulled live
         revoked = f"by-id-{uuid.uuid4().hex[:8]}"
         assert new_cli(*opts, "revoke", revoked).code == 0
-        wait_for(lambda: revoked in revoked_on(celery_app, old), 20, what="the old worker to pull past the name rows")
+        wait_for(lambda: revoked in revoked_on(celery_app.app, old), 20, what="the old worker to pull past the name rows")
 
         for w in (old, new):
             for tag in ("named-x", "named-y"):
@@ -260,7 +260,7 @@ def test_0_2_0_as_deployed_keeps_running_across_the_audit_step(fleet: Cluster, p
         assert new_cli(*opts, "revoke", ids[0], "--by", "alice").code == 0
         written = old_cli(deployed, fleet, *opts, "revoke", ids[1])
         assert written.returncode == 0, written.stderr
-        wait_for(lambda: set(ids) <= revoked_on(celery_app, old), 20, what="the running 0.2.0 worker to sync both")
+        wait_for(lambda: set(ids) <= revoked_on(celery_app.app, old), 20, what="the running 0.2.0 worker to sync both")
         old.kill()
         old.start()  # restarts on the new schema
         assert_started_cleanly(old)
