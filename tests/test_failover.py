@@ -120,6 +120,38 @@ def test_tables_put_back_from_a_copy_under_a_running_worker(cluster_factory, cel
     assert worker.output().count("changed under this worker") == 1, worker.output()[-3000:]
 
 
+def test_a_put_back_table_is_seen_after_later_writes_took_the_clock_past_the_marker(
+    cluster_factory, celery_app, pg_proxy
+) -> None:
+    """The clock alone cannot tell: the worker is cut off while the tables are put back and written to again.
+
+    By its next poll the clock is past the worker's marker, and the revoke
+    written in between has a version the worker believes it has seen.  The
+    row the worker pulled at its marker is gone, and that gives it away.
+    """
+    cluster = cluster_factory("postgresql", worker_url=pg_proxy.url, revstore_sync_interval=POLL)
+    store = cluster.store
+    worker = cluster.worker("a").start()
+    copy = copy_tables(store)
+    lost = [f"lost-{i}-{uuid.uuid4().hex[:6]}" for i in range(20)]
+    for task_id in lost:
+        store.add([task_id])
+    marker = store.current_version()
+    wait_for(lambda: status(celery_app, worker).get("marker") == marker, 10, what="the worker's marker to reach the clock")
+
+    def put_back_and_write_on(task_id: str) -> None:
+        pg_proxy.down()
+        put_back(store, copy)
+        store.add([task_id])  # at a version the worker's marker already covers
+        with store.engine.begin() as conn:  # later writes: the clock passes the worker's marker
+            conn.execute(store.tables.clock.update().values(version=marker + 5))
+        pg_proxy.up()
+
+    assert_eta_task_never_runs(celery_app, cluster, worker, put_back_and_write_on)
+    assert set(lost) <= revoked_on(celery_app.app, worker)
+    assert "the table went back" in status(celery_app, worker)["rewound"]["what"]
+
+
 @pytest.mark.parametrize("backend", ["postgresql", "mariadb", "sqlite"])
 def test_a_snapshot_of_a_dropped_and_recreated_database_is_not_trusted(cluster_factory, celery_app, backend,
                                                                         request) -> None:
