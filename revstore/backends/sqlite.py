@@ -41,7 +41,9 @@ class SqliteBackend(SqlBackend):
         connection.exec_driver_sql(f"PRAGMA busy_timeout = {max(1, round(seconds * 1000))}")
 
     def is_lock_timeout(self, exc: BaseException) -> bool:
-        return getattr(getattr(exc, "orig", exc), "sqlite_errorcode", None) == 5  # SQLITE_BUSY
+        orig = getattr(exc, "orig", exc)
+        code = getattr(orig, "sqlite_errorcode", None)  # Python 3.11+
+        return code == 5 if code is not None else "database is locked" in str(orig)  # SQLITE_BUSY
 
     def now(self) -> ColumnElement[Any]:
         # Same text format SQLAlchemy stores, so comparisons are exact.
