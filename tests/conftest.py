@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.exc import OperationalError
 
 import revstore
 from revstore import migrate
@@ -117,8 +118,14 @@ def pg_admin_engine() -> Iterator[Engine]:
 def pg_schema(pg_admin_engine) -> Iterator[str]:  # type: ignore[no-untyped-def]
     name = f"t_{uuid.uuid4().hex[:12]}"
     yield name
-    with pg_admin_engine.connect() as conn:
-        conn.execute(text(f'DROP SCHEMA IF EXISTS "{name}" CASCADE'))
+    for attempt in range(5):  # a worker still writing may make PostgreSQL pick the DROP as a deadlock victim
+        try:
+            with pg_admin_engine.connect() as conn:
+                conn.execute(text(f'DROP SCHEMA IF EXISTS "{name}" CASCADE'))
+            return
+        except OperationalError as exc:
+            if getattr(exc.orig, "sqlstate", None) != "40P01" or attempt == 4:
+                raise
 
 
 @pytest.fixture(scope="session")
