@@ -575,18 +575,29 @@ class LocalState:
         Leftover temporary files of this node (a crash during a rewrite)
         go too.
         """
-        for tmp in self.folder.glob(f".{self.stem.name}.*.tmp"):
-            tmp.unlink(missing_ok=True)
+        # one listing of the folder: it may hold thousands of node names, and a glob per name made start-up quadratic
+        names = [entry.name for entry in os.scandir(self.folder)]
+        temporary = [name for name in names if name.startswith(".") and name.endswith(".tmp")]
+        for name in temporary:
+            if name.startswith(f".{self.stem.name}."):
+                (self.folder / name).unlink(missing_ok=True)
+        present = set(names)
         now = time.time()
-        for lock_path in self.folder.glob("*.lock"):
-            stem = lock_path.with_suffix("")
-            files = [lock_path, *(stem.with_name(stem.name + suffix) for suffix in STATE_SUFFIXES),
-                     *self.folder.glob(f".{stem.name}.*.tmp")]
-            try:
-                newest = max(path.stat().st_mtime for path in files if path.exists())
-            except ValueError:
+        for lock_name in names:
+            if not lock_name.endswith(".lock"):
                 continue
-            if stem == self.stem or now - newest < ttl:
+            lock_path = self.folder / lock_name
+            stem = lock_path.with_suffix("")
+            if stem == self.stem:
+                continue
+            files = [lock_path,
+                     *(self.folder / (stem.name + suffix) for suffix in STATE_SUFFIXES if stem.name + suffix in present),
+                     *(self.folder / name for name in temporary if name.startswith(f".{stem.name}."))]
+            try:
+                newest = max(path.stat().st_mtime for path in files)
+            except (ValueError, FileNotFoundError):
+                continue
+            if now - newest < ttl:
                 continue
             spool = stem.with_name(stem.name + ".spool")
             if spool.exists() and spool.stat().st_size:

@@ -127,6 +127,7 @@ class Cluster:
             "REVSTORE_URL": url,
             "PYTHONPATH": str(TESTS),
             "REVSTORE_STATE_DIR": str(tmp / "state"),  # spool and snapshot files, per test
+            "TEST_UNACKED_PREFIX": f"revstore-test-{self.run_id}-",  # see tests/workerapp.py
         })
         if schema:
             self.env["REVSTORE_SCHEMA"] = schema

@@ -32,6 +32,11 @@ app.conf.update(
         "visibility_timeout": float(os.environ.get("TEST_VISIBILITY", "4")),
         "unacked_restore_interval": 1,
         "unacked_restore_throttle": 1,
+        # each test's workers keep their own unacked bookkeeping: a worker SIGKILLed during its start-up sweep
+        # leaves kombu's sweep mutex held for 5 minutes, and no later test's restart would get its messages back
+        **{key: os.environ.get("TEST_UNACKED_PREFIX", "") + default
+           for key, default in (("unacked_key", "unacked"), ("unacked_index_key", "unacked_index"),
+                                ("unacked_mutex_key", "unacked_mutex"))},
     },
     task_acks_late=False,
     worker_hijack_root_logger=True,

@@ -48,6 +48,8 @@ class Suite:
         migrate.upgrade(store)
         store.dispose()
         self.app = Celery("revstore-celery-suite", broker="memory://", set_as_current=False)
+        # the spool and snapshot as in a real worker, in a folder of the run's own rather than the user's home
+        self.app.conf.revstore_state_dir = str(self.dir / "state")
         #: what Celery's handlers put in memory during the current test
         self.revoked: list[Target] = []
         self.counts = {"tests": 0, "ids": 0, "stamps": 0}
