@@ -14,9 +14,7 @@ import hashlib
 import os
 import pickle
 import shelve
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -24,15 +22,16 @@ import uuid
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import redis
 from sqlalchemy import create_engine, text
 
-from revstore import migrate
+from revstore import migrate, processes
 from revstore.config import ENV
+from revstore.processes import WorkerProcess
 from revstore.store import RevocationStore
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -215,26 +214,17 @@ def cleanup_redis(prefix: str) -> None:
         r.delete(key)
 
 
-@dataclass
-class Worker:
-    """One real ``celery -A bench.benchapp worker`` process group."""
+class Worker(WorkerProcess):
+    """One real ``celery -A bench.benchapp worker`` process group (``revstore.processes``)."""
 
-    name: str
-    queue: str
-    logdir: Path
-    #: None: stock Celery (revstore's step stays inert)
-    store: RevocationStore | None = None
-    statedb: Path | None = None
-    concurrency: int = 2
-    #: run Celery's mingle step (benchmarks default to --without-mingle)
-    mingle: bool = False
-    env: dict[str, str] = field(default_factory=dict)
-    proc: subprocess.Popen[bytes] | None = None
-    started_at: float = 0.0
-
-    @property
-    def log(self) -> Path:
-        return self.logdir / f"{self.name}.log"
+    def __init__(self, name: str, queue: str, logdir: Path, store: RevocationStore | None = None,
+                 statedb: Path | None = None, concurrency: int = 2, mingle: bool = False,
+                 env: dict[str, str] | None = None) -> None:
+        """``store`` None: stock Celery (revstore's step stays inert); ``statedb``: stock ``--statedb``."""
+        super().__init__("bench.benchapp", f"{name}@bench", queue, logdir / f"{name}.log", {}, ROOT,
+                         concurrency=concurrency, mingle=mingle, heartbeat=False,
+                         args=["--statedb", str(statedb)] if statedb is not None else [])
+        self.name, self.store, self.extra_env = name, store, env or {}
 
     def environment(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k not in ENV.values()}
@@ -244,26 +234,16 @@ class Worker:
             env["REVSTORE_URL"] = self.store.url.render_as_string(hide_password=False)
             if self.store.tables.schema:
                 env["REVSTORE_SCHEMA"] = self.store.tables.schema
-        env.update(self.env)
+        env.update(self.extra_env)
         return env
 
-    def start(self) -> Worker:
-        cmd = [sys.executable, "-m", "celery", "-A", "bench.benchapp", "worker", "-P", "prefork",
-               "-c", str(self.concurrency), "-n", f"{self.name}@bench", "-Q", self.queue, "-l", "info",
-               "--without-gossip", "--without-heartbeat"] + ([] if self.mingle else ["--without-mingle"])
-        if self.statedb is not None:
-            cmd += ["--statedb", str(self.statedb)]
-        with open(self.log, "ab") as out:
-            self.started_at = time.time()
-            self.proc = subprocess.Popen(cmd, cwd=ROOT, env=self.environment(), stdout=out,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
+    def start(self, wait: bool = False, timeout: float = 120) -> Worker:
+        self.env = self.environment()
+        super().start(wait, timeout)
         return self
 
-    def output(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
-
-    def wait_ready(self, timeout: float = 120) -> Worker:
-        wait_for(lambda: " ready." in self.output(), timeout, f"worker {self.name} ready", self)
+    def wait_ready(self, timeout: float = 120, error: type[Exception] = TimeoutError) -> Worker:  # type: ignore[override]
+        super().wait_ready(timeout, error)
         return self
 
     def rss(self) -> tuple[float, float]:
@@ -272,42 +252,10 @@ class Worker:
         fields = dict(line.split(":", 1) for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines())
         return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
 
-    def stop(self, timeout: float = 20) -> None:
-        """Warm shutdown; SIGKILL if it takes longer than ``timeout``."""
-        if not self._signal(signal.SIGTERM, timeout):
-            self._signal(signal.SIGKILL, 10)
-
-    def kill(self) -> None:
-        self._signal(signal.SIGKILL, 10)
-
-    def _signal(self, sig: int, timeout: float) -> bool:
-        """Signal the whole process group; True once it has exited (or never ran)."""
-        if self.proc is None or self.proc.poll() is not None:
-            return True
-        os.killpg(self.proc.pid, sig)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            return False
-        return True
-
-    def check_alive(self) -> None:
-        if self.proc is not None and self.proc.poll() is not None:
-            raise RuntimeError(f"worker {self.name} exited {self.proc.returncode}:\n{self.output()[-3000:]}")
-
 
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str, *workers: Worker, interval: float = 0.01) -> Any:
-    """Poll ``predicate`` until truthy; fail at once if a worker died."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        for w in workers:
-            w.check_alive()
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
+    """``revstore.processes.wait_for``: poll ``predicate`` until truthy; fail at once if one of ``workers`` died."""
+    return processes.wait_for(predicate, timeout, what, interval, alive=workers)
 
 
 class Run:

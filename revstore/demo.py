@@ -31,14 +31,16 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
+
+from . import processes
 
 #: Seconds the ETA tasks wait: long enough to revoke them and SIGKILL worker A
 #: before they are due, short enough to keep the demo well under a minute.
@@ -75,16 +77,8 @@ class Narrator:
         print(f"         {text}", flush=True)
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
-    """Poll ``predicate`` until it is truthy; DemoError after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise DemoError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
+#: ``revstore.processes.wait_for``, raising DemoError on timeout
+wait_for = partial(processes.wait_for, error=DemoError)
 
 
 # ---------------------------------------------------------------- workers
@@ -112,12 +106,8 @@ class Worker:
     def start(self) -> None:
         """Start the worker in its own process group, so one signal reaches its pool too."""
         self.runs += 1
-        cmd = [sys.executable, "-m", "celery", "-A", "revstore._demo_app", "worker",
-               "-P", "prefork", "-c", "2", "-n", self.nodename, "-Q", self.queue, "-l", "info",
-               "--without-mingle", "--without-gossip", "--without-heartbeat"]
-        with open(self.log, "wb") as out:
-            self.proc = subprocess.Popen(cmd, cwd=self.workdir, env=self.env, stdout=out,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
+        cmd = processes.worker_command("revstore._demo_app", self.nodename, self.queue, heartbeat=False)
+        self.proc = processes.spawn(cmd, self.log, self.env, self.workdir, append=False)
 
     def output(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
@@ -178,11 +168,7 @@ class Worker:
             pass
 
 
-def _killpg(pgid: int, signum: int) -> None:
-    try:
-        os.killpg(pgid, signum)
-    except (ProcessLookupError, PermissionError):
-        pass
+_killpg = processes.killpg
 
 
 def stop_all(workers: list[Worker]) -> None:

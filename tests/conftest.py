@@ -18,19 +18,16 @@ import pytest
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.exc import OperationalError
 
-import revstore
+
+from harness import (
+    BROKER_URL, LATER_RELEASE, MYSQL_BASE, MYSQL_PORT, PG_BASE, PG_HOST, PG_PORT, REDIS_URL, Cluster, make_store,
+)
 from revstore import migrate
 from revstore.config import default_state_dir, normalize_url
 from revstore.store import RevocationStore
 
-PG_BASE = os.environ.get("REVSTORE_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-#: a server URL without a database: each test gets its own database on it
-MYSQL_BASE = os.environ.get("REVSTORE_TEST_MYSQL", "mysql://root@127.0.0.1:3306/")
-REDIS_URL = os.environ.get("REVSTORE_TEST_REDIS", "redis://127.0.0.1:6379")
-#: what each ``backend`` parameter stands for: URL scheme and (for proxies) port
+#: what each ``backend`` parameter stands for
 BACKENDS = ("sqlite", "postgresql", "mariadb")
-#: The broker of the worker tests (tests/workerapp.py); the CI matrix also runs them on RabbitMQ.
-BROKER_URL = os.environ.get("TEST_BROKER", "redis://127.0.0.1:6379/5")
 
 #: Fixtures that start real ``celery worker`` processes: a test using one is a worker test.
 WORKER_FIXTURES = {"cluster_factory", "pools"}
@@ -144,25 +141,9 @@ def mysql_database(mysql_admin_engine) -> Iterator[str]:  # type: ignore[no-unty
         conn.execute(text(f"DROP DATABASE IF EXISTS `{name}`"))
 
 
-def mysql_url(database: str) -> str:
-    return MYSQL_BASE.rstrip("/") + "/" + database
-
-
 @pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'revstore.sqlite3'}"
-
-
-def make_store(backend: str, request: pytest.FixtureRequest, **kwargs) -> RevocationStore:  # type: ignore[no-untyped-def]
-    if backend == "sqlite":
-        store = RevocationStore(request.getfixturevalue("sqlite_url"), **kwargs)
-    elif backend == "mariadb":
-        store = RevocationStore(mysql_url(request.getfixturevalue("mysql_database")), **kwargs)
-    else:
-        store = RevocationStore(PG_BASE, schema=request.getfixturevalue("pg_schema"), **kwargs)
-    migrate.upgrade(store)
-    request.addfinalizer(store.dispose)
-    return store
 
 
 @pytest.fixture(params=BACKENDS)
@@ -206,11 +187,6 @@ def broker_ready(redis_ready) -> None:  # type: ignore[no-untyped-def]
 @pytest.fixture
 def celery_app(broker_ready):  # type: ignore[no-untyped-def]
     """The test app, as a client: sends tasks and control messages."""
-    import sys
-
-    tests_dir = str(Path(__file__).resolve().parent)
-    if tests_dir not in sys.path:
-        sys.path.insert(0, tests_dir)
     import workerapp
 
     return workerapp
@@ -230,7 +206,7 @@ def db_proxy(backend: str):  # type: ignore[no-untyped-def]
     """A proxy in front of the ``backend`` server (PostgreSQL or MariaDB), to cut workers off it."""
     from proxy import TcpProxy
 
-    proxy = TcpProxy(("127.0.0.1", 3306 if backend == "mariadb" else 5432))
+    proxy = TcpProxy((PG_HOST, MYSQL_PORT if backend == "mariadb" else PG_PORT))
     yield proxy
     proxy.close()
 
@@ -238,7 +214,6 @@ def db_proxy(backend: str):  # type: ignore[no-untyped-def]
 @pytest.fixture
 def cluster_factory(tmp_path, request, broker_ready):  # type: ignore[no-untyped-def]
     """Build a Cluster of real workers on a migrated store of the given backend."""
-    from harness import Cluster
 
     def make(backend: str = "postgresql", worker_url=None, **settings):  # type: ignore[no-untyped-def]
         """``worker_url(url)`` may rewrite the URL the workers get (a proxy, a role)."""
@@ -255,9 +230,6 @@ def cluster_factory(tmp_path, request, broker_ready):  # type: ignore[no-untyped
 
     return make
 
-
-#: The release after this one, whose migrations the ``later_release`` fixture adds.
-LATER_RELEASE = "{}.{}.0".format(revstore.__version__.split(".")[0], int(revstore.__version__.split(".")[1]) + 1)
 
 LATER = '''"""A later release's {phase} step (test only)."""
 import sqlalchemy as sa

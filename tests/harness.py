@@ -1,116 +1,107 @@
-"""Real ``celery worker`` processes for tests: start, wait ready, SIGKILL, stop."""
+"""The tests' one helpers module: server URLs, real ``celery worker`` processes, and the checks tests share.
+
+Starting, waiting for and stopping worker processes is ``revstore.processes``
+(the demo and the benchmarks use it too); this module adds what only tests
+need: a cluster of workers per test, each with its own queues, output folder,
+state folder and kombu bookkeeping keys.  Test modules import helpers from
+here, never from one another.
+"""
 
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+from revstore import __version__, processes
+from revstore.processes import WorkerProcess
+
 TESTS = Path(__file__).resolve().parent
 CELERY = [sys.executable, "-m", "celery"]
+REVSTORE = str(Path(sys.executable).with_name("revstore"))
+
+# ------------------------------------------------------------------ servers
+#: (``.ci/services`` starts them; a test fails, never skips, when one does not answer)
+PG_HOST, PG_PORT, MYSQL_PORT = "127.0.0.1", 5432, 3306
+PG_BASE = os.environ.get("REVSTORE_TEST_PG", f"postgresql+psycopg://postgres@{PG_HOST}:{PG_PORT}/test")
+#: a server URL without a database: each test gets its own database on it
+MYSQL_BASE = os.environ.get("REVSTORE_TEST_MYSQL", f"mysql://root@{PG_HOST}:{MYSQL_PORT}/")
+#: the PgBouncer ``.ci/services`` starts in transaction mode in front of PostgreSQL
+PGBOUNCER_PORT = 6432
+REDIS_URL = os.environ.get("REVSTORE_TEST_REDIS", f"redis://{PG_HOST}:6379")
+#: The broker of the worker tests (tests/workerapp.py); the CI matrix also runs them on RabbitMQ.
+BROKER_URL = os.environ.get("TEST_BROKER", f"{REDIS_URL}/5")
+#: The worker tests' result backend (tests/workerapp.py).
+RESULT_URL = os.environ.get("TEST_BACKEND", f"{REDIS_URL}/6")
 #: The Redis transport's visibility_timeout in tests/workerapp.py (TEST_VISIBILITY).
 VISIBILITY = float(os.environ.get("TEST_VISIBILITY", "4"))
+
+#: The release after this one, whose migrations the ``later_release`` fixture adds.
+LATER_RELEASE = "{}.{}.0".format(__version__.split(".")[0], int(__version__.split(".")[1]) + 1)
+
+
+def mysql_url(database: str) -> str:
+    return MYSQL_BASE.rstrip("/") + "/" + database
+
+
+def make_store(backend: str, request: Any, **kwargs: Any) -> Any:
+    """A migrated ``RevocationStore`` on a fresh SQLite file, PostgreSQL schema or MariaDB database."""
+    from revstore import migrate
+    from revstore.store import RevocationStore
+
+    if backend == "sqlite":
+        store = RevocationStore(request.getfixturevalue("sqlite_url"), **kwargs)
+    elif backend == "mariadb":
+        store = RevocationStore(mysql_url(request.getfixturevalue("mysql_database")), **kwargs)
+    else:
+        store = RevocationStore(PG_BASE, schema=request.getfixturevalue("pg_schema"), **kwargs)
+    migrate.upgrade(store)
+    request.addfinalizer(store.dispose)
+    return store
+
+
+# ------------------------------------------------------------------ waiting
+
+#: ``revstore.processes.wait_for``, failing the test (AssertionError) on timeout
+wait_for = partial(processes.wait_for, error=AssertionError)
 
 
 def await_redelivery(delivered_at: float) -> None:
     """Wait until a SIGKILLed worker's unacknowledged messages can go to the next worker.
 
-    On Redis, kombu gives them back only once they are ``visibility_timeout``
-    old: a starting worker sweeps once, and older kombu (5.3.0 among them) sweeps again
-    only every 100 s, so a worker restarted sooner would not see them in a
-    test's lifetime (stock Celery alike).  RabbitMQ redelivers at once.
-    ``delivered_at`` is a ``time.monotonic()`` taken after the worker held them.
+    Time is the subject here: on Redis, kombu gives them back only once they
+    are ``visibility_timeout`` old: a starting worker sweeps once, and older
+    kombu (5.3.0 among them) sweeps again only every 100 s, so a worker
+    restarted sooner would not see them in a test's lifetime (stock Celery
+    alike).  RabbitMQ redelivers at once.  ``delivered_at`` is a
+    ``time.monotonic()`` taken after the worker held them.
     """
     time.sleep(max(0.0, delivered_at + VISIBILITY + 1.0 - time.monotonic()))
 
 
-def revoked_on(app: Any, worker: Worker, timeout: float = 2) -> set[str]:
-    """The ids in ``worker``'s revoked set (``inspect revoked``): what it would drop now."""
-    replies = app.control.inspect([worker.nodename], timeout=timeout).revoked() or {}
-    return set(replies.get(worker.nodename, []))
+# ------------------------------------------------------------------ workers
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.1, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
+class Worker(WorkerProcess):
+    """A ``celery -A workerapp worker`` (tests/workerapp.py) named ``NAME@testhost``."""
 
+    def __init__(self, name: str, queue: str, env: dict[str, str], log: Path, args: list[str] | None = None,
+                 pool: str = "prefork", mingle: bool = False) -> None:
+        super().__init__("workerapp", f"{name}@testhost", queue, log, env, TESTS, pool=pool, mingle=mingle,
+                         args=list(args or []))
+        self.name = name
 
-@dataclass
-class Worker:
-    name: str
-    queue: str
-    env: dict[str, str]
-    log: Path
-    args: list[str] = field(default_factory=list)
-    #: Celery's execution pool: prefork, threads, gevent, eventlet or solo
-    pool: str = "prefork"
-    # another release's venv interpreter and tests folder (its own workerapp): tests/releases.py
-    python: str = sys.executable
-    cwd: Path = TESTS
-    #: run Celery's mingle step (the harness default is --without-mingle)
-    mingle: bool = False
-    proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def nodename(self) -> str:
-        return f"{self.name}@testhost"
-
-    def start(self, wait: bool = True) -> Worker:
-        cmd = [self.python, "-m", "celery", "-A", "workerapp", "worker", "-P", self.pool, "-c", "2",
-               "-n", self.nodename, "-Q", self.queue, "-l", "info", "--without-gossip", *self.args]
-        if not self.mingle:
-            cmd.append("--without-mingle")
-        self._log_offset = self.log.stat().st_size if self.log.exists() else 0
-        with open(self.log, "ab") as fh:
-            self.proc = subprocess.Popen(cmd, cwd=self.cwd, env=self.env, stdout=fh, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
-        if wait:
-            self.wait_ready()
+    def start(self, wait: bool = True, timeout: float = 45) -> Worker:
+        super().start(wait, timeout)
         return self
 
-    def output(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
-
-    def wait_ready(self, timeout: float = 45) -> None:
-        def ready() -> bool:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise AssertionError(f"worker {self.name} exited {self.proc.returncode}:\n{self.output()[-3000:]}")
-            return " ready." in self.output()[self._log_offset:]
-        wait_for(ready, timeout, what=f"worker {self.name} ready")
-
-    def kill(self) -> None:
-        """SIGKILL the whole process group, as the OOM killer or `kill -9` would."""
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
-
-    def begin_stop(self) -> None:
-        """Ask for a warm shutdown without waiting (stop several workers at once)."""
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-
-    def stop(self, timeout: float = 20, signalled: bool = False) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        if not signalled:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
+    def wait_ready(self, timeout: float = 45, error: type[Exception] = AssertionError) -> None:
+        super().wait_ready(timeout, error)
 
 
 class Cluster:
@@ -142,7 +133,7 @@ class Cluster:
                release: Any = None, mingle: bool = False, **env: str) -> Worker:
         """``release`` (a ``releases.Release``) runs an earlier revstore's worker instead of this checkout's."""
         w = Worker(f"{name}-{self.run_id}", self.queue(queue or name), {**self.env, **env},
-                   self.tmp / f"{name}.log", args or [], pool, mingle=mingle)
+                   self.tmp / f"{name}.log", args, pool, mingle=mingle)
         if release is not None:
             w.python, w.cwd = str(release.python), release.tests
             w.env["PYTHONPATH"] = str(release.tests)
@@ -156,7 +147,70 @@ class Cluster:
         return (self.out / f"done-{tag}").exists()
 
     def close(self) -> None:
-        for w in self.workers:
-            w.begin_stop()
-        for w in self.workers:
-            w.stop(signalled=True)
+        processes.stop_all(self.workers)
+
+
+def state_files(cluster: Cluster, worker: Worker, suffix: str) -> list[Path]:
+    """The worker's spool, snapshot or journal files in the cluster's state folder."""
+    return sorted((cluster.tmp / "state").glob(f"{worker.nodename}.*{suffix}"))
+
+
+# ------------------------------------------------------------------ tasks and control
+
+
+def send(celery_app: Any, queue: str, tag: str, **options: Any) -> str:
+    """Send ``workerapp.record(tag)`` to ``queue``; its id (``task_id=`` or ``TAG-xxxxxx``)."""
+    task_id = options.pop("task_id", None) or f"{tag}-{uuid.uuid4().hex[:6]}"
+    celery_app.record.apply_async((tag,), options.pop("kwargs", None) or {}, queue=queue, task_id=task_id, **options)
+    return task_id
+
+
+def revoked_on(app: Any, worker: WorkerProcess, timeout: float = 2) -> set[str]:
+    """The ids in ``worker``'s revoked set (``inspect revoked``): what it would drop now."""
+    replies = app.control.inspect([worker.nodename], timeout=timeout).revoked() or {}
+    return set(replies.get(worker.nodename, []))
+
+
+def held_by(celery_app: Any, worker: WorkerProcess, task_id: str) -> bool:
+    """``worker`` holds ``task_id`` as a scheduled (ETA) task (``inspect scheduled``)."""
+    replies = celery_app.app.control.inspect([worker.nodename], timeout=1).scheduled() or {}
+    return any(entry["request"]["id"] == task_id for entry in replies.get(worker.nodename, []))
+
+
+def status(celery_app: Any, worker: WorkerProcess, timeout: float = 2) -> dict[str, Any]:
+    """The worker's ``revstore_status`` reply; ``{}`` when it did not answer in time."""
+    replies = celery_app.app.control.inspect([worker.nodename], timeout=timeout).revstore_status() or {}
+    return replies.get(worker.nodename) or {}
+
+
+def heard_by(celery_app: Any, *workers: WorkerProcess) -> None:
+    """Control messages reach a worker in order: once it answers a ping, it has heard what came before."""
+    names = [w.nodename for w in workers]
+    replies = celery_app.app.control.ping(destination=names, timeout=10, limit=len(names))
+    assert {name for reply in replies for name in reply} == set(names), replies
+
+
+def discarded(worker: WorkerProcess, task_id: str, task: str = "workerapp.record") -> bool:
+    """``worker``'s log (since its last start) says it dropped ``task_id`` as revoked.
+
+    Celery logs this when a revoked task reaches the worker, or comes due,
+    and is not run: the event a negative check ("the revoked task did not
+    run") waits for instead of sleeping.
+    """
+    return f"Discarding revoked task: {task}[{task_id}]" in worker.output(since_start=True)
+
+
+def cli(cluster: Cluster, *args: str) -> str:
+    """``revstore ARGS`` with the cluster's environment; its stdout (it must succeed)."""
+    out = subprocess.run([REVSTORE, *args], env=dict(cluster.env), capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def csrf_of(page: Any) -> str:
+    """The CSRF token of a console form page (an ``httpx.Response``)."""
+    import re
+
+    match = re.search(r'name="csrf" value="([^"]+)"', page.text)
+    assert match, page.text[:500]
+    return match.group(1)

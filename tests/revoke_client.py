@@ -14,6 +14,8 @@ import time
 
 from celery import Celery
 
+from harness import BROKER_URL
+
 import revstore
 from revstore.store import RevocationStore
 
@@ -21,8 +23,7 @@ BATCH = 1000
 
 
 def main(mode: str, first: int, end: int, restore_mod: int, mine_from: int, mine_to: int) -> None:
-    broker = os.environ.get("TEST_BROKER", "redis://127.0.0.1:6379/5")
-    app = Celery("client", broker=broker)
+    app = Celery("client", broker=BROKER_URL)
     url, schema = os.environ["REVSTORE_URL"], os.environ["REVSTORE_SCHEMA"]
     ids = [f"c-{i:06d}" for i in range(first, end)]
     for start in range(0, len(ids), BATCH):

@@ -6,8 +6,7 @@ import time
 
 import pytest
 
-from harness import wait_for
-from test_worker_durability import send
+from harness import send, wait_for
 
 HOSTILE = ["'; DROP TABLE revstore_revocations; --", 'quote"s', "ünïcødé ✓", "a%s%%b", "back\\slash", "-- comment"]
 

@@ -13,8 +13,7 @@ import uuid
 from pathlib import Path
 
 from cli_helpers import Result, assert_one_line_error, revstore
-from conftest import BROKER_URL, PG_BASE
-from harness import wait_for
+from harness import BROKER_URL, PG_BASE, wait_for
 from revstore import health
 
 TESTS = Path(__file__).resolve().parent

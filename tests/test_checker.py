@@ -42,8 +42,7 @@ from sqlalchemy.exc import OperationalError
 import revstore
 from checker import FAULT_KINDS, Fault, History, Judge, Op, Run, Send, first, parse_faults
 from cli_helpers import revstore as revstore_cli
-from conftest import BROKER_URL, PG_BASE
-from harness import VISIBILITY, Cluster, Worker, await_redelivery, revoked_on, wait_for
+from harness import BROKER_URL, PG_BASE, PG_HOST, PG_PORT, PGBOUNCER_PORT, VISIBILITY, Cluster, Worker, await_redelivery, revoked_on, wait_for
 from proxy import TcpProxy
 from revstore import migrate
 
@@ -52,7 +51,6 @@ SECONDS = float(os.environ.get("CHECKER_SECONDS", "60"))
 FAULTS = parse_faults(os.environ.get("CHECKER_FAULTS"))
 HISTORY_DIR = Path(os.environ.get("CHECKER_HISTORY_DIR", ROOT / ".cache" / "checker"))
 POOLS = ("prefork", "threads", "solo", "gevent")
-PGBOUNCER_PORT = 6432
 #: Short intervals keep the settle allowance (and so the run) short.
 SYNC_INTERVAL = 1.0
 CLEANUP_INTERVAL = 2.0
@@ -351,14 +349,14 @@ class Driver:
 @pytest.fixture
 def proxies() -> Any:
     """A TCP proxy in front of PostgreSQL and one in front of PgBouncer: the workers' only way in."""
-    made = [TcpProxy(("127.0.0.1", 5432)), TcpProxy(("127.0.0.1", PGBOUNCER_PORT))]
+    made = [TcpProxy((PG_HOST, PG_PORT)), TcpProxy((PG_HOST, PGBOUNCER_PORT))]
     yield made
     for proxy in made:
         proxy.close()
 
 
 def pgbouncer_url() -> str:
-    return PG_BASE.replace("127.0.0.1:5432", f"127.0.0.1:{PGBOUNCER_PORT}")
+    return PG_BASE.replace(f"{PG_HOST}:{PG_PORT}", f"{PG_HOST}:{PGBOUNCER_PORT}")
 
 
 @pytest.mark.flaky(reruns=0)  # a finding must not be hidden by CI's reruns with another seed

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from cli_helpers import assert_one_line_error, revstore
-from conftest import PG_BASE
+from harness import make_store
 
 
 @pytest.fixture
@@ -67,7 +67,6 @@ def test_expired_rows_are_purged_from_the_cli(opts, store) -> None:
 
 
 def test_url_from_a_celery_app(tmp_path, request) -> None:
-    from conftest import make_store
 
     store = make_store("sqlite", request)
     url = store.url.render_as_string(hide_password=False)

@@ -11,7 +11,7 @@ from celery import Celery, chain
 from celery.result import AsyncResult, GroupResult
 
 import revstore
-from harness import wait_for
+from harness import held_by, revoked_on, wait_for
 from revstore import RevocationStore, migrate
 
 
@@ -102,7 +102,6 @@ def test_stamp_revokes_from_clients_are_durable(client, celery_app) -> None:
 def test_a_durable_broadcast_that_arrives_after_a_restore_does_not_revive_it(client, celery_app) -> None:
     """The table decides: NOTIFY can beat the broker, so a worker may sync a
     revoke *and* its restore before the revoke's broadcast reaches it."""
-    from test_worker_durability import revoked_on
 
     worker = client.worker("a").start()
     task_id = f"late-{uuid.uuid4().hex[:6]}"
@@ -125,7 +124,6 @@ def test_a_durable_broadcast_that_arrives_after_a_restore_does_not_revive_it(cli
 def test_revocations_outlive_the_eta_of_tasks_a_worker_holds(client, celery_app) -> None:
     """A 20 s default expiry must not let a task due in 5 minutes run: the worker
     holding it extends the row, whichever path the revocation took."""
-    from test_worker_durability import held_by
 
     worker = client.worker("a").start()
     ids = {tag: celery_app.record.apply_async((tag,), queue=worker.queue, countdown=300).id

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from celery import Celery
 
-from harness import TESTS, wait_for
+from harness import REDIS_URL, TESTS, wait_for
 
 from revstore.store import RevocationStore
 
@@ -92,7 +92,7 @@ CLIENTS = 4
 OVERLAP = 2_500
 
 
-BROKER = "redis://127.0.0.1:6379/7"  # its own: no other test's broadcasts reach these workers
+BROKER = f"{REDIS_URL}/7"  # its own: no other test's broadcasts reach these workers
 
 
 def client_plan(k: int) -> tuple[str, int, int, int, int, int]:

@@ -59,10 +59,11 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+from harness import PG_BASE, REDIS_URL
+
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = sorted((ROOT / "docs").glob("*.md")) + [ROOT / "README.md"]
-PG_BASE = os.environ.get("REVSTORE_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-REDIS_HOST = os.environ.get("REVSTORE_TEST_REDIS", "redis://127.0.0.1:6379").rstrip("/")
+REDIS_HOST = REDIS_URL.rstrip("/")
 #: Redis databases the docs' samples may use (the worker tests use 5 and 6):
 #: each run takes one no concurrent run holds, see :func:`redis_db`.
 REDIS_DBS = range(10, 16)

@@ -21,14 +21,12 @@ from typing import Any
 import pytest
 from sqlalchemy import select, text
 
-from harness import Cluster, wait_for
+from harness import Cluster, cli, held_by, revoked_on, send, status, wait_for
 from pgcluster import Pair, pg_pair  # noqa: F401 (a fixture)
 from proxy import TcpProxy
 from revstore import migrate
 from revstore.roles import worker_sql
 from revstore.store import RevocationStore
-from test_reliability import status
-from test_worker_durability import cli, held_by, revoked_on, send
 
 #: Seconds between polls in these tests: what "within the poll interval" is measured against.
 POLL = 0.5

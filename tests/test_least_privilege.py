@@ -16,10 +16,9 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.exc import DBAPIError
 
 from cli_helpers import revstore
-from harness import wait_for
+from harness import held_by, send, wait_for
 from revstore.config import normalize_url
 from revstore.roles import WORKER_MARK
-from test_worker_durability import held_by, send
 
 pytestmark = pytest.mark.parametrize("backend", ["postgresql", "mariadb"])
 

@@ -21,11 +21,10 @@ import pytest
 from sqlalchemy import select
 
 import releases
-from harness import wait_for
+from harness import make_store, revoked_on, send, wait_for
 from revstore import keys
 from revstore.store import RevocationStore, Target
 from revstore.transfer import export_jsonl, parse_jsonl
-from test_worker_durability import revoked_on, send
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -74,7 +73,6 @@ def test_a_key_that_looks_like_a_digest_never_meets_the_key_it_names(store: Revo
 
 
 def test_export_and_import_carry_long_and_odd_keys(request: pytest.FixtureRequest, store: RevocationStore) -> None:
-    from conftest import make_store
 
     store.add(ALL, reason="long")
     out = io.StringIO()

@@ -15,9 +15,8 @@ from pathlib import Path
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import PG_BASE
+from harness import PG_BASE, wait_for
 from console_server import ConsoleServer
-from harness import wait_for
 from revstore.web import metrics
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"

@@ -10,7 +10,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, inspect, text
 
 from cli_helpers import assert_one_line_error, revstore
-from conftest import PG_BASE, mysql_url
+from harness import PG_BASE, mysql_url
 from revstore import migrate
 from revstore.config import normalize_url
 from revstore.schema import build_tables

@@ -15,8 +15,7 @@ import uuid
 
 from celery import Celery
 
-from conftest import BROKER_URL
-from harness import Cluster, Worker, wait_for
+from harness import BROKER_URL, Cluster, Worker, wait_for
 
 STORED = 200_000
 

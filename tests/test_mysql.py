@@ -12,7 +12,7 @@ from urllib.parse import quote
 
 from sqlalchemy import create_engine, text
 
-from conftest import mysql_url
+from harness import mysql_url
 from revstore import migrate
 from revstore.config import normalize_url
 from revstore.store import RevocationStore, Target

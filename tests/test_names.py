@@ -17,10 +17,8 @@ from celery import Celery, chain
 from celery.result import AsyncResult
 
 import revstore
-from conftest import PG_BASE
-from harness import Cluster, Worker, wait_for
+from harness import PG_BASE, Cluster, Worker, cli, held_by, state_files, wait_for
 from revstore.store import Target
-from test_worker_durability import cli, held_by
 
 CHARGE = "workerapp.charge"
 BACKLOG = int(os.environ.get("TEST_NAME_BACKLOG", "100"))
@@ -98,7 +96,6 @@ def test_a_backlog_of_one_name_is_discarded_online_offline_and_after_sigkill(
 @pytest.mark.timeout(180)
 def test_a_worker_started_from_its_local_snapshot_during_an_outage_applies_name_rules(
         cluster_factory, celery_app, pg_proxy) -> None:  # type: ignore[no-untyped-def]
-    from test_outage import state_files
 
     cluster = cluster_factory("postgresql", worker_url=pg_proxy.url)
     cluster.store.add([Target.name(CHARGE, {"customer_id": 5})], expires=600)

@@ -14,28 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from harness import await_redelivery, wait_for
+from harness import await_redelivery, heard_by, held_by, revoked_on, send, state_files, status, wait_for
 from revstore.localstate import frame
 from revstore.sync import PendingWrite
 from revstore.store import Target
-from test_reliability import status
-from test_worker_durability import held_by, revoked_on, send
-
-
-def state_files(cluster, worker, suffix: str) -> list[Path]:  # type: ignore[no-untyped-def]
-    return sorted((cluster.tmp / "state").glob(f"{worker.nodename}.*{suffix}"))
 
 
 def spooled(task_id: str) -> bytes:
     """One spool record, exactly as a worker writes it."""
     return frame(json.dumps(PendingWrite([Target.task(task_id)], heard=time.time()).record()).encode())
-
-
-def heard_by(celery_app, *workers) -> None:  # type: ignore[no-untyped-def]
-    """Control messages reach a worker in order: once it answers a ping, it has heard what came before."""
-    names = [w.nodename for w in workers]
-    replies = celery_app.app.control.ping(destination=names, timeout=10, limit=len(names))
-    assert {name for reply in replies for name in reply} == set(names), replies
 
 
 def test_sigkill_and_restart_during_an_outage_lose_nothing(cluster_factory, celery_app, pg_proxy) -> None:

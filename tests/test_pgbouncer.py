@@ -13,7 +13,6 @@ import multiprocessing
 import re
 import socket
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -23,21 +22,20 @@ from celery import Celery
 from sqlalchemy import text
 
 from cli_helpers import revstore
-from conftest import PG_BASE, REDIS_URL
-from harness import revoked_on, wait_for
+from harness import BROKER_URL, PG_BASE, PG_HOST, PG_PORT, PGBOUNCER_PORT, revoked_on, status, wait_for
 from revstore import client, migrate
 from revstore.store import RevocationStore
 
 ROOT = Path(__file__).resolve().parent.parent
-TRANSACTION_PORT = 6432
-BROKER = "redis://127.0.0.1:6379/5"  # workerapp's broker
+TRANSACTION_PORT = PGBOUNCER_PORT
+BROKER = BROKER_URL  # workerapp's broker
 #: what a database error looks like in a worker log (psycopg/SQLAlchemy class
 #: names, revstore's retry warning, PgBouncer/psycopg prepared-statement trouble)
 DB_ERROR = re.compile(r"Error\b|Traceback|prepared statement|database error|retrying in")
 
 
 def via(port: int, url: str = PG_BASE) -> str:
-    return url.replace("127.0.0.1:5432", f"127.0.0.1:{port}")
+    return url.replace(f"{PG_HOST}:{PG_PORT}", f"{PG_HOST}:{port}")
 
 
 def reachable(port: int) -> bool:
@@ -66,11 +64,6 @@ def session_pgbouncer(tmp_path_factory):  # type: ignore[no-untyped-def]
     yield via(port)
     pid = int((folder / "pgbouncer.pid").read_text())
     subprocess.run(["kill", str(pid)], check=False)
-
-
-def status(celery_app, worker) -> dict:
-    replies = celery_app.app.control.inspect([worker.nodename], timeout=3)._request("revstore_status") or {}
-    return replies.get(worker.nodename) or {}
 
 
 def cli(env: dict[str, str], *args: str) -> str:
@@ -138,7 +131,7 @@ def test_sync_heavy_run_through_pgbouncer_logs_no_database_error(cluster_factory
         assert_no_database_error(w)
         # LISTEN through the transaction pooler hears nothing: found out, said once
         assert w.output().count("did not hear its probe notification") == 1, w.output()[-2000:]
-        state = status(celery_app, w)
+        state = status(celery_app, w, timeout=3)
         assert state["listener_live"] is False and "probe" in state["listener_problem"]
         assert state["poll_interval"] == 0.2
 
@@ -155,7 +148,7 @@ def test_table_only_revoke_stops_a_task_behind_pgbouncer(cluster_factory, celery
     polled = stop_graceful_task(cluster, celery_app, default)
     print(f"table-only revoke -> graceful stop, default settings behind PgBouncer: {polled:.2f} s")
     assert polled < 6.0
-    assert status(celery_app, default)["poll_interval"] == 5.0
+    assert status(celery_app, default, timeout=3)["poll_interval"] == 5.0
 
     woken = stop_graceful_task(cluster, celery_app, waking, env={"CELERY_BROKER_URL": BROKER})
     print(f"table-only revoke + broker wake-up (CELERY_BROKER_URL, no app, poll 60 s) -> graceful stop: {woken:.2f} s")
@@ -167,7 +160,7 @@ def test_table_only_revoke_stops_a_task_behind_pgbouncer(cluster_factory, celery
 def test_listen_url_direct_stops_a_task_within_a_second_and_a_half(cluster_factory, celery_app, pgbouncer) -> None:
     cluster = cluster_factory("postgresql", worker_url=functools.partial(via, TRANSACTION_PORT))
     worker = cluster.worker("a", REVSTORE_LISTEN_URL=PG_BASE).start()
-    wait_for(lambda: status(celery_app, worker).get("listener_live"), 15, what="the direct listener")
+    wait_for(lambda: status(celery_app, worker, timeout=3).get("listener_live"), 15, what="the direct listener")
 
     latency = stop_graceful_task(cluster, celery_app, worker)
     print(f"table-only revoke -> graceful stop, LISTEN direct, rest through PgBouncer: {latency:.2f} s")
@@ -187,16 +180,16 @@ def test_listener_that_stops_hearing_falls_back_to_polling(cluster_factory, cele
         cluster = cluster_factory("postgresql", worker_url=functools.partial(via, TRANSACTION_PORT))
         worker = cluster.worker("a", REVSTORE_LISTEN_URL=proxy.url(PG_BASE) + "?sslmode=disable",
                                 REVSTORE_LISTEN_CHECK_INTERVAL="2").start()
-        wait_for(lambda: status(celery_app, worker).get("listener_live"), 15, what="the listener")
-        assert status(celery_app, worker)["poll_interval"] == 30.0
+        wait_for(lambda: status(celery_app, worker, timeout=3).get("listener_live"), 15, what="the listener")
+        assert status(celery_app, worker, timeout=3)["poll_interval"] == 30.0
 
         proxy.drop_notifications = True  # the connection lives on; NOTIFY never arrives
         dropped = time.monotonic()
-        wait_for(lambda: status(celery_app, worker).get("listener_live") is False, 15, what="the worker to notice")
+        wait_for(lambda: status(celery_app, worker, timeout=3).get("listener_live") is False, 15, what="the worker to notice")
         noticed = time.monotonic() - dropped
         print(f"notifications dropped -> worker polls again after {noticed:.1f} s (check every 2 s + 3 s probe)")
         assert noticed < 8
-        state = status(celery_app, worker)
+        state = status(celery_app, worker, timeout=3)
         assert state["poll_interval"] == 5.0 and "probe" in state["listener_problem"]
         assert "did not hear its probe notification" in worker.output()
 
@@ -204,7 +197,7 @@ def test_listener_that_stops_hearing_falls_back_to_polling(cluster_factory, cele
         wait_for(lambda: "while-deaf" in revoked_on(celery_app.app, worker), 8, what="the poll to bring the revoke")
 
         proxy.drop_notifications = False
-        wait_for(lambda: status(celery_app, worker).get("listener_live"), 15, what="the listener to recover")
+        wait_for(lambda: status(celery_app, worker, timeout=3).get("listener_live"), 15, what="the listener to recover")
         assert "listener reconnected" in worker.output()
         assert_no_database_error(worker)
     finally:

@@ -20,8 +20,7 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
-from conftest import PG_BASE
-from harness import Cluster, Worker, wait_for
+from harness import PG_BASE, Cluster, Worker, wait_for
 from revstore import migrate
 from revstore.store import RevocationStore, Target
 

@@ -16,10 +16,9 @@ import pytest
 from sqlalchemy import text
 
 import revstore
-from harness import wait_for
+from harness import revoked_on, send, status, wait_for
 from revstore import Target
 from revstore.errors import DatabaseUnavailable
-from test_worker_durability import revoked_on, send
 
 PASSWORD = "Pr0xyPassw0rd"  # it must never be printed
 
@@ -48,11 +47,6 @@ def with_password(backend: str, request: pytest.FixtureRequest) -> Callable[[str
         return url.replace("root@", f"{user}:{PASSWORD}@")
 
     return rewrite
-
-
-def status(celery_app, worker) -> dict:  # type: ignore[no-untyped-def]
-    replies = celery_app.app.control.inspect([worker.nodename], timeout=2).revstore_status() or {}
-    return replies.get(worker.nodename) or {}
 
 
 def test_outage_while_running_keeps_revocations_and_lands_them_later(

@@ -12,10 +12,7 @@ from __future__ import annotations
 import time
 import uuid
 
-from harness import wait_for
-from test_outage import state_files
-from test_reliability import status
-from test_worker_durability import revoked_on, send
+from harness import revoked_on, send, state_files, status, wait_for
 
 
 def test_table_only_revokes_of_a_workers_first_seconds_survive_its_sigkill(cluster_factory, celery_app) -> None:

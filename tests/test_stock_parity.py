@@ -18,7 +18,7 @@ from celery.utils.timer2 import Timer
 from celery.worker import control as celery_control
 from celery.worker import state as worker_state
 
-from harness import wait_for
+from harness import revoked_on, send, wait_for
 from revstore import control
 from revstore.config import load_settings
 from revstore.errors import InvalidInput
@@ -217,7 +217,6 @@ def test_shutdown_disconnects_the_task_received_receiver(sqlite_url: str) -> Non
 
 def test_real_workers_over_redis_stock_and_revstore_side_by_side(cluster_factory, celery_app) -> None:
     """A few odd broadcasts to a stock worker and a revstore worker: revstore's memory holds all of stock's."""
-    from test_worker_durability import revoked_on, send
 
     cluster = cluster_factory("postgresql", revstore_sync_interval=1)
     stock_worker = cluster.worker("stock", REVSTORE_URL="")  # no URL: the bootstep is off, stock Celery

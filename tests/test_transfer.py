@@ -7,8 +7,7 @@ import time
 from datetime import timezone
 
 from cli_helpers import assert_one_line_error, revstore
-from harness import wait_for
-from test_worker_durability import send
+from harness import make_store, send, wait_for
 
 
 def opts_for(store) -> list[str]:  # type: ignore[no-untyped-def]
@@ -45,7 +44,6 @@ def test_statedb_written_by_stock_celery_is_imported_and_honoured(cluster_factor
 
 
 def test_export_then_import_round_trips_every_row(request, tmp_path) -> None:
-    from conftest import make_store
     from revstore.store import Target
 
     source = make_store("postgresql", request)

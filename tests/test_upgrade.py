@@ -19,12 +19,10 @@ from sqlalchemy import select
 
 import revstore
 from cli_helpers import revstore as new_cli
-from conftest import LATER_RELEASE, PG_BASE
-from harness import Cluster, Worker, wait_for
+from harness import LATER_RELEASE, PG_BASE, Cluster, Worker, revoked_on, send, wait_for
 from releases import Release, before_audit, before_name_rules, build, previous_version
 from revstore import migrate
 from revstore.store import RevocationStore
-from test_worker_durability import revoked_on, send
 
 
 @pytest.fixture(scope="module")

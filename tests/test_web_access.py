@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -20,18 +19,11 @@ from contextlib import contextmanager
 import httpx
 
 from cli_helpers import assert_one_line_error, revstore
-from conftest import PG_BASE
+from harness import PG_BASE, csrf_of, wait_for
 from console_server import ConsoleServer
-from harness import wait_for
 from revstore.web import Credentials
 
 TOKEN = "net-token-123"
-
-
-def csrf_of(page: httpx.Response) -> str:
-    match = re.search(r'name="csrf" value="([^"]+)"', page.text)
-    assert match, page.text[:500]
-    return match.group(1)
 
 
 def test_the_eleventh_wrong_login_in_a_minute_gets_429(pg_store, caplog) -> None:

@@ -11,7 +11,7 @@ import pytest
 
 from console_server import ConsoleServer
 from revstore.web import Credentials
-from test_web_security import csrf_of
+from harness import csrf_of
 
 TOKEN = "api-token-42"
 BEARER = {"Authorization": f"Bearer {TOKEN}"}

@@ -11,7 +11,7 @@ from console_server import ConsoleServer
 from revstore.errors import ConfigurationError
 from revstore.web import Credentials
 from revstore.web.auth import parse_tokens
-from test_web_security import csrf_of
+from harness import csrf_of
 
 TOKENS = "alice:tok-alice-1,bob:tok-bob-2"
 

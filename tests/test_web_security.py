@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from console_server import ConsoleServer
+from harness import csrf_of
 from revstore.store import RevocationStore, Target
 from revstore.web import Credentials
 
@@ -24,12 +25,6 @@ def csrf_from_cookie(client: httpx.Client) -> str:
     """The session's CSRF token as a page of this session would embed it (the cookie is signed, not secret)."""
     body = client.cookies["revstore_session"].rpartition(".")[0]
     return json.loads(base64.urlsafe_b64decode(body))["c"]
-
-
-def csrf_of(page: httpx.Response) -> str:
-    match = re.search(r'name="csrf" value="([^"]+)"', page.text)
-    assert match, page.text[:500]
-    return match.group(1)
 
 
 @pytest.fixture
@@ -130,7 +125,7 @@ def test_oversized_paste_and_bad_ids_are_inline_errors(console, pg_store) -> Non
 
 
 def test_database_password_is_never_shown(pg_store, pg_schema) -> None:
-    from conftest import PG_BASE
+    from harness import PG_BASE
     from revstore.store import RevocationStore
 
     secret = "hunter2-pw"

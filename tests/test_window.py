@@ -16,7 +16,7 @@ from sqlalchemy import select
 
 import revstore
 from cli_helpers import revstore as run_cli
-from conftest import LATER_RELEASE, PG_BASE
+from harness import LATER_RELEASE, PG_BASE
 from revstore import migrate
 from revstore.errors import RevstoreError, SchemaError
 from revstore.schema import version_table

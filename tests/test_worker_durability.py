@@ -2,37 +2,14 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 from celery.result import AsyncResult
 
-from harness import await_redelivery, revoked_on, wait_for
+from harness import await_redelivery, cli, held_by, revoked_on, send, wait_for
 from revstore.store import Target
-
-REVSTORE = str(Path(sys.executable).with_name("revstore"))
-
-
-def cli(cluster, *args: str) -> str:
-    env = {k: v for k, v in cluster.env.items()}
-    out = subprocess.run([REVSTORE, *args], env=env, capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    return out.stdout
-
-
-def send(celery_app, queue: str, tag: str, **options) -> str:
-    task_id = options.pop("task_id", None) or f"{tag}-{uuid.uuid4().hex[:6]}"
-    celery_app.record.apply_async((tag,), options.pop("kwargs", None) or {}, queue=queue, task_id=task_id, **options)
-    return task_id
-
-
-def held_by(celery_app, worker, task_id: str) -> bool:
-    replies = celery_app.app.control.inspect([worker.nodename], timeout=1).scheduled() or {}
-    return any(entry["request"]["id"] == task_id for entry in replies.get(worker.nodename, []))
 
 
 @pytest.mark.parametrize("backend", ["postgresql", "sqlite", "mariadb"])

@@ -16,12 +16,13 @@ from typing import Any
 from celery import Celery
 
 import revstore
+from harness import BROKER_URL, RESULT_URL, VISIBILITY
 from revstore import RevocableTask
 
 app = Celery(
     "workerapp",
-    broker=os.environ.get("TEST_BROKER", "redis://127.0.0.1:6379/5"),
-    backend=os.environ.get("TEST_BACKEND", "redis://127.0.0.1:6379/6"),
+    broker=BROKER_URL,
+    backend=RESULT_URL,
 )
 app.conf.update(
     task_default_queue=os.environ.get("TEST_QUEUE", "revstore-tests"),
@@ -29,7 +30,7 @@ app.conf.update(
     # A SIGKILLed worker's unacked messages come back after a few seconds
     # (kombu's Redis defaults take an hour and scan every ~100 s).
     broker_transport_options={
-        "visibility_timeout": float(os.environ.get("TEST_VISIBILITY", "4")),
+        "visibility_timeout": VISIBILITY,
         "unacked_restore_interval": 1,
         "unacked_restore_throttle": 1,
         # each test's workers keep their own unacked bookkeeping: a worker SIGKILLed during its start-up sweep
