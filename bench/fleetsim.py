@@ -63,16 +63,6 @@ class WatchedMemory(WorkerMemory):
         return live
 
 
-class CountedSync(RevocationSync):
-    """The real sync, counting the database errors it retries."""
-
-    errors: Counter[str]
-
-    def _failed(self, exc: Exception) -> None:
-        self.errors[short_error(exc).splitlines()[0][:120]] += 1
-        super()._failed(exc)
-
-
 def make_store(spec: Spec, name: str) -> RevocationStore:
     """One worker's store: one pooled connection, no server-side prepared statements.
 
@@ -89,15 +79,18 @@ def make_store(spec: Spec, name: str) -> RevocationStore:
 class SimWorker:
     def __init__(self, spec: Spec, hostname: str, seen: list[tuple[str, float]], errors: Counter[str]) -> None:
         self.spec, self.hostname, self.seen, self.errors = spec, hostname, seen, errors
-        self.sync: CountedSync | None = None
+        self.sync: RevocationSync | None = None
+
+    def count_error(self, exc: Exception) -> None:
+        self.errors[short_error(exc).splitlines()[0][:120]] += 1
 
     def start(self) -> float | None:
         """Connect and load everything, as a starting worker does; the time loaded, or None if it failed."""
         settings = load_settings(environ={}, revstore_url=self.spec.url, revstore_schema=self.spec.schema,
                                  revstore_listen=False)
         store = make_store(self.spec, self.spec.app_name)
-        sync = CountedSync(store, settings, WatchedMemory(self.seen), self.hostname)
-        sync.errors = self.errors
+        sync = RevocationSync(store, settings, WatchedMemory(self.seen), self.hostname)
+        sync.on_error = self.count_error  # the database errors the real sync retries
         try:
             sync.load()
         except Exception as exc:  # a real worker exits here with one CRITICAL line

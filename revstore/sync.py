@@ -169,6 +169,9 @@ class RevocationSync:
         #: apply, so the loop thread can drain at once instead of at its
         #: next timer tick; set by the bootstep
         self.wake_loop: Callable[[], None] | None = None
+        #: public hook: called (from the database thread) with each error the thread
+        #: retries after, e.g. to count them (bench/fleetsim.py); it must not raise
+        self.on_error: Callable[[Exception], None] | None = None
 
     @property
     def listener_live(self) -> bool:
@@ -458,6 +461,8 @@ class RevocationSync:
                 return
 
     def _failed(self, exc: Exception) -> None:
+        if self.on_error is not None:
+            self.on_error(exc)
         if self._pending:
             self.commit_failures += 1
         self._backoff = min(BACKOFF_MAX, max(BACKOFF_MIN, self._backoff * 2))
