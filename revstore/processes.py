@@ -72,6 +72,21 @@ def killpg(pgid: int, signum: int) -> None:
         pass
 
 
+def process_alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie waiting to be reaped counts as dead)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
 @dataclass
 class WorkerProcess:
     """One ``celery worker`` process group, logging to ``log`` (appended to on every start)."""

@@ -177,6 +177,14 @@ def held_by(celery_app: Any, worker: WorkerProcess, task_id: str) -> bool:
     return any(entry["request"]["id"] == task_id for entry in replies.get(worker.nodename, []))
 
 
+def running_pid(celery_app: Any, worker: WorkerProcess, task_id: str) -> int:
+    """The pid of the pool process running ``task_id`` on ``worker`` (``inspect active``)."""
+    def pid() -> int | None:
+        replies = celery_app.app.control.inspect([worker.nodename], timeout=1).active() or {}
+        return next((t["worker_pid"] for t in replies.get(worker.nodename, []) if t["id"] == task_id), None)
+    return wait_for(pid, 10, what=f"{task_id} to be active on {worker.nodename}")
+
+
 def status(celery_app: Any, worker: WorkerProcess, timeout: float = 2) -> dict[str, Any]:
     """The worker's ``revstore_status`` reply; ``{}`` when it did not answer in time."""
     replies = celery_app.app.control.inspect([worker.nodename], timeout=timeout).revstore_status() or {}

@@ -76,8 +76,8 @@ class TcpProxy:
             conn.close()
         self._flowing.set()
 
-    def cut(self) -> None:
-        """Drop every open connection but keep accepting new ones."""
+    def cut(self) -> int:
+        """Drop every open connection but keep accepting new ones; how many client connections it dropped."""
         with self._lock:
             conns, self._conns = self._conns, []
         for conn in conns:
@@ -86,6 +86,7 @@ class TcpProxy:
             except OSError:
                 pass
             conn.close()
+        return len(conns) // 2  # a client's socket and its upstream's
 
     def _accept(self, server: socket.socket) -> None:
         while True:

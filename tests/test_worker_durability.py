@@ -8,7 +8,8 @@ import uuid
 import pytest
 from celery.result import AsyncResult
 
-from harness import await_redelivery, cli, held_by, revoked_on, send, wait_for
+from harness import await_redelivery, cli, discarded, held_by, revoked_on, running_pid, send, wait_for
+from revstore.processes import process_alive
 from revstore.store import Target
 
 
@@ -32,7 +33,7 @@ def test_revoked_eta_task_never_runs_after_sigkill_and_restart(cluster_factory, 
     worker.start()
     # the un-revoked twin proves the messages came back to the restarted worker
     wait_for(lambda: cluster.finished("control-eta"), 40, what="the control task to run after restart")
-    time.sleep(1)
+    wait_for(lambda: discarded(worker, revoked), 20, what="the restarted worker to discard the revoked task")
     assert not cluster.ran("revoked-eta")
     assert AsyncResult(revoked, app=celery_app.app).state == "REVOKED"
 
@@ -53,7 +54,7 @@ def test_offline_worker_honours_revocations_it_never_heard(cluster_factory, cele
 
     b.start()
     wait_for(lambda: cluster.finished("control"), 30, what="the control task")
-    time.sleep(1)
+    wait_for(lambda: discarded(b, heard_by_a) and discarded(b, cli_only), 10, what="B to discard both revoked tasks")
     assert not cluster.ran("revoked-broadcast")
     assert not cluster.ran("revoked-cli")
 
@@ -83,6 +84,7 @@ def test_terminate_written_only_to_table_kills_running_task(cluster_factory, cel
     b = cluster.worker("b").start()
     task_id = send(celery_app, b.queue, "long", kwargs={"sleep": 30})
     wait_for(lambda: cluster.ran("long"), 15, what="the long task to start")
+    pid = running_pid(celery_app, b, task_id)
 
     cli(cluster, "revoke", task_id, "--terminate", "--signal", "SIGKILL")
     started = time.monotonic()  # the row is committed: the CLI's start-up (seconds on a loaded machine) is behind us
@@ -91,7 +93,8 @@ def test_terminate_written_only_to_table_kills_running_task(cluster_factory, cel
     elapsed = time.monotonic() - started
     print(f"terminate via table only ({backend}): {elapsed:.2f}s after the commit")
     assert elapsed <= sync_interval + 2.0  # + the kill, the result write and its polling
-    time.sleep(1)
+    # the pool process running it is gone, so it can never finish
+    wait_for(lambda: not process_alive(pid), 10, what=f"the task's pool process {pid} to be killed")
     assert not cluster.finished("long")
 
 
@@ -106,10 +109,10 @@ def test_stamped_header_revocations_survive_restart(cluster_factory, celery_app)
 
     stamped = celery_app.record.s("stamped").set(queue=worker.queue)
     stamped.stamp(batch="nightly-7")
-    stamped.apply_async()
+    stamped_id = stamped.apply_async().id
     send(celery_app, worker.queue, "unstamped")
     wait_for(lambda: cluster.finished("unstamped"), 20, what="the unstamped task")
-    time.sleep(1.5)
+    wait_for(lambda: discarded(worker, stamped_id), 10, what="the stamped task to be discarded")
     assert not cluster.ran("stamped")
 
 
@@ -124,7 +127,7 @@ def test_200k_stored_revocations_all_stay_effective(cluster_factory, celery_app)
         send(celery_app, worker.queue, task_id, task_id=task_id)
     send(celery_app, worker.queue, "control")
     wait_for(lambda: cluster.finished("control"), 30, what="the control task")
-    time.sleep(1)
+    wait_for(lambda: all(discarded(worker, t) for t in sample), 10, what="every sampled task to be discarded")
     assert [t for t in sample if cluster.ran(t)] == []
 
 
@@ -145,5 +148,5 @@ def test_expired_revocations_leave_table_and_memory(cluster_factory, celery_app,
     send(celery_app, worker.queue, "was-short", task_id=short)
     send(celery_app, worker.queue, "still-long", task_id=long_)
     wait_for(lambda: cluster.finished("was-short"), 20, what="the expired revocation's task to run")
-    time.sleep(1)
+    wait_for(lambda: discarded(worker, long_), 10, what="the still-revoked task to be discarded")
     assert not cluster.ran("still-long")
