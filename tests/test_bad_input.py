@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from harness import send, wait_for
+from harness import discarded, send, wait_for
 
 HOSTILE = ["'; DROP TABLE revstore_revocations; --", 'quote"s', "ünïcødé ✓", "a%s%%b", "back\\slash", "-- comment"]
 
@@ -61,6 +61,6 @@ def test_a_million_ids_in_one_revoke(cluster_factory, celery_app) -> None:
     send(celery_app, worker.queue, "m-after", task_id="m999999")
     send(celery_app, worker.queue, "alive")
     wait_for(lambda: cluster.finished("alive"), 60, what="the worker to keep processing")
-    time.sleep(0.5)
+    wait_for(lambda: discarded(worker, "m999999"), 30, what="the revoked task to be discarded")
     assert not cluster.ran("m-after")
     assert worker.proc.poll() is None

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from cli_helpers import assert_one_line_error, revstore
-from harness import make_store
+from harness import make_store, wait_for
 
 
 @pytest.fixture
@@ -59,9 +59,7 @@ def test_revoke_list_show_restore_stats_round_trip(opts, store) -> None:
 def test_expired_rows_are_purged_from_the_cli(opts, store) -> None:
     store.add(["soon"], expires=0.5)
     store.add(["later"], expires=3600)
-    import time
-
-    time.sleep(1)
+    wait_for(lambda: store.stats()["expired_awaiting_cleanup"] == 1, 10, what="the short row to expire")
     assert "deleted 1" in revstore(*opts, "purge-expired").out
     assert store.get("soon") is None and store.is_revoked("later")
 

@@ -11,7 +11,7 @@ from celery import Celery, chain
 from celery.result import AsyncResult, GroupResult
 
 import revstore
-from harness import held_by, revoked_on, wait_for
+from harness import discarded, heard_by, held_by, revoked_on, wait_for
 from revstore import RevocationStore, migrate
 
 
@@ -43,15 +43,16 @@ def test_revoke_with_no_worker_running_is_honoured_later(client, celery_app) -> 
 
     worker.start()
     wait_for(lambda: client.finished("control"), 30, what="the control task")
-    time.sleep(1)
+    wait_for(lambda: all(discarded(worker, t) for t in ids[:3]), 10, what="the three revoked tasks to be discarded")
     assert not client.ran("api") and not client.ran("stock") and not client.ran("group")
 
 
 def test_running_task_stops_cleanly_within_one_step(client, celery_app) -> None:
     worker = client.worker("a").start()
     result = celery_app.steps.apply_async(("graceful",), {"n": 100, "step": 0.1}, queue=worker.queue)
-    wait_for(lambda: (client.out / "step-graceful").exists(), 15, what="the task to start stepping")
-    time.sleep(0.5)
+    # a few steps in: the revoke comes to a task that is well under way
+    wait_for(lambda: (client.out / "step-graceful").exists() and int((client.out / "step-graceful").read_text() or 0) >= 4,
+             15, what="the task to take a few steps")
 
     revoked_at = time.time()
     celery_app.app.control.revoke(result.id)  # no terminate: the task decides how to stop
@@ -83,7 +84,8 @@ def test_revoking_a_chain_root_stops_the_rest_everywhere_across_restart(client, 
     b.kill()  # B restarts from the table alone
     b.start()
     wait_for(lambda: client.finished("c1"), 10, what="the running link to finish")
-    time.sleep(3)
+    # c1 sent c2 on to B when it finished: B drops it, so c2 never sends c3
+    wait_for(lambda: discarded(b, workflow.parent.id), 20, what="B to discard the second link")
     assert not client.ran("c2") and not client.ran("c3")
     assert AsyncResult(workflow.parent.id, app=celery_app.app).state == "REVOKED"
 
@@ -115,8 +117,8 @@ def test_a_durable_broadcast_that_arrives_after_a_restore_does_not_revive_it(cli
     # the revoke's broadcast, delivered late, exactly as revstore.revoke sends it
     celery_app.app.control.broadcast("revoke", arguments={"task_id": [task_id], "revstore_durable": written_at},
                                      destination=[worker.nodename])
-    time.sleep(1.5)
-    assert task_id not in revoked_on(celery_app.app, worker)
+    heard_by(celery_app, worker)  # it applied the broadcast and queued the recheck against the table
+    wait_for(lambda: task_id not in revoked_on(celery_app.app, worker), 10, what="the recheck to drop the late revoke")
     celery_app.record.apply_async(("late",), queue=worker.queue, task_id=task_id)
     wait_for(lambda: client.finished("late"), 20, what="the restored task to run")
 

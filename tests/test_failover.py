@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select, text
 
-from harness import Cluster, cli, held_by, revoked_on, send, status, wait_for
+from harness import Cluster, cli, discarded, held_by, revoked_on, send, status, wait_for
 from pgcluster import Pair, pg_pair  # noqa: F401 (a fixture)
 from proxy import TcpProxy
 from revstore import migrate
@@ -88,7 +88,7 @@ def assert_eta_task_never_runs(celery_app, cluster: Cluster, worker, revoke) -> 
     revoke(revoked)
     assert not cluster.ran("control-eta"), "the ETA passed before the revoke: the test proves nothing"
     wait_for(lambda: cluster.finished("control-eta"), ETA + 30, what="the un-revoked ETA task to run")
-    time.sleep(1)
+    wait_for(lambda: discarded(worker, revoked), 10, what="the revoked ETA task to be discarded when due")
     assert not cluster.ran("revoked-eta"), "a task revoked in the table after the database changed ran"
 
 
@@ -172,7 +172,7 @@ def test_a_snapshot_of_a_dropped_and_recreated_database_is_not_trusted(cluster_f
 
     worker.start()
     wait_for(lambda: cluster.finished("control-eta"), ETA + 40, what="the un-revoked ETA task to run")
-    time.sleep(1)
+    wait_for(lambda: discarded(worker, revoked), 10, what="the revoked ETA task to be discarded when due")
     assert not cluster.ran("revoked-eta"), "a task revoked in the re-created database ran"
     assert control
     log = worker.output()
@@ -241,7 +241,7 @@ def test_failover_to_a_replica_that_missed_commits(pg_pair: Pair, tmp_path: Path
         send(celery_app, workers[0].queue, "still-revoked", task_id=heard[1])
         wait_for(lambda: cluster.finished("control") and cluster.finished("restored"), 30,
                  what="the control task and the restored one to run")
-        time.sleep(1)
+        wait_for(lambda: discarded(workers[0], heard[1]), 10, what="the still-revoked task to be discarded")
         assert not cluster.ran("still-revoked") and control
         for w in workers:
             assert status(celery_app, w)["rewound"], f"{w.name} does not report the failover"

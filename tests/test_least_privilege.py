@@ -7,7 +7,6 @@ worker that tried any DDL would fail here.  On PostgreSQL and on MariaDB.
 
 from __future__ import annotations
 
-import time
 import uuid
 from typing import Any
 
@@ -16,7 +15,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.exc import DBAPIError
 
 from cli_helpers import revstore
-from harness import held_by, send, wait_for
+from harness import discarded, held_by, send, wait_for
 from revstore.config import normalize_url
 from revstore.roles import WORKER_MARK
 
@@ -103,7 +102,7 @@ def test_worker_with_dml_only_role_loads_writes_syncs_and_cleans(
         wait_for(lambda: worker.nodename.split("@")[0] in " ".join(cluster.store.stats()["listeners"]), 10,
                  what="the worker's listener")
     wait_for(lambda: not held_by(celery_app, worker, eta), 20, what="the ETA to pass")
-    time.sleep(0.5)
+    wait_for(lambda: discarded(worker, stored) and discarded(worker, eta), 10, what="both revoked tasks to be discarded")
     assert not cluster.ran("stored") and not cluster.ran("eta")
     log = worker.output().lower()
     assert "permission denied" not in log and "command denied" not in log and "traceback" not in log

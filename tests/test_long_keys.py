@@ -14,14 +14,13 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 from sqlalchemy import select
 
 import releases
-from harness import make_store, revoked_on, send, wait_for
+from harness import discarded, make_store, revoked_on, send, wait_for
 from revstore import keys
 from revstore.store import RevocationStore, Target
 from revstore.transfer import export_jsonl, parse_jsonl
@@ -86,7 +85,7 @@ def test_export_and_import_carry_long_and_odd_keys(request: pytest.FixtureReques
 
 def test_expired_long_keys_are_cleaned_up(store: RevocationStore) -> None:
     store.add(LONG_IDS, expires=0.5)
-    time.sleep(1.2)
+    wait_for(lambda: store.stats()["expired_awaiting_cleanup"] == len(LONG_IDS), 10, what="the rows to expire")
     assert store.purge_expired() == len(LONG_IDS)
     assert store.stats()["active"]["task"] == 0 and store.get(LONG_IDS[0]) is None
 
@@ -163,10 +162,11 @@ def test_long_ids_and_stamps_revoked_by_broadcast_survive_sigkill(cluster_factor
         send(celery_app, worker.queue, "longer", task_id=longer_id)
     stamped = celery_app.record.s("stamped").set(queue=worker.queue)
     stamped.stamp(batch=long_value)
-    stamped.apply_async()
+    stamped_id = stamped.apply_async().id
     send(celery_app, worker.queue, "control")
     wait_for(lambda: cluster.finished("control"), 30, what="the control task after the restart")
-    time.sleep(1)
+    sent = [long_id, longer_id] if not celery_app.app.conf.broker_url.startswith("amqp") else []
+    wait_for(lambda: all(discarded(worker, t) for t in [*sent, stamped_id]), 10, what="the revoked tasks to be discarded")
     assert not cluster.ran("long") and not cluster.ran("longer") and not cluster.ran("stamped")
 
 

@@ -15,7 +15,7 @@ import uuid
 
 from celery import Celery
 
-from harness import BROKER_URL, Cluster, Worker, wait_for
+from harness import BROKER_URL, Cluster, Worker, discarded, wait_for
 
 STORED = 200_000
 
@@ -85,7 +85,8 @@ def test_mingle_ships_only_uncommitted_revocations(cluster_factory, pg_proxy) ->
         client.send_task("workerapp.record", ("stored",), task_id="stored-000000", queue=late.queue)
         client.send_task("workerapp.record", ("control",), queue=late.queue)
         wait_for(lambda: cluster.finished("control"), 30, what="the control task")
-        time.sleep(1)
+        wait_for(lambda: all(discarded(late, t) for t in (heard, merged, "stored-000000")), 10,
+                 what="the late worker to discard the three revoked tasks")
         assert not cluster.ran("heard") and not cluster.ran("stored") and not cluster.ran("merged")
 
         pg_proxy.up()
