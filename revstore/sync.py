@@ -375,6 +375,8 @@ class RevocationSync:
             "database": mask_url(self.store.url),
             "loaded": self.loaded,
             "marker": self.marker,
+            # pulls fetched up to the marker, not yet applied by the loop thread (0: memory is at the marker)
+            "unapplied": len(self._inbox),
             "revoked_in_memory": len(self.memory.revoked),
             "pending_writes": sum(len(w.targets) for w in list(self._pending)),
             "listener_live": self.listener_live,

@@ -198,14 +198,16 @@ def heard_by(celery_app: Any, *workers: WorkerProcess) -> None:
     assert {name for reply in replies for name in reply} == set(names), replies
 
 
-def discarded(worker: WorkerProcess, task_id: str, task: str = "workerapp.record") -> bool:
-    """``worker``'s log (since its last start) says it dropped ``task_id`` as revoked.
+def discarded(workers: WorkerProcess | list[WorkerProcess], *task_ids: str, task: str = "workerapp.record",
+              times: int = 1) -> bool:
+    """The log of ``workers`` (since each last started) says they dropped every one of ``task_ids`` as revoked.
 
     Celery logs this when a revoked task reaches the worker, or comes due,
     and is not run: the event a negative check ("the revoked task did not
-    run") waits for instead of sleeping.
+    run") waits for instead of sleeping.  ``times``: messages with the same id.
     """
-    return f"Discarding revoked task: {task}[{task_id}]" in worker.output(since_start=True)
+    logs = "".join(w.output(since_start=True) for w in (workers if isinstance(workers, list) else [workers]))
+    return all(logs.count(f"Discarding revoked task: {task}[{task_id}]") >= times for task_id in task_ids)
 
 
 def cli(cluster: Cluster, *args: str) -> str:

@@ -17,7 +17,7 @@ from celery import Celery, chain
 from celery.result import AsyncResult
 
 import revstore
-from harness import PG_BASE, Cluster, Worker, cli, held_by, state_files, wait_for
+from harness import PG_BASE, Cluster, Worker, cli, discarded, held_by, state_files, status, wait_for
 from revstore.store import Target
 
 CHARGE = "workerapp.charge"
@@ -34,12 +34,11 @@ def client_for(cluster: Cluster, celery_app: Any) -> Celery:
 
 def synced(celery_app: Any, worker: Worker, version: int) -> None:
     """Wait until ``worker`` pulled the table up to ``version`` and its loop applied it."""
-    def marker() -> int:
-        replies = celery_app.app.control.inspect([worker.nodename], timeout=2)._request("revstore_status") or {}
-        return int((replies.get(worker.nodename) or {}).get("marker") or 0)
+    def applied() -> bool:
+        state = status(celery_app, worker)  # read on the loop thread, which applies the pulls
+        return int(state.get("marker") or 0) >= version and state.get("unapplied") == 0
 
-    wait_for(lambda: marker() >= version, 20, interval=0.2, what=f"{worker.name} to sync version {version}")
-    time.sleep(0.3)  # the loop thread applies right after the pull
+    wait_for(applied, 20, interval=0.2, what=f"{worker.name} to sync and apply version {version}")
 
 
 def version_of(cluster: Cluster, target: Target) -> int:
@@ -63,7 +62,8 @@ def assert_discarded(cluster: Cluster, celery_app: Any, prefix: str, charged: li
     """Every record ran, no charge did, and every charge is REVOKED in the result backend."""
     wait_for(lambda: all(cluster.finished(f"{prefix}-r{i}") for i in range(n)), 90, interval=0.5,
              what=f"the {n} records of {prefix} to run")
-    time.sleep(0.5)
+    wait_for(lambda: discarded(cluster.workers, *charged, task="workerapp.charge"), 20,
+             interval=0.5, what=f"the {len(charged)} charges of {prefix} to be discarded")
     assert [i for i in range(n) if cluster.ran(f"{prefix}-c{i}")] == []
     states = {AsyncResult(task_id, app=celery_app.app).state for task_id in charged}
     assert states == {"REVOKED"}, states
@@ -162,7 +162,7 @@ def test_an_expiring_rule_stops_on_time_and_a_restored_one_at_once(cluster_facto
     expires_at = time.monotonic() + rule.remaining
     assert state_of("before-expiry") == "REVOKED"
     assert time.monotonic() < expires_at - 1, "the machine was too slow for the check to mean anything"
-    time.sleep(max(0.0, expires_at - time.monotonic()) + 0.5)
+    time.sleep(max(0.0, expires_at - time.monotonic()) + 0.5)  # time is the subject: the rule's expiry
     assert state_of("after-expiry") == "SUCCESS"
 
     # restore: at once, for new tasks and for one held for its ETA while the rule was live
