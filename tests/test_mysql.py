@@ -64,7 +64,7 @@ def test_expiry_is_utc_by_the_database_clock_whatever_the_session_zone(mysql_dat
         for row in rows.values():
             assert abs((row.revoked_at - utc_now).total_seconds()) < 120  # stored as UTC, not local time
         assert 0 < rows["from-tokyo"].remaining <= 4
-    time.sleep(4.5)
+    time.sleep(4.5)  # time is the subject: from-tokyo expires, by the database clock
     assert not denver.is_revoked("from-tokyo") and denver.is_revoked("from-denver")
     snapshot, _ = denver.load_active()
     assert snapshot.task_ids == ["from-denver"] and 3000 < snapshot.task_remaining[0] <= 3600

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import await_redelivery, heard_by, held_by, revoked_on, send, state_files, status, wait_for
+from harness import await_redelivery, discarded, heard_by, held_by, revoked_on, send, state_files, status, wait_for
 from revstore.localstate import frame
 from revstore.sync import PendingWrite
 from revstore.store import Target
@@ -61,7 +61,9 @@ def test_sigkill_and_restart_during_an_outage_lose_nothing(cluster_factory, cele
     send(celery_app, a.queue, "fresh")
     wait_for(lambda: cluster.finished("fresh") and cluster.finished("control-eta"), 40,
              what="unrevoked tasks to run during the outage")
-    time.sleep(1)
+    # revoked-eta came back with the restart and revoked-now carries the same id: two discards of it
+    wait_for(lambda: discarded(a, stored) and discarded(a, revoked, times=2), 10,
+             what="the worker to discard the three revoked tasks")
     assert not cluster.ran("stored") and not cluster.ran("revoked-now") and not cluster.ran("revoked-eta")
 
     pg_proxy.up()
@@ -75,7 +77,7 @@ def test_sigkill_and_restart_during_an_outage_lose_nothing(cluster_factory, cele
     send(celery_app, b.queue, "revoked-on-b", task_id=revoked)
     send(celery_app, b.queue, "control-b")
     wait_for(lambda: cluster.finished("control-b"), 30, what="B's control task")
-    time.sleep(1)
+    wait_for(lambda: discarded(b, revoked), 10, what="B to discard the revoked task")
     assert not cluster.ran("revoked-on-b")
     assert a.proc.poll() is None and "Traceback" not in a.output()
 
@@ -126,7 +128,7 @@ def test_a_damaged_spool_or_torn_journal_keeps_every_readable_revoke(cluster_fac
         send(celery_app, a.queue, tag, task_id=task_id)
     send(celery_app, a.queue, "control")
     wait_for(lambda: cluster.finished("control"), 30, what="the control task")
-    time.sleep(1)
+    wait_for(lambda: discarded(a, stored, first, second), 10, what="the worker to discard the three revoked tasks")
     assert not cluster.ran("stored") and not cluster.ran("first") and not cluster.ran("second")
 
     pg_proxy.up()
@@ -154,7 +156,10 @@ def test_a_restore_right_after_a_broadcast_revoke_wins(cluster_factory, celery_a
         conf.revstore_url = conf.revstore_schema = None
     wait_for(lambda: not revoked_on(celery_app.app, a) & set(ids) and not revoked_on(celery_app.app, b) & set(ids), 30,
              what="both workers to drop every restored id")
-    time.sleep(2)  # any late write-through has landed by now
+    # every broadcast was heard before its restore (heard_by): its write-through is queued, and has landed once
+    # neither worker has one pending
+    wait_for(lambda: all(status(celery_app, w).get("pending_writes") == 0 for w in (a, b)), 20,
+             what="both workers' write-throughs to land")
     assert [i for i in ids if cluster.store.is_revoked(i)] == []
     assert not revoked_on(celery_app.app, a) & set(ids) and not revoked_on(celery_app.app, b) & set(ids)
 

@@ -125,7 +125,10 @@ def test_sync_heavy_run_through_pgbouncer_logs_no_database_error(cluster_factory
     assert not {f"gone-{i}" for i in range(4)} & revoked_on(celery_app.app, workers[0])
     wait_for(lambda: cluster.store.get("expires-soon") is None, 15, what="a worker's cleanup")
     assert cluster.store.get("stock-3").revoked_by  # written through by a worker
-    time.sleep(2)  # more polls at 0.2 s
+    polled = {w.name: status(celery_app, w, timeout=3)["polls"] for w in workers}
+    for w in workers:  # ten more polls each: a repeated probe warning would show by now
+        wait_for(lambda w=w: status(celery_app, w, timeout=3)["polls"] >= polled[w.name] + 10, 20,
+                 what=f"{w.name} to poll ten more times")
 
     for w in workers:
         assert_no_database_error(w)

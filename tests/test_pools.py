@@ -62,8 +62,9 @@ def client_app(celery_app, pools):  # type: ignore[no-untyped-def]
 def _run_and_revoke(cluster: Cluster, worker: Worker, celery_app: Any, revoke: Any, what: str) -> float:
     tag = f"{worker.pool}-{what}-{uuid.uuid4().hex[:6]}"
     result = celery_app.steps.apply_async((tag,), {"n": 300, "step": STEP}, queue=worker.queue)
-    wait_for(lambda: (cluster.out / f"step-{tag}").exists(), 30, what=f"the {worker.pool} task to start stepping")
-    time.sleep(0.5)
+    step = cluster.out / f"step-{tag}"
+    # a few steps in: the revoke comes to a task that is well under way
+    wait_for(lambda: step.exists() and int(step.read_text() or 0) >= 4, 30, what=f"the {worker.pool} task to take a few steps")
     revoked_at = time.time()
     revoke(result.id)
     checkpoint: Path = cluster.out / f"checkpoint-{tag}"

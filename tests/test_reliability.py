@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import text
 
 import revstore
-from harness import revoked_on, send, status, wait_for
+from harness import discarded, revoked_on, send, status, wait_for
 from revstore import Target
 from revstore.errors import DatabaseUnavailable
 
@@ -68,7 +68,8 @@ def test_outage_while_running_keeps_revocations_and_lands_them_later(
     send(celery_app, worker.queue, "during-outage")
     wait_for(lambda: cluster.finished("during-outage"), 20, what="the worker to keep processing")
     wait_for(lambda: status(celery_app, worker).get("pending_writes") == 3, 10, what="the writes to be queued")
-    time.sleep(max(0.0, 6 - (time.monotonic() - outage_started)))  # let the retries fail for a while
+    wait_for(lambda: status(celery_app, worker).get("commit_failures", 0) >= 3, 20,
+             what="the worker's write retries to fail a few times")
     assert not cluster.store.get(eta_task)
 
     db_proxy.up()
@@ -76,7 +77,10 @@ def test_outage_while_running_keeps_revocations_and_lands_them_later(
              what="the queued writes to land after the outage")
     assert cluster.store.get("t-term").signal == "SIGKILL"
     wait_for(lambda: status(celery_app, worker).get("pending_writes") == 0, 10, what="the queue to empty")
-    time.sleep(max(0.0, 13 - (time.monotonic() - outage_started)))  # past the ETA
+    wait_for(lambda: discarded(worker, later), 10, what="the worker to discard the revoked task")
+    # the revoked ETA task is dropped when it comes due
+    wait_for(lambda: discarded(worker, eta_task), max(0.0, 12 - (time.monotonic() - outage_started)) + 10,
+             what="the revoked ETA task to be discarded when due")
     assert not cluster.ran("eta") and not cluster.ran("later")
 
     log = worker.output()
@@ -118,7 +122,7 @@ def test_database_down_at_start_can_start_and_load_later(cluster_factory, celery
     send(celery_app, worker.queue, "stored", task_id=revoked)
     send(celery_app, worker.queue, "control")
     wait_for(lambda: cluster.finished("control"), 20, what="the control task")
-    time.sleep(0.5)
+    wait_for(lambda: discarded(worker, revoked), 10, what="the revoked task to be discarded")
     assert not cluster.ran("stored")
 
 

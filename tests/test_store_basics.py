@@ -6,6 +6,7 @@ import time
 
 import pytest
 
+from harness import wait_for
 from revstore.errors import InvalidInput
 from revstore.store import Target
 
@@ -35,7 +36,7 @@ def test_expiry_is_decided_by_database_time(store) -> None:
     store.add(["long"], expires=3600)
     store.add(["never"], expires=None)
     assert store.is_revoked("short")
-    time.sleep(1.2)
+    time.sleep(1.2)  # time is the subject: the 1 s expiry passes
     assert not store.is_revoked("short")
     rows, _ = store.load_active()
     assert sorted(v for _, _, v, _ in rows) == ["long", "never"]
@@ -70,11 +71,9 @@ def test_hostile_strings_are_stored_exactly(store) -> None:
 
 def test_a_late_write_through_does_not_undo_a_newer_restore(store) -> None:
     """A slow worker's copy of an old broadcast must not bring back what was restored since."""
-    import time
-
     store.add(["x"])
     heard = time.monotonic()  # a worker hears the revoke here, and is slow to write it
-    time.sleep(0.3)
+    time.sleep(0.3)  # time is the subject: the restore comes after the revoke was heard
     store.remove(["x"])
     late = store.add(["x"], if_needed=True, decided_ago=time.monotonic() - heard)
     assert late.changed == 0 and late.unwritten == 1
@@ -102,7 +101,7 @@ def test_start_up_load_gives_every_id_once_with_its_own_lifetime(store) -> None:
     store.add(never, expires=None)
     store.add(["gone", "z" * 400], expires=0.2)
     store.add([Target.stamp("h", "v" * 300)])
-    time.sleep(0.5)
+    wait_for(lambda: store.stats()["expired_awaiting_cleanup"] == 2, 10, what="the two short rows to expire")
     snapshot, _ = store.load_active()
     left = dict(zip(snapshot.task_ids, snapshot.task_remaining))
     assert len(snapshot.task_ids) == len(left) == len(short) + len(never)
@@ -132,7 +131,7 @@ def test_cleanup_deletes_exactly_the_expired_rows_in_short_pieces(store) -> None
     live = [f"live-{i:03d}" for i in range(50)]
     store.add(expired, expires=0.3)
     store.add(live, expires=600)
-    time.sleep(0.8)
+    wait_for(lambda: store.stats()["expired_awaiting_cleanup"] == len(expired), 10, what="the short rows to expire")
     assert store.purge_expired(batch=2000) == len(expired)
     assert store.purge_expired() == 0
     snapshot, _ = store.load_active()

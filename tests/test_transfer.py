@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import time
 from datetime import timezone
 
 from cli_helpers import assert_one_line_error, revstore
-from harness import make_store, send, wait_for
+from harness import discarded, make_store, send, wait_for
 
 
 def opts_for(store) -> list[str]:  # type: ignore[no-untyped-def]
@@ -39,7 +38,7 @@ def test_statedb_written_by_stock_celery_is_imported_and_honoured(cluster_factor
         send(celery_app, worker.queue, "old", task_id=task_id)
     send(celery_app, worker.queue, "fresh")
     wait_for(lambda: cluster.finished("fresh"), 30, what="the un-revoked task")
-    time.sleep(0.5)
+    wait_for(lambda: discarded(worker, *ids), 10, what="the imported revocations' tasks to be discarded")
     assert not cluster.ran("old")
 
 

@@ -8,7 +8,6 @@ checkout's workers, on one PostgreSQL schema and one Redis broker.
 from __future__ import annotations
 
 import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +18,7 @@ from sqlalchemy import select
 
 import revstore
 from cli_helpers import revstore as new_cli
-from harness import LATER_RELEASE, PG_BASE, Cluster, Worker, revoked_on, send, wait_for
+from harness import LATER_RELEASE, PG_BASE, Cluster, Worker, discarded, revoked_on, send, wait_for
 from releases import Release, before_audit, before_name_rules, build, previous_version
 from revstore import migrate
 from revstore.store import RevocationStore
@@ -59,7 +58,8 @@ def assert_never_ran(celery_app, cluster: Cluster, workers: list[Worker], revoke
         send(celery_app, w.queue, controls[w.name])
     for name, tag in controls.items():
         wait_for(lambda: cluster.finished(tag), 40, what=f"the control task on {name}")
-    time.sleep(1)
+    for w in workers:
+        wait_for(lambda w=w: discarded(w, *revoked), 10, what=f"{w.name} to discard every revoked task")
     ran = [task_id for task_id in revoked for w in workers if cluster.ran(f"{task_id}-on-{w.name}")]
     assert ran == [], f"revoked tasks ran: {ran}"
 
