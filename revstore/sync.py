@@ -377,6 +377,8 @@ class RevocationSync:
             "marker": self.marker,
             # pulls fetched up to the marker, not yet applied by the loop thread (0: memory is at the marker)
             "unapplied": len(self._inbox),
+            # extensions of held ETA tasks' revocations queued for the database thread
+            "pending_extends": len(self._extend),
             "revoked_in_memory": len(self.memory.revoked),
             "pending_writes": sum(len(w.targets) for w in list(self._pending)),
             "listener_live": self.listener_live,

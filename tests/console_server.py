@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import socket
 import threading
-import time
 from typing import Any
 
 import uvicorn
 
+from harness import wait_for
 from revstore.web import Credentials, create_app, proxy_options
 
 
@@ -23,11 +23,7 @@ class ConsoleServer:
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            if time.monotonic() > deadline:
-                raise AssertionError("the console did not start")
-            time.sleep(0.05)
+        wait_for(lambda: self.server.started, 10, what="the console to start", interval=0.05)
 
     @property
     def url(self) -> str:

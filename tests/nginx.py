@@ -12,10 +12,11 @@ import shutil
 import signal
 import socket
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
+
+from harness import wait_for
 
 CONFIG = """
 daemon off;
@@ -71,18 +72,17 @@ class Nginx:
         conf.write_text(CONFIG.format(dir=folder, port=self.port, upstream=upstream, prefix=prefix, user=user))
         self.proc = subprocess.Popen([_binary(), "-c", str(conf), "-p", str(folder)], stdout=subprocess.DEVNULL,
                                      stderr=open(folder / "stderr.log", "wb"), start_new_session=True)
-        deadline = time.monotonic() + 15
-        while True:
+        def listening() -> bool:
             if self.proc.poll() is not None:
                 raise AssertionError(f"nginx exited: {(folder / 'stderr.log').read_text()}"
                                      f"{(folder / 'error.log').read_text() if (folder / 'error.log').exists() else ''}")
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                break
+                return True
             except OSError:
-                if time.monotonic() > deadline:
-                    raise AssertionError("nginx did not listen") from None
-                time.sleep(0.05)
+                return False
+
+        wait_for(listening, 15, what="nginx to listen", interval=0.05)
 
     @property
     def url(self) -> str:

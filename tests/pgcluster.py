@@ -15,12 +15,13 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
+
+from harness import wait_for
 
 #: The server binaries (Debian's layout); REVSTORE_TEST_PG_BIN overrides.
 PG_BIN = Path(os.environ.get("REVSTORE_TEST_PG_BIN", "/usr/lib/postgresql/15/bin"))
@@ -78,23 +79,17 @@ class Pair:
     def wait_streaming(self, timeout: float = 30) -> None:
         """Until the replica has replayed everything the primary wrote so far."""
         target = self.primary.sql("SELECT pg_current_wal_lsn()::text")[0][0]
-        deadline = time.monotonic() + timeout
-        while True:
-            replayed = self.replica.sql(f"SELECT pg_last_wal_replay_lsn() >= '{target}'::pg_lsn")[0][0]
-            if replayed:
-                return
-            if time.monotonic() > deadline:
-                raise AssertionError(f"the replica did not catch up with the primary:\n{self.replica.output()[-2000:]}")
-            time.sleep(0.1)
+        try:
+            wait_for(lambda: self.replica.sql(f"SELECT pg_last_wal_replay_lsn() >= '{target}'::pg_lsn")[0][0], timeout,
+                     what="the replica to catch up with the primary")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}:\n{self.replica.output()[-2000:]}") from None
 
     def pause_replica(self, timeout: float = 30) -> None:
         """Stop applying the primary's WAL (``pg_wal_replay_pause()``) and wait until it is paused."""
         self.replica.sql("SELECT pg_wal_replay_pause()")
-        deadline = time.monotonic() + timeout
-        while self.replica.sql("SELECT pg_get_wal_replay_pause_state()")[0][0] != "paused":
-            if time.monotonic() > deadline:
-                raise AssertionError("the replica's replay did not pause")
-            time.sleep(0.05)
+        wait_for(lambda: self.replica.sql("SELECT pg_get_wal_replay_pause_state()")[0][0] == "paused", timeout,
+                 what="the replica's replay to pause", interval=0.05)
 
     def detach_replica(self, timeout: float = 30) -> None:
         """Stop the replica's streaming, so it receives nothing the primary commits from now on.
@@ -104,11 +99,8 @@ class Pair:
         """
         self.replica.sql("ALTER SYSTEM SET primary_conninfo = ''")
         self.replica.sql("SELECT pg_reload_conf()")
-        deadline = time.monotonic() + timeout
-        while self.replica.sql("SELECT count(*) FROM pg_stat_wal_receiver")[0][0]:
-            if time.monotonic() > deadline:
-                raise AssertionError("the replica's WAL receiver did not stop")
-            time.sleep(0.05)
+        wait_for(lambda: not self.replica.sql("SELECT count(*) FROM pg_stat_wal_receiver")[0][0], timeout,
+                 what="the replica's WAL receiver to stop", interval=0.05)
 
     def promote_replica(self, timeout: float = 60) -> None:
         """Promote the replica (``pg_promote()``, waiting for it) and wait until it takes writes."""

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 
 from celery import Celery
 
-from harness import BROKER_URL
+from harness import BROKER_URL, wait_for
 
 import revstore
 from revstore.store import RevocationStore
@@ -37,21 +36,16 @@ def main(mode: str, first: int, end: int, restore_mod: int, mine_from: int, mine
     # this ping, every worker has heard this client's revokes.  A restore
     # after that is newer than all of them and must win over any write-through
     # still queued in a worker.
-    deadline = time.monotonic() + 240
-    while len(app.control.ping(timeout=5)) < int(os.environ.get("TEST_WORKERS", "4")):
-        if time.monotonic() > deadline:
-            sys.exit("not every worker answered a ping")
+    workers = int(os.environ.get("TEST_WORKERS", "4"))
+    wait_for(lambda: len(app.control.ping(timeout=5)) >= workers, 240, what="every worker to answer a ping", interval=0)
     # un-revoke part of what only this client touched, once its revokes are in the table
     gone = [f"c-{i:06d}" for i in range(mine_from, mine_to) if i % 10 == restore_mod]
     store = RevocationStore(url, schema=schema)
-    deadline = time.monotonic() + 240
-    while True:
+    def written() -> bool:
         rows = store.get_many(ids)
-        if len(rows) == len(ids) and all(r.active for r in rows.values()):
-            break
-        if time.monotonic() > deadline:
-            sys.exit("the workers never wrote this client's revokes through")
-        time.sleep(0.5)
+        return len(rows) == len(ids) and all(r.active for r in rows.values())
+
+    wait_for(written, 240, what="the workers to write this client's revokes through", interval=0.5)
     store.remove(gone)
     app.control.broadcast("revstore_sync")
     store.dispose()

@@ -230,9 +230,9 @@ class Driver:
         within its first seconds (before, while or after its snapshot base is written), restart it."""
         worker = rng.choice(self.workers)
         at, _ = self.kill(worker)
-        time.sleep(max(VISIBILITY + 1.0, SNAPSHOT_MAX_AGE + 1.0))
+        time.sleep(max(VISIBILITY + 1.0, SNAPSHOT_MAX_AGE + 1.0))  # time is the subject: the snapshot goes stale
         self.h.add(Fault("kill_early", at, self.start(worker), worker.name))
-        time.sleep(rng.uniform(0, FIRST_SECONDS))
+        time.sleep(rng.uniform(0, FIRST_SECONDS))  # time is the subject: a random moment of its first seconds
         at, mono = self.kill(worker)
         await_redelivery(mono)
         self.h.add(Fault("kill_early", at, self.start(worker), worker.name))
@@ -242,7 +242,7 @@ class Driver:
         start = time.time()
         for proxy in self.proxies:
             proxy.down()
-        time.sleep(rng.uniform(1, 5))
+        time.sleep(rng.uniform(1, 5))  # time is the subject: how long the outage lasts
         for proxy in self.proxies:
             proxy.up()
         self.h.add(Fault("db_restart", start, time.time()))
@@ -270,7 +270,7 @@ class Driver:
             for name in ("revocations", "clock"):
                 conn.execute(text(f"CREATE TABLE {self.backup(name)} AS SELECT * FROM {self.table(name)}"))
             conn.execute(text("COMMIT"))
-        time.sleep(rng.uniform(3, 8))
+        time.sleep(rng.uniform(3, 8))  # time is the subject: writes land after the copy, then are lost
         for proxy in self.proxies:
             proxy.down()
         with self.admin.connect() as conn:
@@ -282,7 +282,7 @@ class Driver:
                 conn.execute(text(f"DROP TABLE {self.backup(name)}"))
             conn.execute(text("COMMIT"))
         rebuilt = time.time()
-        time.sleep(rng.uniform(0.5, 2))
+        time.sleep(rng.uniform(0.5, 2))  # time is the subject: how long the outage lasts
         for proxy in self.proxies:
             proxy.up()
         self.h.add(Fault("rewind", start, time.time(), rebuilt=rebuilt))
@@ -302,7 +302,7 @@ class Driver:
                     raise
         migrate.upgrade(self.cluster.store)  # type: ignore[attr-defined]  # what `revstore db upgrade` runs
         rebuilt = time.time()
-        time.sleep(rng.uniform(0.5, 2))
+        time.sleep(rng.uniform(0.5, 2))  # time is the subject: how long the outage lasts
         for proxy in self.proxies:
             proxy.up()
         self.h.add(Fault("recreate", start, time.time(), rebuilt=rebuilt))
@@ -327,7 +327,7 @@ class Driver:
             if not any(missing.values()) or time.monotonic() > deadline:
                 self.h.memory_missing = {k: v for k, v in missing.items() if v}
                 return
-            time.sleep(1)
+            time.sleep(1)  # poll interval: on timeout it records what is missing for the judge, not fail here
 
     def await_runs(self, judge: Judge, timeout: float) -> None:
         """Give every send that must run the time to run (countdowns, a restart's redelivery)."""
@@ -385,7 +385,7 @@ def test_random_operations_and_faults_keep_the_promise(cluster_factory, celery_a
 
     started = time.monotonic()
     driver.run_threads(SECONDS)
-    time.sleep(SETTLE)
+    time.sleep(SETTLE)  # time is the subject: the settle allowance the judge grants every fault
     driver.check_memory(timeout=3 * SETTLE)
     judge = Judge(history)
     probe_rng = driver.rng("probes")

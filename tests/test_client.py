@@ -11,7 +11,7 @@ from celery import Celery, chain
 from celery.result import AsyncResult, GroupResult
 
 import revstore
-from harness import discarded, heard_by, held_by, revoked_on, wait_for
+from harness import discarded, heard_by, held_by, revoked_on, status, wait_for
 from revstore import RevocationStore, migrate
 
 
@@ -143,7 +143,13 @@ def test_revocations_outlive_the_eta_of_tasks_a_worker_holds(client, celery_app)
 
     wait_for(lambda: remaining("table-only") > 300 and remaining("client") > 300, 15,
              what="the worker to extend both revocations past the ETA")
-    time.sleep(1.5)
+
+    def quiet() -> bool:  # in step with the table, nothing left to apply or extend: every extension it would make is made
+        state = status(celery_app, worker)
+        return (state.get("marker", -1) >= client.store.current_version() and state.get("unapplied") == 0
+                and state.get("pending_extends") == 0)
+
+    wait_for(quiet, 15, what="the worker to have made every extension")
     assert not client.store.get(ids["restored"]).active  # an extension never revives a restore
     # audited under the worker that extended it
     assert ("extend", worker.nodename) in [(e.action, e.actor) for e in client.store.audit_history(key=ids["client"])]

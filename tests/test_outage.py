@@ -94,7 +94,7 @@ def test_no_snapshot_or_a_damaged_one_refuses_to_start_blind(cluster_factory, ce
     snapshot.write_bytes(bytes(data))
     a.start(wait=False)
     assert a.proc.wait(60) != 0
-    log = a.output()[a._log_offset:]
+    log = a.output(since_start=True)
     assert "is damaged" in log and str(snapshot) in log
     fatal = [line for line in log.splitlines() if "cannot connect" in line]
     assert fatal and "no local snapshot" in fatal[0] and "revstore_snapshot_max_age" in fatal[0]
@@ -119,7 +119,7 @@ def test_a_damaged_spool_or_torn_journal_keeps_every_readable_revoke(cluster_fac
     records = [spooled(i) for i in (first, second)]
     spool.write_bytes(records[0] + b"\x00garbage\xff" * 3 + records[1] + records[0][:9])
     a.start()
-    log = a.output()[a._log_offset:]
+    log = a.output(since_start=True)
     assert "STARTED FROM THE LOCAL SNAPSHOT" in log
     damaged = [line for line in log.splitlines() if "spool" in line and "is damaged" in line]
     assert len(damaged) == 1 and "2 revokes" in damaged[0]
