@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 import uuid
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,6 @@ from revstore.processes import WorkerProcess
 
 TESTS = Path(__file__).resolve().parent
 CELERY = [sys.executable, "-m", "celery"]
-REVSTORE = str(Path(sys.executable).with_name("revstore"))
 
 # ------------------------------------------------------------------ servers
 #: (``.ci/services`` starts them; a test fails, never skips, when one does not answer)
@@ -210,11 +210,46 @@ def discarded(workers: WorkerProcess | list[WorkerProcess], *task_ids: str, task
     return all(logs.count(f"Discarding revoked task: {task}[{task_id}]") >= times for task_id in task_ids)
 
 
+# ------------------------------------------------------------------ the revstore command
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+    @property
+    def text(self) -> str:
+        return self.out + self.err
+
+
+def revstore(*args: str, env: dict[str, str] | None = None, cwd: str | None = None, timeout: float = 120) -> Result:
+    """``revstore ARGS`` with REVSTORE_* cleared unless given in ``env``."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("REVSTORE_")}
+    base.update(env or {})
+    proc = subprocess.run(
+        [sys.executable, "-m", "revstore.cli", *args],
+        capture_output=True, text=True, env=base, cwd=cwd, timeout=timeout,
+    )
+    return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+def assert_one_line_error(result: Result, *needles: str) -> None:
+    """A user error: non-zero exit, one line on stderr, no traceback."""
+    assert result.code != 0, result
+    lines = [line for line in result.err.splitlines() if line.strip()]
+    assert len(lines) == 1, result.err
+    assert "Traceback" not in result.text
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+
+
 def cli(cluster: Cluster, *args: str) -> str:
     """``revstore ARGS`` with the cluster's environment; its stdout (it must succeed)."""
-    out = subprocess.run([REVSTORE, *args], env=dict(cluster.env), capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    return out.stdout
+    result = revstore(*args, env=cluster.env, timeout=60)
+    assert result.code == 0, result.err
+    return result.out
 
 
 def csrf_of(page: Any) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from cli_helpers import assert_one_line_error, revstore
+from harness import assert_one_line_error, revstore
 from revstore.records import Target
 from revstore.store import RevocationStore
 

@@ -12,8 +12,7 @@ import sys
 import uuid
 from pathlib import Path
 
-from cli_helpers import Result, assert_one_line_error, revstore
-from harness import BROKER_URL, PG_BASE, wait_for
+from harness import BROKER_URL, PG_BASE, Result, assert_one_line_error, revstore, wait_for
 from revstore import health
 
 TESTS = Path(__file__).resolve().parent

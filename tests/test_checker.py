@@ -41,8 +41,9 @@ from sqlalchemy.exc import OperationalError
 
 import revstore
 from checker import FAULT_KINDS, Fault, History, Judge, Op, Run, Send, first, parse_faults
-from cli_helpers import revstore as revstore_cli
-from harness import BROKER_URL, PG_BASE, PG_HOST, PG_PORT, PGBOUNCER_PORT, VISIBILITY, Cluster, Worker, await_redelivery, revoked_on, wait_for
+from harness import (
+    BROKER_URL, PG_BASE, PG_HOST, PG_PORT, PGBOUNCER_PORT, VISIBILITY, Cluster, Worker, await_redelivery, revoked_on, revstore as revstore_cli, wait_for,
+)
 from proxy import TcpProxy
 from revstore import migrate
 

@@ -8,8 +8,7 @@ import sys
 
 import pytest
 
-from cli_helpers import assert_one_line_error, revstore
-from harness import make_store, wait_for
+from harness import assert_one_line_error, make_store, revstore, wait_for
 
 
 @pytest.fixture

@@ -14,8 +14,7 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import DBAPIError
 
-from cli_helpers import revstore
-from harness import discarded, held_by, send, wait_for
+from harness import discarded, held_by, revstore, send, wait_for
 from revstore.config import normalize_url
 from revstore.roles import WORKER_MARK
 

@@ -9,8 +9,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, inspect, text
 
-from cli_helpers import assert_one_line_error, revstore
-from harness import PG_BASE, mysql_url
+from harness import PG_BASE, assert_one_line_error, mysql_url, revstore
 from revstore import migrate
 from revstore.config import normalize_url
 from revstore.schema import build_tables

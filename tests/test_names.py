@@ -177,7 +177,7 @@ def test_an_expiring_rule_stops_on_time_and_a_restored_one_at_once(cluster_facto
 
 
 def test_the_cli_writes_lists_shows_and_restores_one_row_per_name_and_where(pg_store) -> None:  # type: ignore[no-untyped-def]
-    from cli_helpers import assert_one_line_error, revstore as run
+    from harness import assert_one_line_error, revstore as run
 
     opts = ["--url", PG_BASE, "--schema", pg_store.tables.schema]
     rule = ["--name", CHARGE, "--where", "customer_id=42", "--where", "0=eu"]

@@ -21,8 +21,7 @@ import pytest
 from celery import Celery
 from sqlalchemy import text
 
-from cli_helpers import revstore
-from harness import BROKER_URL, PG_BASE, PG_HOST, PG_PORT, PGBOUNCER_PORT, revoked_on, status, wait_for
+from harness import BROKER_URL, PG_BASE, PG_HOST, PG_PORT, PGBOUNCER_PORT, revoked_on, revstore, status, wait_for
 from revstore import client, migrate
 from revstore.store import RevocationStore
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 from datetime import timezone
 
-from cli_helpers import assert_one_line_error, revstore
-from harness import discarded, make_store, send, wait_for
+from harness import assert_one_line_error, discarded, make_store, revstore, send, wait_for
 
 
 def opts_for(store) -> list[str]:  # type: ignore[no-untyped-def]

@@ -17,8 +17,7 @@ from celery import Celery
 from sqlalchemy import select
 
 import revstore
-from cli_helpers import revstore as new_cli
-from harness import LATER_RELEASE, PG_BASE, Cluster, Worker, discarded, revoked_on, send, wait_for
+from harness import LATER_RELEASE, PG_BASE, Cluster, Worker, discarded, revoked_on, revstore as new_cli, send, wait_for
 from releases import Release, before_audit, before_name_rules, build, previous_version
 from revstore import migrate
 from revstore.store import RevocationStore

@@ -18,8 +18,7 @@ from contextlib import contextmanager
 
 import httpx
 
-from cli_helpers import assert_one_line_error, revstore
-from harness import PG_BASE, csrf_of, wait_for
+from harness import PG_BASE, assert_one_line_error, csrf_of, revstore, wait_for
 from console_server import ConsoleServer
 from revstore.web import Credentials
 

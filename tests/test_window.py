@@ -15,8 +15,7 @@ import pytest
 from sqlalchemy import select
 
 import revstore
-from cli_helpers import revstore as run_cli
-from harness import LATER_RELEASE, PG_BASE
+from harness import LATER_RELEASE, PG_BASE, revstore as run_cli
 from revstore import migrate
 from revstore.errors import RevstoreError, SchemaError
 from revstore.schema import version_table
