@@ -236,6 +236,7 @@ def document(data: dict[str, Any]) -> str:
         "",
         "Ratio is revstore ÷ stock: for times and memory lower is better, for rates higher is better.",
         "What each comparison means, row by row, is in [revstore and stock Celery](index.md#revstore-and-stock-celery).",
+        "Terms such as marker, drain tick and pidbox are defined in the [Glossary](glossary.md).",
         "",
         *summary(data),
         "",
