@@ -459,3 +459,10 @@ def test_every_setting_has_a_row_in_the_settings_table() -> None:
 
     rows = {row["name"]: row["env"] for row in settings_rows()}
     assert rows == ENV
+
+
+def test_pictures_are_what_their_source_draws() -> None:
+    """docs/img's diagrams are drawn from docs/diagrams/diagrams.toml: redraw with docs/diagrams/draw.py."""
+    proc = subprocess.run([sys.executable, str(ROOT / "docs" / "diagrams" / "draw.py"), "--check"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
