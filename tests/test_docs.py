@@ -466,3 +466,20 @@ def test_pictures_are_what_their_source_draws() -> None:
     proc = subprocess.run([sys.executable, str(ROOT / "docs" / "diagrams" / "draw.py"), "--check"],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_readme_links_into_the_docs_resolve() -> None:
+    """README.md is read on GitHub, outside mkdocs' link check: its links to docs/ pages and anchors must exist."""
+    from markdown.extensions.toc import slugify
+
+    readme = (ROOT / "README.md").read_text("utf-8")
+    broken = []
+    for page, anchor in re.findall(r"\]\(docs/([a-z0-9_-]+\.md)(?:#([a-z0-9_-]+))?\)", readme):
+        path = ROOT / "docs" / page
+        if not path.exists():
+            broken.append(page)
+            continue
+        headings = {slugify(h, "-") for h in re.findall(r"^#{1,6} (.+)$", path.read_text("utf-8"), re.M)}
+        if anchor and anchor not in headings:
+            broken.append(f"{page}#{anchor}")
+    assert not broken, broken
