@@ -212,15 +212,19 @@ def summary(data: dict[str, Any]) -> list[str]:
 def document(data: dict[str, Any]) -> str:
     """The page, from the results alone (``--render`` rewrites it without measuring)."""
     figures = data["figures"]
-    notes = [f"- {f['name']}: {f['note']}" for f in figures if f["note"]]
     missed = [f for f in figures if f["met"] is False]
     verdict = ("Every target is met." if not missed else
                "Missed: " + "; ".join(f"{f['name']} ({cell(f)}, target {f['target']})" for f in missed)
                + ".  Why, and what bounds them, is below.")
     met = {None: "", True: "met", False: "**missed**"}
-    table_ = ["| benchmark | figure | revstore | stock Celery | ratio | target |  |", "|---|---|---|---|---|---|---|"]
-    table_ += [f"| `{f['bench']}` | {f['name']} | {cell(f)} | {cell(f, 'stock')} | {cell(f, 'ratio')} | "
-               f"{f['target']} | {met[f['met']]} |" for f in figures]
+    groups: list[str] = []
+    for bench in dict.fromkeys(f["bench"] for f in figures):  # in the order the run measured them
+        rows = [f for f in figures if f["bench"] == bench]
+        groups += [f"### `{bench}`", "", "| figure | revstore | stock Celery | ratio | target |  |", "|---|---|---|---|---|---|"]
+        groups += [f"| {f['name']} | {cell(f)} | {cell(f, 'stock')} | {cell(f, 'ratio')} | {f['target']} | "
+                   f"{met[f['met']]} |" for f in rows]
+        noted = [f"- {f['name']}: {f['note']}" for f in rows if f["note"]]
+        groups += ["", *(["Notes:", "", *noted, ""] if noted else [])]
     info, load = data["machine"], data["load"]
     return "\n".join([
         "# Benchmarks",
@@ -262,14 +266,9 @@ def document(data: dict[str, Any]) -> str:
         "",
         "## Figures",
         "",
-        *table_,
+        "Every figure of the run, by benchmark.  " + verdict,
         "",
-        verdict,
-        "",
-        "Notes:",
-        "",
-        *notes,
-        "",
+        *groups,
         "## Plots",
         "",
         *[line for name, caption in data["plots"] for line in (f"![{caption}](img/{name})", "", f"*{caption}.*", "")],
