@@ -24,7 +24,7 @@ from celery.worker import control as celery_control
 from celery.worker import state as worker_state
 from celery.worker.request import Request
 
-from . import __version__
+from ._version import __version__
 from .client import DURABLE_FLAG
 from .errors import InvalidInput
 from .remote import add_client_methods
