@@ -31,8 +31,11 @@ from .setting_values import (
 )
 
 __all__ = [
-    "ENV", "MASK", "TABLE", "Entry", "Settings", "censor", "default_state_dir", "is_secret", "load_settings",
-    "mask_url", "normalize_url", "parse_duration", "setting",
+    "DEFAULT_AUDIT_TTL", "DEFAULT_CLEANUP_BATCH", "DEFAULT_CLEANUP_INTERVAL", "DEFAULT_EXPIRES",
+    "DEFAULT_LISTEN_CHECK_INTERVAL", "DEFAULT_POOL_MAX_OVERFLOW", "DEFAULT_POOL_SIZE", "DEFAULT_SNAPSHOT_MAX_AGE",
+    "DEFAULT_STATE_TTL", "DEFAULT_SYNC_INTERVAL", "DEFAULT_SYNC_INTERVAL_LISTENING", "DEFAULT_TABLE_PREFIX",
+    "DEFAULT_TOMBSTONE_TTL", "ENV", "MASK", "TABLE", "Entry", "Settings", "censor", "default_state_dir",
+    "is_secret", "load_settings", "mask_url", "normalize_url", "parse_duration", "setting",
 ]
 
 #: Revocations live a week unless the revoker says otherwise.  A week is far
