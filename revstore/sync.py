@@ -1,4 +1,4 @@
-"""One worker's link to the table: the database thread, pulling changes, cleanup.
+"""One worker's link to the table: write-through, pulling changes, cleanup.
 
 All database I/O of a worker happens on one background thread with one
 connection, so a slow or dead database never blocks Celery's event loop.
@@ -10,11 +10,12 @@ thread, as Celery itself does.
 Writes that fail (database down) stay queued in memory and are retried with
 backoff; the revocation is already effective in memory meanwhile.
 
-The class is assembled from one mixin per job: start-up and the local
-snapshot (:mod:`revstore.sync_local`), write-through
-(:mod:`revstore.sync_writes`), reloads and a database changed under the
-worker (:mod:`revstore.sync_rewind`); this module keeps the thread, the
-pull and the cleanup.
+The class is assembled from one class per job: the shared state
+(:mod:`revstore.sync_state`), start-up and the local snapshot
+(:mod:`revstore.sync_local`), write-through (:mod:`revstore.sync_writes`),
+reloads and a database changed under the worker
+(:mod:`revstore.sync_rewind`); this module keeps the thread, the pull and
+the cleanup.
 """
 
 from __future__ import annotations
@@ -23,22 +24,18 @@ import logging
 import random
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .config import Settings, mask_url
+from .config import mask_url
+from .dbclock import epoch
 from .errors import RevstoreError
-from .identity import DbIdentity, distrust, witness_lost
-from .dbclock import DbClock, epoch
-from .localstate import LocalState
-from .memory import WorkerMemory
+from .identity import distrust, witness_lost
 from .pending import PendingWrite
-from .snapshot_files import SnapshotRead
-from .store import Changes, Revocation, RevocationStore, Snapshot, Target
+from .store import Changes, Revocation
 from .sync_local import LocalCopy
-from .sync_rewind import Rewind
+from .sync_state import RateLimitedWarning
 from .sync_writes import MERGE_WINDOW, WriteThrough
 
 __all__ = ["MERGE_WINDOW", "PendingWrite", "RateLimitedWarning", "RevocationSync"]
@@ -47,98 +44,10 @@ logger = logging.getLogger("revstore")
 
 #: Retry delays after a failed database call: 0.5 s doubling to 30 s.
 BACKOFF_MIN, BACKOFF_MAX = 0.5, 30.0
-#: At most one "database unavailable" warning per this many seconds.
-WARN_EVERY = 30.0
 
 
-class RateLimitedWarning:
-    """Log a warning at most once per ``every`` seconds, counting the rest."""
-
-    def __init__(self, every: float = WARN_EVERY) -> None:
-        self.every, self._last, self._suppressed = every, 0.0, 0
-
-    def __call__(self, msg: str, *args: Any) -> None:
-        now = time.monotonic()
-        if now - self._last >= self.every:
-            if self._suppressed:
-                msg += f" ({self._suppressed} similar warnings suppressed)"
-            logger.warning(msg, *args)
-            self._last, self._suppressed = now, 0
-        else:
-            self._suppressed += 1
-class RevocationSync(LocalCopy, WriteThrough, Rewind):
+class RevocationSync(LocalCopy, WriteThrough):
     """Keeps one worker's memory and the shared table in step."""
-    def __init__(self, store: RevocationStore, settings: Settings, memory: WorkerMemory, hostname: str,
-                 state: LocalState | None = None) -> None:
-        self.store = store
-        #: this worker's spool and snapshot files; None: nothing kept locally
-        self.state = state
-        self.clock = DbClock()
-        #: set while running on the local snapshot, until the first pull
-        self.offline: SnapshotRead | None = None
-        #: a full load whose snapshot base is still to be written (at once, by the database thread),
-        #: and whether it starts the snapshot over (a load from the table) or compacts it
-        self._base_due: tuple[Snapshot, int, float, bool] | None = None
-        self._snapshot_warn = RateLimitedWarning()
-        self._committed_seq = 0
-        self._spool_full = RateLimitedWarning()
-        self.settings = settings
-        self.memory = memory
-        self.hostname = hostname
-        self.marker = 0
-        #: which database the marker belongs to (None: not known yet)
-        self.identity: DbIdentity | None = None
-        #: when this worker was last in step with that database, on its clock (epoch seconds)
-        self._trusted_at: float | None = None
-        #: the last time the database was found changed under this worker, and what was seen
-        self.rewound: dict[str, Any] | None = None
-        #: revocations this worker held that a changed database lost, and since when it held them
-        self._write_back: deque[tuple[dict[Target, float | None], float | None]] = deque()
-        #: a change was seen and logged, its reload not done yet (a retry must not log it again)
-        self._rewinding = False
-        #: a row pulled at the marker's version, and that version: a table put back from a copy
-        #: loses it even after later writes take the clock past the marker again (see changes_since)
-        self._witness: tuple[Target, int] | None = None
-        #: the snapshot is in memory (set on the loop thread, when applied)
-        self.loaded = False
-        #: the database thread still has to fetch the first snapshot
-        self._needs_load = True
-        self._pending: deque[PendingWrite] = deque()
-        self._inbox: deque[Callable[[], list[Revocation]]] = deque()
-        self._recheck: deque[list[Target]] = deque()
-        self._extend: deque[tuple[list[Target], float]] = deque()
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._sync_due = 0.0
-        self._cleanup_due = time.monotonic() + random.uniform(0.1, 1.0) * settings.cleanup_interval
-        self._backoff = 0.0
-        self._retry_at = 0.0
-        self._warn = RateLimitedWarning()
-        self.last_sync_ok: float | None = None
-        #: counters for revstore_status (and the console's /metrics): committed write
-        #: transactions, database failures with writes queued, pulls, full reloads
-        self.commits = self.commit_failures = self.polls = self.reloads = 0
-        #: when the thread last used the database (for revstore_pool_idle_timeout)
-        self._last_used = time.monotonic()
-        #: the LISTEN/NOTIFY listener, when there is one (PostgreSQL)
-        self.listener: Any = None
-        #: called (from the database thread) when there is something to
-        #: apply, so the loop thread can drain at once instead of at its
-        #: next timer tick; set by the bootstep
-        self.wake_loop: Callable[[], None] | None = None
-
-    @property
-    def listener_live(self) -> bool:
-        return bool(self.listener is not None and self.listener.live)
-
-    def _interval(self) -> float:
-        return self.settings.poll_interval(self.listener_live)
-
-    def request_sync(self) -> None:
-        """Pull changes now rather than at the next interval (reconnects, notifications)."""
-        self._sync_due = 0.0
-        self._wake.set()
 
     def drain(self, terminate: Callable[[list[Revocation]], None] | None = None) -> None:
         """Apply what the database thread fetched; runs on the loop thread."""
@@ -148,12 +57,6 @@ class RevocationSync(LocalCopy, WriteThrough, Rewind):
             if rows and terminate is not None:
                 terminate(rows)
         self.memory.purge()
-
-    def _post(self, job: Callable[[], list[Revocation]]) -> None:
-        """Hand a job to the loop thread and wake it."""
-        self._inbox.append(job)
-        if self.wake_loop is not None:
-            self.wake_loop()
 
     # -------------------------------------------------- database thread
 

@@ -5,33 +5,31 @@ when the snapshot is fresh (faster than the table, and possible while the
 database is down), else from the table; the revokes its last run spooled
 but did not commit are replayed either way.  Apart from the sync loop so
 that what the worker's own files hold, and when they are trusted, reads in
-one place.  A mixin of :class:`revstore.sync.RevocationSync`, whose state it uses.
+one place.  It builds on :class:`Rewind`: a snapshot may belong to a
+database that has changed since.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING
 
 from .config import mask_url
-from .identity import DbIdentity, distrust
 from .dbclock import epoch
 from .frames import StateDamaged
-from .snapshot_files import SnapshotRead
+from .identity import DbIdentity, distrust
 from .pending import PendingWrite
+from .snapshot_files import SnapshotRead
 from .store import Changes, Revocation
-
-if TYPE_CHECKING:
-    from .sync import RevocationSync
+from .sync_rewind import Rewind
 
 logger = logging.getLogger("revstore")
 
 
-class LocalCopy:
+class LocalCopy(Rewind):
     """Start-up loading, spool replay and the local snapshot's writes."""
 
-    def load(self: RevocationSync) -> int:
+    def load(self) -> int:
         """Load every unexpired revocation into memory (blocking; at start-up).
 
         From the local snapshot plus the changes since its marker when there
@@ -77,7 +75,7 @@ class LocalCopy:
                     mask_url(self.store.url))
         return count
 
-    def start_from_snapshot(self: RevocationSync) -> SnapshotRead | None:
+    def start_from_snapshot(self) -> SnapshotRead | None:
         """The database is down at start: load the local snapshot if it is fresh enough.
 
         Returns what was loaded, or None (no snapshot, unreadable, or older
@@ -95,7 +93,7 @@ class LocalCopy:
         self.apply_pending()
         return local
 
-    def _read_local(self: RevocationSync) -> SnapshotRead | None:
+    def _read_local(self) -> SnapshotRead | None:
         if self.state is None:
             return None
         try:
@@ -109,14 +107,14 @@ class LocalCopy:
                          "snapshot as of marker %d", self.state.snapshot.journal_path, local.damaged, local.marker)
         return local
 
-    def _load_local(self: RevocationSync, local: SnapshotRead, db_now: float) -> int:
+    def _load_local(self, local: SnapshotRead, db_now: float) -> int:
         self.memory.prepare()
         count = self.memory.load(local.base, shift=local.base_time - db_now)
         self.memory.apply(local.revocations(db_now))
         self.memory.purge()
         return count
 
-    def replay_spool(self: RevocationSync) -> int:
+    def replay_spool(self) -> int:
         """Queue the revokes an earlier run spooled but did not commit; they apply once loaded."""
         if self.state is None:
             return 0
@@ -131,7 +129,7 @@ class LocalCopy:
             logger.warning("revstore: %d revokes from the spool %s are replayed", len(records), self.state.spool.path)
         return len(records)
 
-    def apply_pending(self: RevocationSync) -> None:
+    def apply_pending(self) -> None:
         """Put queued (spooled) revokes in memory: a restart must honour what the worker heard."""
         now = self.clock.now()
         rows = []
@@ -143,7 +141,7 @@ class LocalCopy:
                                 0, True, left) for t in write.targets]
         self.memory.apply(rows)
 
-    def _save_snapshot(self: RevocationSync) -> None:
+    def _save_snapshot(self) -> None:
         """Rewrite the local snapshot's base after a full load, or when its journal has grown."""
         if self.state is None:
             return
@@ -160,7 +158,7 @@ class LocalCopy:
                 self._snapshot_warn("revstore: cannot write the local snapshot %s: %s",
                                     self.state.snapshot.base_path, exc)
 
-    def _journal(self: RevocationSync, changes: Changes, since: int, db_now: float, force: bool = False) -> None:
+    def _journal(self, changes: Changes, since: int, db_now: float, force: bool = False) -> None:
         """Record a pull in the local snapshot; a disk error costs the snapshot's freshness, not the sync."""
         assert self.state is not None
         try:

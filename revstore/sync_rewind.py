@@ -4,31 +4,28 @@ A database put back from a backup, failed over to a lagging replica or
 recreated loses revocations this worker still holds; the worker notices
 (revstore.identity), reloads while keeping what it holds, and writes back
 what the table lost unless it was restored there since.  Apart from the
-sync loop because these are the rare, careful paths.  A mixin of
-:class:`revstore.sync.RevocationSync`, whose state it uses.
+sync loop because these are the rare, careful paths.
 """
 
 from __future__ import annotations
 
 import logging
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 from .config import mask_url
-from .errors import RevstoreError
 from .dbclock import epoch
+from .errors import RevstoreError
 from .store import Revocation, Target
-
-if TYPE_CHECKING:
-    from .sync import RevocationSync
+from .sync_state import SyncState
 
 logger = logging.getLogger("revstore")
 
 
-class Rewind:
+class Rewind(SyncState):
     """Full reloads, and writing back what a changed database lost."""
 
-    def _reload_job(self: RevocationSync, keep: bool = False) -> Callable[[], list[Revocation]]:
+    def _reload_job(self, keep: bool = False) -> Callable[[], list[Revocation]]:
         """Load the table; the returned job puts it in memory on the loop thread.
 
         ``keep``: the database changed under this worker (see
@@ -65,7 +62,7 @@ class Rewind:
 
         return job
 
-    def _note_rewind(self: RevocationSync, why: str, marker: int, action: str) -> None:
+    def _note_rewind(self, why: str, marker: int, action: str) -> None:
         """Say once what was seen (one line), and record it for ``revstore_status`` and ``revstore stats``."""
         logger.warning("revstore: the database at %s changed under this worker: %s; its marker %d is not trusted; "
                        "%s", mask_url(self.store.url), why, marker, action)
@@ -78,7 +75,7 @@ class Rewind:
         except RevstoreError as exc:  # only a note for operators: the reload must not wait for it
             self._warn("%s (the note for `revstore stats` was not written)", str(exc).splitlines()[0])
 
-    def _restore_lost(self: RevocationSync) -> None:
+    def _restore_lost(self) -> None:
         """Write back what this worker held and a changed database lost, unless restored there since.
 
         Each revocation keeps what it had left (rounded up, so a few

@@ -3,7 +3,7 @@
 Apart from the sync loop because it is the one path by which a worker adds
 to the table, with its own rules: spooled before queued, merged when heard
 close together, expiry counted from when it was heard, and a restore made
-since then wins.  A mixin of :class:`revstore.sync.RevocationSync`, whose state it uses.
+since then wins.
 """
 
 from __future__ import annotations
@@ -11,13 +11,10 @@ from __future__ import annotations
 import logging
 import time
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING
 
 from .pending import PendingWrite
 from .store import DEFAULT, EXTEND_SLACK, Target
-
-if TYPE_CHECKING:
-    from .sync import RevocationSync
+from .sync_state import SyncState
 
 logger = logging.getLogger("revstore")
 
@@ -25,10 +22,10 @@ logger = logging.getLogger("revstore")
 MERGE_WINDOW = 0.05
 
 
-class WriteThrough:
+class WriteThrough(SyncState):
     """Queueing, committing and re-reading the revocations this worker heard."""
 
-    def submit(self: RevocationSync, write: PendingWrite) -> None:
+    def submit(self, write: PendingWrite) -> None:
         """Spool a write, then queue it for the database thread.
 
         The spool append is a synchronous disk write (``O_DSYNC``, a fraction
@@ -48,34 +45,12 @@ class WriteThrough:
         self._pending.append(write)
         self._wake.set()
 
-    def recheck(self: RevocationSync, targets: list[Target]) -> None:
-        """Re-read ``targets`` from the table and make memory match; returns at once.
-
-        For a durable broadcast older than what this worker has synced: the
-        table, not the late message, decides.
-        """
-        self._recheck.append(targets)
-        self._wake.set()
-
-    def extend(self: RevocationSync, targets: list[Target], expires: float) -> None:
+    def extend(self, targets: list[Target], expires: float) -> None:
         """Queue keeping ``targets``' revocations for ``expires`` seconds more; returns at once."""
         self._extend.append((targets, expires))
         self._wake.set()
 
-    @property
-    def pending_count(self: RevocationSync) -> int:
-        return len(self._pending)
-
-    @property
-    def pending_targets(self: RevocationSync) -> set[Target]:
-        """Targets heard on the control channel and not yet committed."""
-        return {t for w in list(self._pending) for t in w.targets}
-
-    @property
-    def pending_ids(self: RevocationSync) -> set[str]:
-        return {t.value for t in self.pending_targets if t.kind == "task"}
-
-    def _flush(self: RevocationSync) -> None:
+    def _flush(self) -> None:
         """Commit queued writes, grouped so a burst becomes few transactions."""
         while self._pending:
             first = self._pending[0]
@@ -118,7 +93,7 @@ class WriteThrough:
         if self.state is not None and self._committed_seq:
             self.state.spool.clear_if(self._committed_seq)
 
-    def _reread(self: RevocationSync) -> None:
+    def _reread(self) -> None:
         while self._recheck:
             targets = self._recheck[0]
             rows = self.store.get_many(targets)
