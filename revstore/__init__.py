@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-#: Set before the imports below: ``revstore.migrate`` reads it while they run.
-__version__ = "0.2.0"
-
+from ._version import __version__
 from .errors import ConfigurationError, DatabaseUnavailable, InvalidInput, RevstoreError, SchemaError
 from .cancel import RevocableTask
 from .cancel import is_revoked as is_current_task_revoked
@@ -13,6 +11,7 @@ from .integration import install
 from .store import Revocation, RevocationStore, Target
 
 __all__ = [
+    "__version__",
     "ConfigurationError",
     "DatabaseUnavailable",
     "InvalidInput",

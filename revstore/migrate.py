@@ -29,7 +29,7 @@ from sqlalchemy import Connection, inspect, select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.schema import CreateTable
 
-from . import __version__
+from ._version import __version__
 from .config import mask_url
 from .errors import RevstoreError, SchemaError
 from .schema import Tables, version_table

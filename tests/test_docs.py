@@ -38,7 +38,8 @@ and the virtualenv's ``bin`` is first on ``PATH`` (``revstore``, ``celery``,
 once and the test takes as long as the slowest page (the quick start).
 
 Also checked: ``docs/configuration.md`` names every setting, environment
-variable and CLI command, and ``mkdocs build --strict`` (run by ``make test``)
+variable and CLI command, its settings table is the one generated from the
+code's (:mod:`revstore.settings_doc`), and ``mkdocs build --strict`` (run by ``make test``)
 fails on a broken link or a page missing from ``nav`` (run here too, see
 :func:`test_mkdocs_strict_build_passes`).
 """
@@ -300,6 +301,15 @@ def test_configuration_page_lists_every_setting_and_command() -> None:
     assert not missing, f"docs/configuration.md does not document: {missing}"
 
 
+def test_settings_table_in_the_docs_is_generated_from_the_code() -> None:
+    """Names, variables, kinds, bounds and defaults of the docs' table are the code's (revstore.config.TABLE)."""
+    from revstore import settings_doc
+
+    page = (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
+    assert settings_doc.current(page) == settings_doc.markdown(), (
+        "docs/configuration.md's settings table is stale: run `python -m revstore.settings_doc docs/configuration.md`")
+
+
 def test_a_broken_sample_fails(tmp_path: Path) -> None:
     """The runner must report failures, not swallow them."""
     page = tmp_path / "broken.md"
@@ -408,7 +418,7 @@ def test_no_page_quotes_a_benchmark_figure_without_its_reference() -> None:
 
 
 # --- Settings: documented defaults and bounds against the code --------------------------------------
-SETTING_ROW = re.compile(r"^\| `(?P<name>revstore_[a-z_]+)` \| `(?P<env>[A-Z_]+)` \| (?P<type>[^|]*) \| (?P<default>[^|]*) \|$")
+SETTING_ROW = re.compile(r"^\| `(?P<name>revstore_[a-z_]+)` \| `(?P<env>[A-Z_]+)` \| (?P<type>[^|]*) \| (?P<default>[^|]*) \|(?: [^|]* \|)?$")
 
 
 def settings_rows() -> list[dict[str, str]]:
