@@ -21,13 +21,15 @@ from celery.concurrency.solo import TaskPool as SoloPool
 from celery.platforms import signals as platform_signals
 from celery.worker import state as worker_state
 
-from . import cancel, control, green, migrate
+from . import cancel, control, migrate
+from .backends import green
 from .config import Settings, load_settings
 from .errors import DatabaseUnavailable, RevstoreError
 from .localstate import LocalState
 from .memory import WorkerMemory
 from .names import Rule
-from .store import Revocation, RevocationStore
+from .records import Revocation
+from .store import RevocationStore
 from .sync import RevocationSync
 
 logger = logging.getLogger("revstore")

@@ -28,7 +28,7 @@ from . import __version__
 from .client import DURABLE_FLAG
 from .errors import InvalidInput
 from .remote import add_client_methods
-from .store import DEFAULT, Target, as_target, normalize_signal, validate_expires
+from .records import DEFAULT, Target, as_target, normalize_signal, validate_expires
 from .sync import PendingWrite, RevocationSync
 
 logger = logging.getLogger("revstore")

@@ -106,7 +106,7 @@ def read_frames(data: bytes, stop_at_damage: bool = False) -> tuple[list[bytes],
 
 
 def epoch(value: datetime) -> float:
-    """A database timestamp as epoch seconds; SQLite's naive ones are UTC."""
+    """A database timestamp as epoch seconds; naive ones are UTC (the store writes UTC)."""
     return (value if value.tzinfo else value.replace(tzinfo=timezone.utc)).timestamp()
 
 
@@ -147,9 +147,7 @@ class DbClock:
 
 def identity(store: RevocationStore) -> str:
     """What a file belongs to: database, schema and prefix (never the password)."""
-    url = store.url.set(password=None)
-    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
-        url = url.set(database=os.path.abspath(url.database))
+    url = store.backend.canonical_url(store.url.set(password=None))
     return f"{mask_url(url)}|{store.tables.schema or ''}|{store.tables.prefix}"
 
 

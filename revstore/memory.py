@@ -25,7 +25,7 @@ from celery.utils.collections import LimitedSet
 from celery.worker import state as worker_state
 
 from .names import Rule
-from .store import Revocation, Snapshot, Target, gc_paused
+from .records import Revocation, Snapshot, Target, gc_paused
 
 logger = logging.getLogger("revstore")
 

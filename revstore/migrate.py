@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,8 @@ from . import __version__
 from .config import mask_url
 from .errors import RevstoreError, SchemaError
 from .schema import Tables, version_table
-from .store import RevocationStore, _is_missing_table, short_error
+from .executor import short_error
+from .store import RevocationStore
 from .window import INSTALLATION_ID_REVISION, LEGACY_HEAD, SCHEMA_INFO_REVISION, Chain, SchemaState, Step, Verdict, assess
 
 
@@ -79,13 +81,13 @@ def read_state(store: RevocationStore) -> SchemaState:
     or an empty one) falls back to the version tables.
     """
     tables = store.tables
-    conn = store._connect()
+    conn = store.executor.connect()
     table = tables.schema_info.name
     try:
         present = set(inspect(conn).get_table_names(schema=tables.schema))
         info = tables.schema_info
         row = _read_if_there(conn, select(info.c.revision, info.c.schema_release, info.c.oldest_release),
-                             listed=info.name in present)
+                             listed=info.name in present, missing=store.backend.is_missing_table)
         if row is not None:
             return SchemaState(row.revision, row.schema_release, row.oldest_release)
         for table in (tables.version_table, tables.legacy_version_table):
@@ -104,7 +106,7 @@ def read_state(store: RevocationStore) -> SchemaState:
         conn.close()
 
 
-def _read_if_there(conn: Connection, query: Any, *, listed: bool) -> Any:
+def _read_if_there(conn: Connection, query: Any, *, listed: bool, missing: Callable[[BaseException], bool]) -> Any:
     """The first row of ``query``, None if its table does not exist.
 
     MySQL lists only the tables a role may read: a table missing from the
@@ -117,7 +119,7 @@ def _read_if_there(conn: Connection, query: Any, *, listed: bool) -> Any:
         with conn.begin_nested():
             return conn.execute(query).first()
     except DBAPIError as exc:
-        if _is_missing_table(exc):
+        if missing(exc):
             return None
         raise
 
@@ -148,7 +150,7 @@ def _run(fn, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
 
 def _reachable(store: RevocationStore) -> None:
     """Fail with the store's one-line DatabaseUnavailable before Alembic starts."""
-    store._connect().close()
+    store.executor.connect().close()
 
 
 def _expand_target(steps: Chain, current: str | None, revision: str | None) -> str | None:

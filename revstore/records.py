@@ -247,6 +247,10 @@ def normalize_signal(sig: Any) -> str:
     return name
 
 
+#: Sentinel meaning "use the store's default expiry" (``revstore_default_expires``).
+DEFAULT: Any = object()
+
+
 def validate_expires(expires: Any) -> float | None:
     """Seconds (None: never), or InvalidInput unless ``expires`` is what :meth:`RevocationStore.add` takes."""
     if expires is None:

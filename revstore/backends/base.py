@@ -19,8 +19,8 @@ from __future__ import annotations
 from array import array
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from typing import Any, ClassVar, Protocol
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from sqlalchemy import Engine, Table, bindparam, func, select, tuple_
 from sqlalchemy.engine import URL, Connection
@@ -28,7 +28,14 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql import ColumnElement, Select
 
 from ..errors import ConfigurationError
-from ..schema import Tables
+
+if TYPE_CHECKING:  # schema imports this package's column types: no import back at run time
+    from ..schema import Tables
+
+#: Where ``revstore db grants`` prints this database's role SQL (the
+#: PostgreSQL and MySQL backends write the two sections under these marks).
+WORKER_MARK = "-- revstore: worker role"
+ADMIN_MARK = "-- revstore: admin role"
 
 #: A stored key: ``(kind, header, value)``, the primary key of a row.
 Key = tuple[str, str, str]
@@ -95,6 +102,30 @@ class Backend(Protocol):
     #: them more compactly than a lookup's key list.
     upsert_chunk: ClassVar[int]
 
+    #: Rows per INSERT where each row binds its own eleven values (``revstore import``):
+    #: under the driver's bound-parameter limit.
+    row_chunk: ClassVar[int]
+
+    def canonical_url(self, url: URL) -> URL:
+        """``url`` naming the same database from any working directory (a local state file's owner)."""
+        ...
+
+    def channel(self, tables: Tables) -> str:
+        """The channel writers signal on, one per installation (a valid name where changes are pushed)."""
+        ...
+
+    def is_missing_table(self, exc: BaseException) -> bool:
+        """Whether ``exc`` says a table does not exist (``revstore db upgrade`` never ran)."""
+        ...
+
+    def is_missing_column(self, exc: BaseException) -> bool:
+        """Whether ``exc`` says a column does not exist (new code before its expand step ran)."""
+        ...
+
+    def returns_from_update(self, engine: Engine) -> bool:
+        """Whether an UPDATE can hand back what it wrote (``RETURNING``): one round trip less per write."""
+        ...
+
     def engine_options(self, pooling: Pooling) -> dict[str, Any]:
         """``create_engine`` keyword arguments: timeouts, pool, isolation.
 
@@ -142,6 +173,18 @@ class Backend(Protocol):
 
     def column_time(self, value: datetime) -> datetime:
         """An aware datetime as this database stores it (for rows imported with their own times)."""
+        ...
+
+    def aware(self, value: Any) -> datetime:
+        """A time read back from this database (a column, ``now()``, an aggregate of either) as aware UTC.
+
+        Where the database keeps no zone, what it hands back is UTC: the
+        store writes UTC and asks the server for UTC.
+        """
+        ...
+
+    def like_now(self, value: datetime | None, now: datetime) -> datetime | None:
+        """A stored time in the form :meth:`as_datetime` gave ``now`` (both naive or both aware), to subtract."""
         ...
 
     def seconds_left(self, expires_at: ColumnElement[Any]) -> ColumnElement[Any]:
@@ -201,11 +244,13 @@ class Backend(Protocol):
         ...
 
     def listener(self, url: URL, channel: str, on_change: Callable[[], None], name: str, *,
-                 probe: Callable[[str], None], check_interval: float, fallback_interval: float) -> Listener | None:
+                 probe: Callable[[str], None], check_interval: float, fallback_interval: float,
+                 shown_as: str) -> Listener | None:
         """A listener calling ``on_change`` when anyone writes, or None where changes can only be polled.
 
         It is live only while it hears ``probe(its own channel)`` every
         ``check_interval``; ``fallback_interval`` is the poll it announces otherwise.
+        ``shown_as``: ``url`` with its secrets masked, for log lines.
         """
         ...
 
@@ -248,6 +293,11 @@ def stream_id_rows(conn: Connection, cursor: Any, sql: str, params: Any,
         cursor.close()
 
 
+def driver_message(exc: BaseException) -> str:
+    """The driver's own text of ``exc``, lower-cased, for backends that can tell errors apart only by it."""
+    return str(getattr(exc, "orig", exc)).lower()
+
+
 class SqlBackend:
     """Portable implementations of :class:`Backend`: override what your database does better."""
 
@@ -258,6 +308,23 @@ class SqlBackend:
     #: SQLite allows 32766 bound parameters: 2000 rows of up to 11 stay under it
     key_chunk: ClassVar[int] = 2000
     upsert_chunk: ClassVar[int] = 2000
+    row_chunk: ClassVar[int] = 2000
+
+    def canonical_url(self, url: URL) -> URL:
+        return url
+
+    def channel(self, tables: Tables) -> str:
+        return f"{tables.schema}.{tables.prefix}changes" if tables.schema else f"{tables.prefix}changes"
+
+    def is_missing_table(self, exc: BaseException) -> bool:
+        return False
+
+    def is_missing_column(self, exc: BaseException) -> bool:
+        return False
+
+    def returns_from_update(self, engine: Engine) -> bool:
+        # SQLAlchemy knows per dialect and server version (SQLite 3.35+, not MariaDB's UPDATE)
+        return bool(getattr(engine.dialect, "update_returning", False))
 
     def engine_options(self, pooling: Pooling) -> dict[str, Any]:
         return {"pool_pre_ping": True}
@@ -284,6 +351,15 @@ class SqlBackend:
         return value  # type: ignore[no-any-return]
 
     def column_time(self, value: datetime) -> datetime:
+        return value
+
+    def aware(self, value: Any) -> datetime:
+        value = self.as_datetime(value)
+        return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+    def like_now(self, value: datetime | None, now: datetime) -> datetime | None:
+        if value is not None and (value.tzinfo is None) != (now.tzinfo is None):
+            return value.replace(tzinfo=now.tzinfo)
         return value
 
     def seconds_left(self, expires_at: ColumnElement[Any]) -> ColumnElement[Any]:
@@ -335,7 +411,8 @@ class SqlBackend:
         return None
 
     def listener(self, url: URL, channel: str, on_change: Callable[[], None], name: str, *,
-                 probe: Callable[[str], None], check_interval: float, fallback_interval: float) -> Listener | None:
+                 probe: Callable[[str], None], check_interval: float, fallback_interval: float,
+                 shown_as: str) -> Listener | None:
         return None
 
     def server_identity(self, conn: Connection) -> dict[str, ColumnElement[Any]]:

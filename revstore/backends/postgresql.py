@@ -15,7 +15,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql import ColumnElement, Select
 
 from ..schema import Tables
-from .base import Key, Listener, Merge, Pooling, SqlBackend, stream_id_rows
+from .base import Key, Listener, Merge, Pooling, SqlBackend, driver_message, stream_id_rows
 
 
 def _timeouts(seconds: float | None) -> dict[str, Any]:
@@ -42,6 +42,18 @@ class PostgresBackend(SqlBackend):
     #: keys travel as one JSON array (see _keys), so a statement takes many
     key_chunk: ClassVar[int] = 50_000
     upsert_chunk: ClassVar[int] = 50_000
+
+    def channel(self, tables: Tables) -> str:
+        # NOTIFY channels are identifiers: 63 bytes at most, longer ones cut by the server
+        return f"{tables.schema or 'public'}.{tables.prefix}changes"[:63]
+
+    def is_missing_table(self, exc: BaseException) -> bool:
+        msg = driver_message(exc)
+        return "relation" in msg and "does not exist" in msg
+
+    def is_missing_column(self, exc: BaseException) -> bool:
+        msg = driver_message(exc)
+        return "column" in msg and "does not exist" in msg
 
     def engine_options(self, pooling: Pooling) -> dict[str, Any]:
         # prepare_threshold None: psycopg prepares nothing on the server.
@@ -185,10 +197,11 @@ class PostgresBackend(SqlBackend):
         conn.execute(select(func.pg_notify(channel, str(version))))
 
     def listener(self, url: URL, channel: str, on_change: Callable[[], None], name: str, *,
-                 probe: Callable[[str], None], check_interval: float, fallback_interval: float) -> Listener | None:
+                 probe: Callable[[str], None], check_interval: float, fallback_interval: float,
+                 shown_as: str) -> Listener | None:
         from .postgresql_listen import Listener as PgListener
 
-        return PgListener(url, channel, on_change, probe, name, check_interval, fallback_interval)
+        return PgListener(url, channel, on_change, probe, name, check_interval, fallback_interval, shown_as=shown_as)
 
     def server_identity(self, conn: Connection) -> dict[str, ColumnElement[Any]]:
         """The cluster's system identifier and the timeline it writes on, where the role may read them.
@@ -251,7 +264,7 @@ class PostgresBackend(SqlBackend):
         return {f"{role}/{app_name}": int(n) for role, app_name, n in rows}
 
     def role_sql(self, tables: Tables, admin_role: str, worker_role: str, *, create_role: bool) -> str:
-        from ..roles import admin_sql, worker_sql
+        from .postgresql_roles import admin_sql, worker_sql
 
         admin = admin_sql(tables, admin_role, create_role=create_role)
         worker = worker_sql(tables, worker_role, create_role=create_role)

@@ -2,21 +2,35 @@
 
 from __future__ import annotations
 
+import os
 from datetime import datetime, timezone
 from typing import Any, ClassVar
 
 from sqlalchemy import Engine, Table, bindparam, event, func, literal_column
 from sqlalchemy.dialects import sqlite
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import URL, Connection
 from sqlalchemy.sql import ColumnElement
 
-from .base import Pooling, SqlBackend
+from .base import Pooling, SqlBackend, driver_message
 
 
 class SqliteBackend(SqlBackend):
     name: ClassVar[str] = "sqlite"
     driver_hint: ClassVar[str] = "use a Python built with the sqlite3 module"
     supports_schema: ClassVar[bool] = False
+
+    def canonical_url(self, url: URL) -> URL:
+        # a relative file path names another database from another directory
+        if url.database in (None, "", ":memory:"):
+            return url
+        return url.set(database=os.path.abspath(url.database))
+
+    def is_missing_table(self, exc: BaseException) -> bool:
+        return "no such table" in driver_message(exc)
+
+    def is_missing_column(self, exc: BaseException) -> bool:
+        msg = driver_message(exc)
+        return "no such column" in msg or "has no column named" in msg
 
     def engine_options(self, pooling: Pooling) -> dict[str, Any]:
         # IMMEDIATE: a write transaction takes the write lock at its first

@@ -18,7 +18,9 @@ from .. import client
 from ..errors import InvalidInput
 from ..inputs import parse_expires, parse_name_target, parse_targets, require_expiry, split_pasted
 from ..names import decode_where
-from ..store import KINDS, Revocation, RevocationStore, Target, normalize_signal
+from ..records import Revocation, Target, normalize_signal
+from ..schema import KINDS
+from ..store import RevocationStore
 
 #: A pasted list longer than this is refused: one form post should not be a bulk import (use the CLI).
 MAX_IDS = 10_000

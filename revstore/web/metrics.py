@@ -34,7 +34,8 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from ..config import mask_url
 from ..errors import RevstoreError
-from ..store import KINDS, RevocationStore
+from ..schema import KINDS
+from ..store import RevocationStore
 from ..health import worker_status
 
 logger = logging.getLogger("revstore.web")
