@@ -20,7 +20,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from . import config as _config
 from .errors import ConfigurationError, RevstoreError
 from .inputs import parse_expires, parse_name_target, parse_targets, require_expiry
-from .store import RevocationStore, Revocation, Target
+from .store import KINDS, RevocationStore, Revocation, Target
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -258,12 +258,12 @@ def db_sql(ctx: Context, revision: str | None, since: str | None, phase: str, fr
 @user_errors
 def db_grants(ctx: Context, worker_role: str, admin_role: str, create_role: bool) -> None:
     """Print the SQL for a migrating admin role and a DML-only worker role (PostgreSQL unless the URL says otherwise)."""
-    from .backends import for_dialect
+    from .backends import for_url
     from .schema import build_tables
 
     settings = ctx.settings()
     tables = build_tables(settings.table_prefix, settings.schema)
-    backend = for_dialect(settings.url.get_backend_name() if settings.url is not None else "postgresql")
+    backend = for_url(settings.url)
     click.echo(backend.role_sql(tables, admin_role, worker_role, create_role=create_role), nl=False)
 
 
@@ -407,7 +407,7 @@ def _aligned(rows: list[tuple[str, ...]]) -> list[str]:
 
 
 @main_group.command("list")
-@click.option("--kind", type=click.Choice(["task", "stamp", "root", "name"]), default=None)
+@click.option("--kind", type=click.Choice(KINDS), default=None)
 @click.option("--terminate", "only_terminate", is_flag=True, help="Only revocations that terminate.")
 @click.option("--limit", type=click.IntRange(min=1), default=None)
 @click.option("--format", "fmt", type=click.Choice(["table", "tsv", "csv", "json"]), default=None,

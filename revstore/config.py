@@ -155,8 +155,7 @@ def normalize_url(raw: str) -> URL:
     fastest of the three drivers measured (docs/benchmarks.md).
     """
     raw = raw.strip()
-    if raw.startswith("postgres://"):
-        raw = "postgresql://" + raw[len("postgres://"):]
+    raw = backends.unalias(raw)
     try:
         url = make_url(raw)
     except (ArgumentError, ValueError):  # ValueError: a non-numeric port

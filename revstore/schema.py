@@ -32,6 +32,7 @@ this module must describe the head revision exactly (a test compares them).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 from sqlalchemy import (
     BigInteger,
@@ -51,7 +52,9 @@ from sqlalchemy.sql import func
 
 from .backends.columns import AUDIT_ID, FULL_KEY_TYPE, TIMESTAMP
 
-KINDS = ("task", "stamp", "root", "name")
+#: What a revocation applies to (see the module's docstring); written here once.
+Kind = Literal["task", "stamp", "root", "name"]
+KINDS: tuple[Kind, ...] = get_args(Kind)
 
 #: Longest id, header or stamp value stored as itself in the primary key:
 #: Celery ids are 36 characters; 255 leaves room for custom ids and fits every

@@ -23,9 +23,10 @@ from .purge import Purge
 from .queries import OperatorQueries
 from .reads import WorkerReads
 from .records import DEFAULT, Changes, Revocation, Snapshot, Target, WriteResult
+from .schema import KINDS
 from .writes import EXTEND_SLACK, Writes
 
-__all__ = ["DEFAULT", "EXTEND_SLACK", "Changes", "Revocation", "RevocationStore", "Snapshot", "Target",
+__all__ = ["DEFAULT", "EXTEND_SLACK", "KINDS", "Changes", "Revocation", "RevocationStore", "Snapshot", "Target",
            "WriteResult", "short_error"]
 
 
