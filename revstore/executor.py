@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timedelta
 from operator import methodcaller
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar, overload
 
 from sqlalchemy import Engine, create_engine, select, update
 from sqlalchemy.engine import URL, Connection
@@ -214,32 +214,40 @@ class Executor:
             self.engine.dispose(close=True)
 
 
+class Shared(Generic[T]):
+    """An attribute of the executor, read and set through any door: one value however many doors share it."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, door: None, owner: type) -> Shared[T]: ...
+
+    @overload
+    def __get__(self, door: Door, owner: type) -> T: ...
+
+    def __get__(self, door: Door | None, owner: type) -> Shared[T] | T:
+        return self if door is None else getattr(door.executor, self.name)  # type: ignore[no-any-return]
+
+    def __set__(self, door: Door, value: T) -> None:
+        setattr(door.executor, self.name, value)
+
+
 class Door:
-    """What every door holds: the shared executor, and the names callers read off a store."""
+    """What every door holds: the shared executor, and the names callers read (and tests tune) on a store."""
+
+    url: Shared[URL] = Shared()
+    tables: Shared[Tables] = Shared()
+    backend: Shared[Backend] = Shared()
+    engine: Shared[Engine] = Shared()
+    #: the channel writers signal on where the database can push changes (one per installation)
+    channel: Shared[str] = Shared()
+    default_expires: Shared[float | None] = Shared()
+    tombstone_ttl: Shared[float] = Shared()
+    audit_ttl: Shared[float] = Shared()
 
     def __init__(self, executor: Executor) -> None:
         self.executor = executor
-
-    @property
-    def url(self) -> URL:
-        return self.executor.url
-
-    @property
-    def tables(self) -> Tables:
-        return self.executor.tables
-
-    @property
-    def backend(self) -> Backend:
-        return self.executor.backend
-
-    @property
-    def engine(self) -> Engine:
-        return self.executor.engine
-
-    @property
-    def channel(self) -> str:
-        """The channel writers signal on where the database can push changes (one per installation)."""
-        return self.executor.channel
 
     def dispose(self) -> None:
         self.executor.dispose()

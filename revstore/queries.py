@@ -93,6 +93,12 @@ class OperatorQueries(Door):
                 return
             after = tuple(rows[-1][0])  # type: ignore[assignment]  # the stored key, a digest for a long one
 
+    def current_version(self) -> int:
+        """The clock's version: how many writes the table has taken (``revstore stats``, /metrics)."""
+        clock = self.executor.tables.clock
+        return int(self.executor.run(
+            lambda conn: conn.execute(select(clock.c.version).where(clock.c.id == 1)).scalar_one()))
+
     def next_expiry(self) -> float | None:
         """Seconds until the soonest active revocation expires (None: none expires), for /metrics.
 

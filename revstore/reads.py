@@ -139,11 +139,6 @@ class WorkerReads(Door):
         ex = self.executor
         return ex.run(lambda conn: ex.identity(conn.execute(select(*ex.identity_columns(conn))).one()))
 
-    def current_version(self) -> int:
-        clock = self.executor.tables.clock
-        return int(self.executor.run(
-            lambda conn: conn.execute(select(clock.c.version).where(clock.c.id == 1)).scalar_one()))
-
     def db_now(self) -> datetime:
         """The database server's current time, timezone-aware (a worker's clock anchor)."""
         ex = self.executor

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Engine
 from sqlalchemy.engine import URL
 
 from . import config as _config
@@ -33,25 +32,9 @@ __all__ = ["DEFAULT", "EXTEND_SLACK", "KINDS", "Changes", "Revocation", "Revocat
 class RevocationStore(WorkerReads, Writes, Purge, OperatorQueries):
     """Every door over one executor; safe to share between threads."""
 
-    def __init__(
-        self,
-        url: str | URL,
-        *,
-        schema: str | None = None,
-        table_prefix: str = _config.DEFAULT_TABLE_PREFIX,
-        default_expires: float | None = _config.DEFAULT_EXPIRES,
-        tombstone_ttl: float = _config.DEFAULT_TOMBSTONE_TTL,
-        audit_ttl: float = _config.DEFAULT_AUDIT_TTL,
-        engine: Engine | None = None,
-        pool_size: int = _config.DEFAULT_POOL_SIZE,
-        max_overflow: int = _config.DEFAULT_POOL_MAX_OVERFLOW,
-        prepare_threshold: int | None = None,
-        timeout: float | None = None,
-    ) -> None:
-        super().__init__(Executor(
-            url, schema=schema, table_prefix=table_prefix, default_expires=default_expires,
-            tombstone_ttl=tombstone_ttl, audit_ttl=audit_ttl, engine=engine, pool_size=pool_size,
-            max_overflow=max_overflow, prepare_threshold=prepare_threshold, timeout=timeout))
+    def __init__(self, url: str | URL, **options: Any) -> None:
+        """``options`` are :class:`Executor`'s: schema, table prefix, expiries, pool and timeout."""
+        super().__init__(Executor(url, **options))
 
     @classmethod
     def from_settings(cls, settings: _config.Settings, **kwargs: Any) -> RevocationStore:

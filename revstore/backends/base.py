@@ -359,7 +359,7 @@ class SqlBackend:
         return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
 
     def like_now(self, value: datetime | None, now: datetime) -> datetime | None:
-        if value is not None and (value.tzinfo is None) != (now.tzinfo is None):
+        if value is not None and isinstance(now, datetime) and (value.tzinfo is None) != (now.tzinfo is None):
             return value.replace(tzinfo=now.tzinfo)
         return value
 
