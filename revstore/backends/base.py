@@ -1,15 +1,16 @@
 """What the store core asks of a database, and the defaults most databases share.
 
-The core (the store's doors over :mod:`revstore.executor`) holds everything that is the same on every
-database: the API, validation, versioning through the clock row, the rules
-of an upsert (what a re-revoke may change), expiry by database time.  A
-backend module holds only what differs: how to say "now", how to send many
-keys in one statement, which INSERT dialect resolves conflicts, how a large
-load or a batched delete runs fast, and whether the database can push
-changes to workers, how its driver words an error, how it keeps time
-zones, and its grants.  Adding a database means writing one module that
-implements :class:`Backend`; nothing outside ``revstore/backends`` checks
-which database it is talking to (``tests/test_layers.py`` holds to it).
+The core (the store's doors over :mod:`revstore.executor`) holds everything
+that is the same on every database: the API, validation, versioning through
+the clock row, the rules of an upsert (what a re-revoke may change), expiry
+by database time.  A backend module holds only what differs: how to say
+"now", how to send many keys in one statement, which INSERT dialect
+resolves conflicts, how a large load or a batched delete runs fast, whether
+the database can push changes to workers, how its driver words an error,
+how it keeps time zones, and its grants.  Adding a database means writing
+one module that implements :class:`Backend`; nothing outside
+``revstore/backends`` checks which database it is talking to
+(``tests/test_layers.py`` holds to it).
 
 :class:`SqlBackend` implements every method in portable SQLAlchemy Core, so a
 module overrides only what its database does differently or better.
