@@ -116,6 +116,12 @@ class Backend(Protocol):
         """The channel writers signal on, one per installation (a valid name where changes are pushed)."""
         ...
 
+    #: How the driver words "no such table" and "no such column": each entry
+    #: the words one message holds together (lower case).  Drivers agree on
+    #: no error code for them, so their texts are what tells them apart.
+    missing_table_words: ClassVar[tuple[tuple[str, ...], ...]]
+    missing_column_words: ClassVar[tuple[tuple[str, ...], ...]]
+
     def is_missing_table(self, exc: BaseException) -> bool:
         """Whether ``exc`` says a table does not exist (``revstore db upgrade`` never ran)."""
         ...
@@ -295,9 +301,10 @@ def stream_id_rows(conn: Connection, cursor: Any, sql: str, params: Any,
         cursor.close()
 
 
-def driver_message(exc: BaseException) -> str:
-    """The driver's own text of ``exc``, lower-cased, for backends that can tell errors apart only by it."""
-    return str(getattr(exc, "orig", exc)).lower()
+def _says(exc: BaseException, wordings: tuple[tuple[str, ...], ...]) -> bool:
+    """Whether the driver's text of ``exc`` holds all the words of one of ``wordings``."""
+    text = str(getattr(exc, "orig", exc)).lower()
+    return any(all(word in text for word in words) for words in wordings)
 
 
 class SqlBackend:
@@ -311,6 +318,8 @@ class SqlBackend:
     key_chunk: ClassVar[int] = 2000
     upsert_chunk: ClassVar[int] = 2000
     row_chunk: ClassVar[int] = 2000
+    missing_table_words: ClassVar[tuple[tuple[str, ...], ...]] = ()
+    missing_column_words: ClassVar[tuple[tuple[str, ...], ...]] = ()
 
     def canonical_url(self, url: URL) -> URL:
         return url
@@ -319,10 +328,10 @@ class SqlBackend:
         return f"{tables.schema}.{tables.prefix}changes" if tables.schema else f"{tables.prefix}changes"
 
     def is_missing_table(self, exc: BaseException) -> bool:
-        return False
+        return _says(exc, self.missing_table_words)
 
     def is_missing_column(self, exc: BaseException) -> bool:
-        return False
+        return _says(exc, self.missing_column_words)
 
     def returns_from_update(self, engine: Engine) -> bool:
         # SQLAlchemy knows per dialect and server version (SQLite 3.35+, not MariaDB's UPDATE)

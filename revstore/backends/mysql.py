@@ -43,7 +43,7 @@ from sqlalchemy.sql import ColumnElement, Select, visitors
 
 from ..errors import ConfigurationError
 from ..schema import MAX_KEY_LENGTH, Tables
-from .base import ADMIN_MARK, WORKER_MARK, Merge, Pooling, SqlBackend, driver_message, stream_id_rows
+from .base import ADMIN_MARK, WORKER_MARK, Merge, Pooling, SqlBackend, stream_id_rows
 
 #: The largest double: MySQL has no float infinity, so a row that never
 #: expires loads as this and becomes ``inf`` on the way into Python.
@@ -81,12 +81,8 @@ class MysqlBackend(SqlBackend):
     key_chunk: ClassVar[int] = 2000
     #: keys per upsert: one JSON parameter of ~50 bytes per key
     upsert_chunk: ClassVar[int] = 10_000
-
-    def is_missing_table(self, exc: BaseException) -> bool:
-        return "doesn't exist" in driver_message(exc)
-
-    def is_missing_column(self, exc: BaseException) -> bool:
-        return "unknown column" in driver_message(exc)
+    missing_table_words: ClassVar[tuple[tuple[str, ...], ...]] = (("doesn't exist",),)
+    missing_column_words: ClassVar[tuple[tuple[str, ...], ...]] = (("unknown column",),)
 
     def engine_options(self, pooling: Pooling) -> dict[str, Any]:
         # mysqlclient prepares nothing on the server: revstore_prepare_threshold does not apply

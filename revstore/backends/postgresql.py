@@ -15,7 +15,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql import ColumnElement, Select
 
 from ..schema import Tables
-from .base import Key, Listener, Merge, Pooling, SqlBackend, driver_message, stream_id_rows
+from .base import Key, Listener, Merge, Pooling, SqlBackend, stream_id_rows
 
 
 def _timeouts(seconds: float | None) -> dict[str, Any]:
@@ -42,18 +42,12 @@ class PostgresBackend(SqlBackend):
     #: keys travel as one JSON array (see _keys), so a statement takes many
     key_chunk: ClassVar[int] = 50_000
     upsert_chunk: ClassVar[int] = 50_000
+    missing_table_words: ClassVar[tuple[tuple[str, ...], ...]] = (("relation", "does not exist"),)
+    missing_column_words: ClassVar[tuple[tuple[str, ...], ...]] = (("column", "does not exist"),)
 
     def channel(self, tables: Tables) -> str:
         # NOTIFY channels are identifiers: 63 bytes at most, longer ones cut by the server
         return f"{tables.schema or 'public'}.{tables.prefix}changes"[:63]
-
-    def is_missing_table(self, exc: BaseException) -> bool:
-        msg = driver_message(exc)
-        return "relation" in msg and "does not exist" in msg
-
-    def is_missing_column(self, exc: BaseException) -> bool:
-        msg = driver_message(exc)
-        return "column" in msg and "does not exist" in msg
 
     def engine_options(self, pooling: Pooling) -> dict[str, Any]:
         # prepare_threshold None: psycopg prepares nothing on the server.

@@ -11,26 +11,21 @@ from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import URL, Connection
 from sqlalchemy.sql import ColumnElement
 
-from .base import Pooling, SqlBackend, driver_message
+from .base import Pooling, SqlBackend
 
 
 class SqliteBackend(SqlBackend):
     name: ClassVar[str] = "sqlite"
     driver_hint: ClassVar[str] = "use a Python built with the sqlite3 module"
     supports_schema: ClassVar[bool] = False
+    missing_table_words: ClassVar[tuple[tuple[str, ...], ...]] = (("no such table",),)
+    missing_column_words: ClassVar[tuple[tuple[str, ...], ...]] = (("no such column",), ("has no column named",))
 
     def canonical_url(self, url: URL) -> URL:
         # a relative file path names another database from another directory
         if url.database in (None, "", ":memory:"):
             return url
         return url.set(database=os.path.abspath(url.database))
-
-    def is_missing_table(self, exc: BaseException) -> bool:
-        return "no such table" in driver_message(exc)
-
-    def is_missing_column(self, exc: BaseException) -> bool:
-        msg = driver_message(exc)
-        return "no such column" in msg or "has no column named" in msg
 
     def engine_options(self, pooling: Pooling) -> dict[str, Any]:
         # IMMEDIATE: a write transaction takes the write lock at its first
