@@ -8,7 +8,8 @@ from .cancel import RevocableTask
 from .cancel import is_revoked as is_current_task_revoked
 from .client import is_revoked, restore, restore_name, revoke, revoke_by_stamped_headers, revoke_name, revoke_root
 from .integration import install
-from .store import Revocation, RevocationStore, Target
+from .records import Revocation, Target
+from .store import RevocationStore
 
 __all__ = [
     "__version__",

@@ -33,7 +33,7 @@ from .control_input import (
 )
 from .errors import InvalidInput
 from .remote import add_client_methods
-from .store import DEFAULT, Target, validate_expires
+from .records import DEFAULT, Target, validate_expires
 from .sync import PendingWrite, RevocationSync
 
 logger = logging.getLogger("revstore")
@@ -209,7 +209,7 @@ def _wrap_hello(handler: Callable[..., Any]) -> Callable[..., Any]:
         if news:
             # Celery 5.3 has no merge_revoked; its update() stamps a list's ids locally too
             getattr(worker_state, "merge_revoked", worker_state.revoked.update)(news)
-        ids = sync.memory.not_in_table(sorted(sync.pending_ids | sync.memory.memory_only, key=repr))
+        ids = sync.memory.uncommitted.not_in_table(sorted(sync.pending_ids | sync.memory.memory_only, key=repr))
         logger.info("revstore: sync with %s: sent %d revocations the table does not hold", from_node, len(ids))
         return {"revoked": ids, "clock": state.app.clock.forward()}
 

@@ -18,7 +18,7 @@ from typing import Any
 from celery.utils.functional import maybe_list
 
 from .errors import InvalidInput
-from .store import Target, as_target, normalize_signal
+from .records import Target, as_target, normalize_signal
 
 logger = logging.getLogger("revstore")
 

@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 
 
 def epoch(value: datetime) -> float:
-    """A database timestamp as epoch seconds; SQLite's naive ones are UTC."""
+    """A database timestamp as epoch seconds; naive ones are UTC (the store writes UTC)."""
     return (value if value.tzinfo else value.replace(tzinfo=timezone.utc)).timestamp()
 
 

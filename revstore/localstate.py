@@ -55,9 +55,7 @@ STATE_SUFFIXES = (".spool", ".spool.damaged", ".snapshot", ".snapshot.damaged", 
 
 def identity(store: RevocationStore) -> str:
     """What a file belongs to: database, schema and prefix (never the password)."""
-    url = store.url.set(password=None)
-    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
-        url = url.set(database=os.path.abspath(url.database))
+    url = store.backend.canonical_url(store.url.set(password=None))
     return f"{mask_url(url)}|{store.tables.schema or ''}|{store.tables.prefix}"
 
 

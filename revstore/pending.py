@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .store import DEFAULT, Target
+from .records import DEFAULT, Target
 
 
 @dataclass

@@ -44,9 +44,7 @@ def normalize_url(raw: str) -> URL:
     not a dependency; ``mysql://`` and ``mariadb://`` mean mysqlclient, the
     fastest of the three drivers measured (docs/benchmarks.md).
     """
-    raw = raw.strip()
-    if raw.startswith("postgres://"):
-        raw = "postgresql://" + raw[len("postgres://"):]
+    raw = backends.unalias(raw.strip())
     try:
         url = make_url(raw)
     except (ArgumentError, ValueError):  # ValueError: a non-numeric port

@@ -23,7 +23,7 @@ from . import frames as _frames
 from . import locks
 from .dbclock import epoch
 from .frames import HEADER, StateDamaged, frame, framed, read_frames
-from .store import Revocation, Snapshot, Target
+from .records import Revocation, Snapshot, Target
 
 #: The journal is folded into a new base once it is this large, or a quarter
 #: of the base, whichever is more.

@@ -33,7 +33,7 @@ from .dbclock import epoch
 from .errors import RevstoreError
 from .identity import distrust, witness_lost
 from .pending import PendingWrite
-from .store import Changes, Revocation
+from .records import Changes, Revocation
 from .sync_local import LocalCopy
 from .sync_state import RateLimitedWarning
 from .sync_writes import MERGE_WINDOW, WriteThrough

@@ -20,7 +20,7 @@ from .frames import StateDamaged
 from .identity import DbIdentity, distrust
 from .pending import PendingWrite
 from .snapshot_files import SnapshotRead
-from .store import Changes, Revocation
+from .records import Changes, Revocation
 from .sync_rewind import Rewind
 
 logger = logging.getLogger("revstore")

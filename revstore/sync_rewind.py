@@ -16,7 +16,7 @@ from typing import Callable
 from .config import mask_url
 from .dbclock import epoch
 from .errors import RevstoreError
-from .store import Revocation, Target
+from .records import Revocation, Target
 from .sync_state import SyncState
 
 logger = logging.getLogger("revstore")

@@ -23,7 +23,8 @@ from .localstate import LocalState
 from .memory import WorkerMemory
 from .pending import PendingWrite
 from .snapshot_files import SnapshotRead
-from .store import Revocation, RevocationStore, Snapshot, Target
+from .store import RevocationStore
+from .records import Revocation, Snapshot, Target
 
 logger = logging.getLogger("revstore")
 

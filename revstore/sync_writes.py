@@ -13,7 +13,8 @@ import time
 from datetime import datetime, timezone
 
 from .pending import PendingWrite
-from .store import DEFAULT, EXTEND_SLACK, Target
+from .store import EXTEND_SLACK
+from .records import DEFAULT, Target
 from .sync_state import SyncState
 
 logger = logging.getLogger("revstore")
@@ -81,7 +82,7 @@ class WriteThrough(SyncState):
                 )
                 self.commits += 1
             ids = [t.value for t in targets if t.kind == "task"]
-            self._post(lambda ids=ids: self.memory.committed(ids) or [])  # Celery's set is the loop's
+            self._post(lambda ids=ids: self.memory.uncommitted.committed(ids) or [])  # Celery's set is the loop's
             for w in batch:
                 self._pending.remove(w)
                 self._committed_seq = max(self._committed_seq, w.seq or 0)

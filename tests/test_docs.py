@@ -269,7 +269,7 @@ def _kill(pgid: int) -> None:
 def test_role_sql_in_the_docs_is_what_db_grants_prints() -> None:
     """The operations guide's role blocks must not drift from ``revstore db grants``."""
     from revstore.backends import for_dialect
-    from revstore.roles import ADMIN_MARK, WORKER_MARK, admin_sql, worker_sql
+    from revstore.backends.postgresql_roles import ADMIN_MARK, WORKER_MARK, admin_sql, worker_sql
     from revstore.schema import build_tables
 
     blocks = [b.code for b in ALL if b.lang == "sql" and b.code.startswith("-- revstore:")]

@@ -25,7 +25,7 @@ from harness import Cluster, wait_for
 from pgcluster import Pair, pg_pair  # noqa: F401 (a fixture)
 from proxy import TcpProxy
 from revstore import migrate
-from revstore.roles import worker_sql
+from revstore.backends.postgresql_roles import worker_sql
 from revstore.store import RevocationStore
 from test_reliability import status
 from test_worker_durability import cli, held_by, revoked_on, send

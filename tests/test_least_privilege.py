@@ -18,7 +18,7 @@ from sqlalchemy.exc import DBAPIError
 from cli_helpers import revstore
 from harness import wait_for
 from revstore.config import normalize_url
-from revstore.roles import WORKER_MARK
+from revstore.backends.base import WORKER_MARK
 from test_worker_durability import held_by, send
 
 pytestmark = pytest.mark.parametrize("backend", ["postgresql", "mariadb"])

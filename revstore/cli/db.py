@@ -119,10 +119,10 @@ def db_sql(ctx: Context, revision: str | None, since: str | None, phase: str, fr
 @user_errors
 def db_grants(ctx: Context, worker_role: str, admin_role: str, create_role: bool) -> None:
     """Print the SQL for a migrating admin role and a DML-only worker role (PostgreSQL unless the URL says otherwise)."""
-    from ..backends import for_dialect
+    from ..backends import for_url
     from ..schema import build_tables
 
     settings = ctx.settings()
     tables = build_tables(settings.table_prefix, settings.schema)
-    backend = for_dialect(settings.url.get_backend_name() if settings.url is not None else "postgresql")
+    backend = for_url(settings.url)
     click.echo(backend.role_sql(tables, admin_role, worker_role, create_role=create_role), nl=False)

@@ -17,7 +17,8 @@ import click
 from .. import config as _config
 from ..errors import ConfigurationError
 from ..inputs import parse_expires, parse_name_target, parse_targets, require_expiry
-from ..store import Revocation, Target
+from ..store import KINDS
+from ..records import Revocation, Target
 from .base import F, Context, UserError, main_group, pass_ctx, user_errors
 
 
@@ -158,7 +159,7 @@ def _aligned(rows: list[tuple[str, ...]]) -> list[str]:
 
 
 @main_group.command("list")
-@click.option("--kind", type=click.Choice(["task", "stamp", "root", "name"]), default=None)
+@click.option("--kind", type=click.Choice(KINDS), default=None)
 @click.option("--terminate", "only_terminate", is_flag=True, help="Only revocations that terminate.")
 @click.option("--limit", type=click.IntRange(min=1), default=None)
 @click.option("--format", "fmt", type=click.Choice(["table", "tsv", "csv", "json"]), default=None,
