@@ -22,8 +22,20 @@ from .executor import Door, actor, stored_rows
 from .records import DEFAULT, Revocation, Target, WriteResult, as_target, normalize_signal, unique_targets
 from .schema import MAX_REASON_LENGTH, REWOUND_NOTE_LENGTH
 
-#: See _upsert: how much later a re-revoke's expiry must be to rewrite the row.
+#: See _upsert: how much later a re-revoke's expiry must be to rewrite the row (at most).
 EXTEND_SLACK = timedelta(seconds=60)
+
+
+def extend_slack(now: datetime, expires_at: datetime) -> timedelta:
+    """How much later than a row's expiry a write's must be to move it: a hundredth of its lifetime, at most a minute.
+
+    N workers writing one broadcast a few ms apart must not each rewrite the
+    row to move its expiry by milliseconds.  But a revoke's lifetime is a
+    promise: ``expires=7`` given 3 s after ``expires=6`` must keep the id
+    revoked 7 s from the second revoke (a flat minute of slack swallowed it,
+    and the checker saw the task run).  Default lifetimes (days) keep the minute.
+    """
+    return min(EXTEND_SLACK, max(expires_at - now, timedelta(0)) / 100)
 
 #: A date any expiry can be added to: validates ``expires`` before touching the database.
 _CHECK_DATE = datetime(2000, 1, 1)
@@ -96,7 +108,8 @@ class Writes(Door):
             changed = 0
             for chunk in ex.key_chunks(todo, ex.backend.upsert_chunk):
                 # a notification repeated in one transaction is delivered once
-                changed += self._upsert(conn, chunk, shared, expires_at, heard, notify=(ex.channel, version))
+                changed += self._upsert(conn, chunk, shared, expires_at, heard, notify=(ex.channel, version),
+                                        slack=None if expires_at is None else extend_slack(now, expires_at))
             _audit.record(conn, ex.tables, "revoke", todo, by, reason, now)
             return WriteResult(changed, version, len(todo) - changed)
 
@@ -106,7 +119,8 @@ class Writes(Door):
         """The targets whose active row is already at least as strong as this write."""
         ex = self.executor
         table = ex.tables.revocations
-        wanted = ex.expiry(ex.db_now(conn), expires)
+        now = ex.db_now(conn)
+        wanted = ex.expiry(now, expires)
         found: set[Target] = set()
         for chunk in ex.key_chunks(items):
             stmt = select(table.c.kind, table.c.header, table.c.value).where(ex.key_in(chunk), table.c.active)
@@ -115,7 +129,8 @@ class Writes(Door):
             if wanted is None:
                 stmt = stmt.where(table.c.expires_at.is_(None))
             else:
-                stmt = stmt.where(or_(table.c.expires_at.is_(None), table.c.expires_at >= wanted - EXTEND_SLACK))
+                slack = extend_slack(now, wanted)
+                stmt = stmt.where(or_(table.c.expires_at.is_(None), table.c.expires_at >= wanted - slack))
             stored = {_keys.stored(t.kind, t.header, t.value)[0]: t for t in chunk}
             found.update(stored[tuple(key)] for key in conn.execute(stmt))  # type: ignore[index]
         return found
@@ -177,22 +192,22 @@ class Writes(Door):
         return ex.run(write)
 
     def _upsert(self, conn: Connection, items: list[Target], shared: dict[str, Any], expires_at: datetime | None,
-                heard: datetime | None = None, notify: tuple[str, int] | None = None) -> int:
+                heard: datetime | None = None, notify: tuple[str, int] | None = None,
+                slack: timedelta | None = None) -> int:
         """Insert or strengthen ``items``, every row with the ``shared`` column values.
 
-        A tombstone is revived unless it was written after ``heard``.
+        A tombstone is revived unless it was written after ``heard``.  An
+        active row's expiry moves only when ``expires_at`` is more than
+        ``slack`` (see :func:`extend_slack`) later.
         """
 
         def merge(old: Any, new: Any) -> tuple[dict[str, Any], Any]:
             stronger = and_(new.terminate, ~old.terminate)
-            # A re-revoke extends the expiry only when it gains more than
-            # EXTEND_SLACK: N workers writing one broadcast a few ms apart must
-            # not each rewrite the row just to move its expiry by milliseconds.
             if expires_at is None:
                 longer = old.expires_at.is_not(None)
             else:
                 longer = and_(old.expires_at.is_not(None),
-                              old.expires_at < literal(expires_at - EXTEND_SLACK, old.expires_at.type))
+                              old.expires_at < literal(expires_at - (slack or timedelta(0)), old.expires_at.type))
             set_ = {
                 "terminate": or_(and_(old.active, old.terminate), new.terminate),
                 "signal": case((new.terminate, new.signal), (old.active, old.signal), else_=None),
@@ -251,7 +266,7 @@ class Writes(Door):
 
         For a worker holding a task whose ETA is later than its revocation's
         expiry.  Unlike :meth:`add` it never revives a restored target, and it
-        leaves rows that already last long enough (within EXTEND_SLACK) alone.
+        leaves rows that already last long enough (within :func:`extend_slack`) alone.
         The row's ``revoked_by`` stays; the audit names ``extended_by``
         (default: user@host), and only when a row changed: workers extend
         on their own, often with nothing to do.
@@ -263,7 +278,7 @@ class Writes(Door):
 
         def write(conn: Connection, items: list[Target], version: int, now: datetime) -> WriteResult:
             until = ex.expiry(now, expires)
-            shorter = and_(table.c.expires_at.is_not(None), table.c.expires_at < until - EXTEND_SLACK)
+            shorter = and_(table.c.expires_at.is_not(None), table.c.expires_at < until - extend_slack(now, until))
             changed = 0
             for chunk in ex.key_chunks(items):
                 stmt = update(table).where(ex.key_in(chunk), table.c.active, shorter)
