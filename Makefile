@@ -18,11 +18,11 @@ demo: $(STAMP)
 	$(BIN)/revstore demo
 
 # Every nox session in noxfile.py: the whole suite (3.11, Redis), the worker tests
-# on RabbitMQ and at both ends of the supported range, the docs build.
-# Narrow it with e.g. NOX_ARGS="-s main" PYTEST_ARGS="tests/test_cli.py".
+# on RabbitMQ and at both ends of the supported range, the docs build (two lanes
+# at once, see .ci/test).  Narrow it with e.g. NOX_ARGS="-s main" PYTEST_ARGS="tests/test_cli.py".
 test: $(STAMP)
 	bash .ci/services
-	$(BIN)/nox $(NOX_ARGS) -- $(PYTEST_ARGS)
+	NOX_ARGS="$(NOX_ARGS)" bash .ci/test $(BIN)/nox $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	bash .ci/services

@@ -29,15 +29,21 @@ nox.options.sessions = ["main", "oldest", "newest", "docs"]
 nox.options.reuse_venv = "yes"
 nox.options.error_on_missing_interpreters = True
 
+#: Each session's brokers: a Redis database and a RabbitMQ vhost of its own
+#: (.ci/services creates the vhosts), since ``make test`` runs main beside the
+#: range sessions (.ci/test) and no run's broadcasts may reach another's workers.
 BROKERS = {
-    "redis": "redis://127.0.0.1:6379/5",
-    "rabbitmq": "amqp://guest:guest@127.0.0.1:5672//",
+    "main": {"redis": "redis://127.0.0.1:6379/5", "rabbitmq": "amqp://guest:guest@127.0.0.1:5672//"},
+    "oldest": {"redis": "redis://127.0.0.1:6379/13", "rabbitmq": "amqp://guest:guest@127.0.0.1:5672/revstore-oldest"},
+    "newest": {"redis": "redis://127.0.0.1:6379/14", "rabbitmq": "amqp://guest:guest@127.0.0.1:5672/revstore-newest"},
 }
 WORKER_TESTS = ["-m", "worker and not main_only"]
 #: Real workers on a 2-core machine: a test that fails on a timing margin gets
 #: two more tries, and the log names every rerun (pytest -r R), so flaky tests
 #: stay visible instead of failing CI at random.
 RERUNS = ["--reruns", "2", "--reruns-delay", "2", "-raPR"]
+#: where CI's time goes, in every log
+DURATIONS = ["--durations", "25"]
 
 #: The floor of every promise in pyproject.toml (and the kombu Celery 5.3.0 shipped with).
 OLDEST_PINS = [
@@ -67,8 +73,8 @@ def _pytest(session: nox.Session, python: str, runs: list[tuple[str, list[str]]]
 
     The runs mostly wait on real workers and servers, so side by side they
     take little longer than the longest alone (CI has 30 minutes on 2
-    cores).  Each run has its own broker, so no run's broadcasts reach
-    another run's workers.
+    cores).  Each run has its own broker (BROKERS), so no run's
+    broadcasts reach another run's workers.
     """
     brokers = [broker for broker, _ in runs]
     assert len(set(brokers)) == len(brokers), "concurrent runs need a broker each"
@@ -76,9 +82,9 @@ def _pytest(session: nox.Session, python: str, runs: list[tuple[str, list[str]]]
     procs = []
     for broker, args in runs:
         log = tempfile.TemporaryFile()
-        command = [executable, "-m", "pytest", *RERUNS, *args, *session.posargs]
+        command = [executable, "-m", "pytest", *RERUNS, *DURATIONS, *args, *session.posargs]
         session.log(f"{broker}: {' '.join(command)}")
-        env = {**os.environ, "TEST_BROKER": BROKERS[broker]}
+        env = {**os.environ, "TEST_BROKER": BROKERS[session.name][broker]}
         procs.append((broker, args, log, subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)))
     failed = []
     for broker, args, log, proc in procs:
@@ -117,7 +123,7 @@ def main(session: nox.Session) -> None:
 def _range_end(session: nox.Session, *install: str) -> None:
     session.install("-e", ".[test]", *install)
     _versions(session, "python")
-    _pytest(session, "python", [(broker, WORKER_TESTS) for broker in BROKERS])
+    _pytest(session, "python", [(broker, WORKER_TESTS) for broker in BROKERS[session.name]])
 
 
 @nox.session(python=OLDEST_PYTHON)

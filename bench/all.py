@@ -1,4 +1,4 @@
-"""Run every benchmark and rewrite ``docs/benchmarks.md`` from the figures.
+"""Run every benchmark; write ``docs/bench-results.json`` and ``docs/benchmarks.md`` from the figures.
 
 ``python -m bench.all`` (what ``make bench``) runs; ``--quick`` proves the
 scripts work in seconds and writes the document elsewhere (``--out``), since
@@ -8,8 +8,10 @@ tiny sizes measure nothing worth publishing.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import pickle
+import re
 import platform
 import subprocess
 import sys
@@ -23,10 +25,12 @@ from sqlalchemy import create_engine, text
 
 from bench import (cleanup, console, fleet, hotpath, mariadb, memory, mingle, mysql_drivers, plots, propagation,
                    snapshot_start, startup, write_path)
-from bench.common import PG_URL, ROOT, Figure, log, redis_db, report, table
+from bench.common import PG_URL, ROOT, Figure, fmt, log, redis_db, report
 from revstore.config import normalize_url
 
 DOC = ROOT / "docs" / "benchmarks.md"
+#: The run's figures, machine-readable: the page and every figure other pages quote come from it
+RESULTS = ROOT / "docs" / "bench-results.json"
 COMMAND = "make bench        # or: .venv/bin/python -m bench.all"
 
 #: What limits each figure, from profiling these runs (py-spy, cProfile).
@@ -135,20 +139,110 @@ def machine() -> dict[str, str]:
     }
 
 
-def document(figures: list[Figure], info: dict[str, str], seconds: float, load: tuple[str, str],
-             drawn: list[plots.Plot], reused: list[str]) -> str:
-    notes = [f"- {f.name}: {f.note}" for f in figures if f.note]
-    missed = [f for f in figures if f.met is False]
+def figure_id(bench: str, name: str) -> str:
+    """The stable key a page quotes a figure by: ``bench:<id>`` (see docs/benchmarks.md)."""
+    return re.sub(r"[^a-z0-9]+", "-", f"{bench} {name}".lower()).strip("-")
+
+
+def results(figures: list[Figure], info: dict[str, str], seconds: float, load: tuple[str, str],
+            drawn: list[plots.Plot], reused: list[str]) -> dict[str, Any]:
+    """What a run measured, machine-readable: written to ``docs/bench-results.json``."""
+    return {
+        "minutes": round(seconds / 60, 1),
+        "machine": info,
+        "load": list(load),
+        "reused": reused,
+        "plots": [list(plot) for plot in drawn],
+        "figures": [{"id": figure_id(f.bench, f.name), "bench": f.bench, "name": f.name, "value": f.value,
+                     "unit": f.unit, "stock": f.stock, "ratio": f.ratio, "target": f.target, "met": f.met,
+                     "note": f.note} for f in figures],
+    }
+
+
+def cell(figure: dict[str, Any], column: str = "revstore") -> str:
+    """A figure as the pages print it: ``column`` is revstore, stock or ratio."""
+    if column == "revstore":
+        return fmt(figure["value"], figure["unit"])
+    if column == "stock":
+        return "—" if figure["stock"] is None else fmt(figure["stock"], figure["unit"])
+    if column == "ratio":
+        return "" if figure["ratio"] is None else f"{figure['ratio']:.2f}"
+    raise KeyError(column)
+
+
+def resolve(data: dict[str, Any], ref: str) -> str:
+    """``ID`` or ``ID:stock`` / ``ID:ratio``: the text a page must quote for that figure."""
+    key, _, column = ref.partition(":")
+    found = [f for f in data["figures"] if f.get("id", figure_id(f["bench"], f["name"])) == key]
+    if len(found) != 1:
+        raise KeyError(f"no bench figure {key!r} in the results")
+    return cell(found[0], column or "revstore")
+
+
+#: The figures most users care about, for the page's summary: (id, what it is, what stock's column means).
+SUMMARY = [
+    ("startup-1-000-000-stored-added-start-up", "Start-up added by 1,000,000 stored revocations"),
+    ("startup-1-000-000-stored-spawn-to-first-task", "Worker spawn to first task, 1,000,000 stored"),
+    ("memory-rss-added-by-1-000-000-revocations", "Memory held for 1,000,000 revocations"),
+    ("hotpath-20-000-trivial-tasks-each-revstore-with-1-000-000-stored-vs-off-side-by-side",
+     "Task throughput, 1,000,000 stored (stock: revstore off, side by side)"),
+    ("write-path-durable-revoke-batches-of-1", "Revoke one id (stock: a broadcast, stored nowhere)"),
+    ("write-path-durable-revoke-batches-of-10-000", "Revoke in batches of 10,000 (stock: a broadcast)"),
+    ("write-path-broadcast-revoke-to-row-committed-by-a-worker-p50",
+     "Broadcast revoke until stored, p50 (stock: until the worker replies)"),
+    ("propagation-listening-on-commit-to-held-by-all-4-workers-p99",
+     "Table-only revoke to all 4 workers, NOTIFY, p99 (stock: never)"),
+    ("propagation-listening-off-commit-to-held-by-all-4-workers-p99",
+     "Table-only revoke to all 4 workers, polling every 5 s, p99 (stock: never)"),
+    ("cleanup-delete-1-000-000-expired-rows", "Delete 1,000,000 expired revocations (stock: purge in memory)"),
+]
+
+
+def summary(data: dict[str, Any]) -> list[str]:
+    rows = ["| figure | revstore | stock Celery | ratio |", "|---|---|---|---|"]
+    for key, label in SUMMARY:
+        figure = next((f for f in data["figures"] if f["id"] == key), None)
+        if figure is None:  # a run that skipped the step
+            continue
+        ratio = cell(figure, "ratio") or "no stock equivalent"
+        rows.append(f"| {label} | {cell(figure)} | {cell(figure, 'stock')} | {ratio} |")
+    return rows
+
+
+def document(data: dict[str, Any]) -> str:
+    """The page, from the results alone (``--render`` rewrites it without measuring)."""
+    figures = data["figures"]
+    missed = [f for f in figures if f["met"] is False]
     verdict = ("Every target is met." if not missed else
-               "Missed: " + "; ".join(f"{f.name} ({f.cells()[1]}, target {f.target})" for f in missed)
+               "Missed: " + "; ".join(f"{f['name']} ({cell(f)}, target {f['target']})" for f in missed)
                + ".  Why, and what bounds them, is below.")
+    met = {None: "", True: "met", False: "**missed**"}
+    groups: list[str] = []
+    for bench in dict.fromkeys(f["bench"] for f in figures):  # in the order the run measured them
+        rows = [f for f in figures if f["bench"] == bench]
+        groups += [f"### `{bench}`", "", "| figure | revstore | stock Celery | ratio | target |  |", "|---|---|---|---|---|---|"]
+        groups += [f"| {f['name']} | {cell(f)} | {cell(f, 'stock')} | {cell(f, 'ratio')} | {f['target']} | "
+                   f"{met[f['met']]} |" for f in rows]
+        noted = [f"- {f['name']}: {f['note']}" for f in rows if f["note"]]
+        groups += ["", *(["Notes:", "", *noted, ""] if noted else [])]
+    info, load = data["machine"], data["load"]
     return "\n".join([
         "# Benchmarks",
         "",
         "revstore against stock Celery, measured side by side in the same run by `bench/`",
         "(real `celery worker` processes: prefork, Redis broker, PostgreSQL store; MariaDB beside it in the",
         "`mariadb` rows, and the MySQL drivers compared in the `mysql_drivers` rows).",
-        "This page is written by the benchmark itself; do not edit it by hand.",
+        "This page is written by the benchmark from `docs/bench-results.json`, which the same run writes;",
+        "do not edit either by hand.  Other pages quote these figures by reference, and `tests/test_docs.py`",
+        "fails when a quoted figure no longer matches the results.",
+        "",
+        "## Summary",
+        "",
+        "Ratio is revstore ÷ stock: for times and memory lower is better, for rates higher is better.",
+        "What each comparison means, row by row, is in [revstore and stock Celery](index.md#revstore-and-stock-celery).",
+        "Terms such as marker, drain tick and pidbox are defined in the [Glossary](glossary.md).",
+        "",
+        *summary(data),
         "",
         "Reproduce (after the README's setup; PostgreSQL and Redis local):",
         "",
@@ -156,31 +250,28 @@ def document(figures: list[Figure], info: dict[str, str], seconds: float, load: 
         COMMAND,
         ".venv/bin/python -m bench.startup   # one benchmark: startup, snapshot_start, hotpath, write_path, propagation, "
         "memory, cleanup, console, mingle, fleet, mariadb, mysql_drivers",
+        ".venv/bin/python -m bench.all --render   # rewrite this page from docs/bench-results.json",
         "```",
         "",
-        f"Run took {seconds / 60:.1f} minutes of measuring.  Machine: "
+        f"Run took {data['minutes']:.1f} minutes of measuring.  Machine: "
         + "; ".join(f"{k} {v}" for k, v in info.items()) + ".",
-        *([f"Taken from an earlier run's checkpoint (not re-measured with the rest): {', '.join(reused)}."]
-          if reused else []),
+        *([f"Taken from an earlier run's checkpoint (not re-measured with the rest): {', '.join(data['reused'])}."]
+          if data["reused"] else []),
         f"The machine is shared (a 2-core VM; the test suite may run beside the benchmark): load average "
         f"{load[0]} before the run, {load[1]} after.  Ratios compare figures taken minutes apart on the "
         "same machine, which is what makes them meaningful; absolute figures move with the load.",
+        "Some figures are measured twice in one run: the `mariadb` step repeats PostgreSQL's start-up and bulk",
+        "revoke beside MariaDB's, minutes after the `startup` and `write_path` steps; the two differ by that",
+        "load, and other pages quote the `startup` and `write_path` rows.",
         "",
         "## Figures",
         "",
-        "Ratio is revstore ÷ stock: for times lower is better, for rates higher is better.",
+        "Every figure of the run, by benchmark.  " + verdict,
         "",
-        table(figures, with_bench=True),
-        "",
-        verdict,
-        "",
-        "Notes:",
-        "",
-        *notes,
-        "",
+        *groups,
         "## Plots",
         "",
-        *[line for name, caption in drawn for line in (f"![{caption}](img/{name})", "", f"*{caption}.*", "")],
+        *[line for name, caption in data["plots"] for line in (f"![{caption}](img/{name})", "", f"*{caption}.*", "")],
         "## What bounds each figure",
         "",
         BOUNDS + mingle.BOUNDS + fleet.BOUNDS + mariadb.BOUNDS + mysql_drivers.BOUNDS,
@@ -206,11 +297,17 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help=f"where to write the document (default {DOC})")
     parser.add_argument("--only", default="", metavar="NAME[,NAME]",
                         help="re-measure these steps; take the others from the last run's checkpoints")
+    parser.add_argument("--render", action="store_true",
+                        help=f"measure nothing: rewrite {DOC.name} from {RESULTS.name}")
     parser.add_argument("--resume", action="store_true",
                         help="skip steps whose checkpoint this commit already wrote (a run cut short)")
     args = parser.parse_args()
     if args.quick and args.out is None:
         parser.error("--quick measures nothing worth publishing: give --out")
+    if args.render:
+        data = json.loads(RESULTS.read_text(encoding="utf-8"))
+        (args.out or DOC).write_text(document(data) + "\n")
+        return
     started, load_before = time.monotonic(), loadavg()
     samples: dict[tuple[str, int], list[Any]] = {}
     latencies: dict[str, list[float]] = {}
@@ -262,7 +359,9 @@ def main() -> None:
         took += seconds
     out = args.out or DOC
     drawn = plots.draw(raw, out.parent / "img")
-    out.write_text(document(figures, machine(), took, (load_before, loadavg()), drawn, reused) + "\n")
+    data = results(figures, machine(), took, (load_before, loadavg()), drawn, reused)
+    out.with_name(RESULTS.name).write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
+    out.write_text(document(data) + "\n")
     print(f"\nall benchmarks: {took / 60:.1f} min of measuring "
           f"({(time.monotonic() - started) / 60:.1f} min this run); wrote {out}")
     if took > 3600 and not args.quick:

@@ -34,7 +34,10 @@ BOUNDS = """\
   as revstore lifts it: 500,000 stored and 2 peers cost 5.6 s more before
   this).  With 10,000 workers the 1 s wait stays, but every start sends one
   broadcast that every peer answers: 10,000 small replies per start;
-  `--without-mingle` avoids them, and revstore loses nothing by it.
+  `--without-mingle` avoids them, at a price: a starting worker then gets
+  a peer's uncommitted revokes only once that peer commits them (at its
+  next pull), and never gets ids a peer holds that revstore does not write
+  (a stock peer's `hello`, a direct `revoked.add`).
 """
 
 

@@ -33,7 +33,8 @@ from sqlalchemy.engine import make_url
 
 from bench.common import MILLION, Figure, log, main, median
 from revstore import migrate
-from revstore.store import RevocationStore, gc_paused
+from revstore.records import gc_paused
+from revstore.store import RevocationStore
 
 NAME = "mysql_drivers"
 TITLE = "MySQL/MariaDB driver comparison"

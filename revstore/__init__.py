@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-#: Set before the imports below: ``revstore.migrate`` reads it while they run.
-__version__ = "0.2.0"
-
+from ._version import __version__
 from .errors import ConfigurationError, DatabaseUnavailable, InvalidInput, RevstoreError, SchemaError
 from .cancel import RevocableTask
 from .cancel import is_revoked as is_current_task_revoked
 from .client import is_revoked, restore, restore_name, revoke, revoke_by_stamped_headers, revoke_name, revoke_root
 from .integration import install
-from .store import Revocation, RevocationStore, Target
+from .records import Revocation, Target
+from .store import RevocationStore
 
 __all__ = [
+    "__version__",
     "ConfigurationError",
     "DatabaseUnavailable",
     "InvalidInput",

@@ -16,9 +16,9 @@ is named by its digest, so a row stays short and fits MySQL's TEXT.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, delete, select
@@ -101,13 +101,10 @@ def query(tables: Tables, *, key: Target | None = None, actor: str | None = None
     return stmt if limit is None else stmt.limit(limit)
 
 
-def entry(row: Sequence[Any]) -> AuditEntry:
+def entry(row: Sequence[Any], aware: Callable[[Any], datetime]) -> AuditEntry:
+    """A row of :func:`query`; ``aware`` is the backend's reading of a stored time as aware UTC."""
     id_, at, actor, action, kind, count, keys, reason = row
-    if isinstance(at, str):  # SQLite hands timestamps back as text
-        at = datetime.fromisoformat(at)
-    if at.tzinfo is None:  # stored in UTC (MySQL, SQLite)
-        at = at.replace(tzinfo=timezone.utc)
-    return AuditEntry(int(id_), at, actor, action, kind, int(count), json.loads(keys), reason)
+    return AuditEntry(int(id_), aware(at), actor, action, kind, int(count), json.loads(keys), reason)
 
 
 def delete_older(conn: Connection, tables: Tables, before: Any, batch: int) -> int:

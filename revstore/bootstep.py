@@ -21,13 +21,15 @@ from celery.concurrency.solo import TaskPool as SoloPool
 from celery.platforms import signals as platform_signals
 from celery.worker import state as worker_state
 
-from . import cancel, control, green, migrate
+from . import cancel, control, migrate
+from .backends import green
 from .config import Settings, load_settings
 from .errors import DatabaseUnavailable, RevstoreError
 from .localstate import LocalState
 from .memory import WorkerMemory
 from .names import Rule
-from .store import Revocation, RevocationStore
+from .records import Revocation
+from .store import RevocationStore
 from .sync import RevocationSync
 
 logger = logging.getLogger("revstore")
@@ -75,7 +77,7 @@ class Revstore(bootsteps.StartStopStep):
             _fatal(exc)
         self.sync = RevocationSync(store, self.settings, WorkerMemory(), c.hostname, state)
         self.sync.replay_spool()
-        self.sync.memory.track()  # before Mingle merges its peers' replies
+        self.sync.memory.uncommitted.track()  # before Mingle merges its peers' replies
         self.sync.memory.held_requests = control.held_requests  # a name rule arriving revokes the held tasks it covers
         control.activate(self.sync, c.timer)
         cancel.activate(self.sync.memory, c.hostname)  # before the pool forks its children
@@ -161,7 +163,7 @@ class Revstore(bootsteps.StartStopStep):
         if self.sync is not None:
             control.activate(None)
             cancel.deactivate()
-            self.sync.memory.untrack()
+            self.sync.memory.uncommitted.untrack()
             self.sync.close()
             self.sync.store.dispose()
         if self._waker is not None:

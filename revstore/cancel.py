@@ -30,7 +30,7 @@ from celery.exceptions import Ignore
 from . import locks
 from .errors import InvalidInput
 from .memory import WorkerMemory
-from .store import Target
+from .records import Target
 
 
 def _lock_path(folder: Path) -> Path:

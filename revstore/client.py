@@ -18,7 +18,9 @@ from typing import Any
 from .bounded import BoundedCall, DeadlineExceeded
 from .config import load_settings, mask_url, parse_duration
 from .errors import ConfigurationError, RevstoreError
-from .store import DEFAULT, RevocationStore, Target, short_error
+from .executor import short_error
+from .records import DEFAULT, Target
+from .store import RevocationStore
 
 logger = logging.getLogger("revstore")
 

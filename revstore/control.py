@@ -6,7 +6,10 @@ validates the ids, queues one durable write on the worker's sync thread,
 then calls Celery's own handler unchanged (memory, terminate, backend
 REVOKED marking).  Mingle's ``hello`` is wrapped too, so a starting worker is
 not sent what it loads from the table.  With no active sync (revstore off)
-every wrapper only calls through.
+every wrapper only calls through.  How a message is read (which items
+Celery's handler gets, which the table can hold) is
+:mod:`revstore.control_input`; this module holds the wrappers and the
+worker state they act on.
 """
 
 from __future__ import annotations
@@ -15,7 +18,6 @@ import functools
 import logging
 from collections.abc import Callable
 from datetime import datetime, timezone
-from dataclasses import dataclass, field
 from typing import Any
 
 from celery.utils.functional import maybe_list
@@ -24,11 +26,14 @@ from celery.worker import control as celery_control
 from celery.worker import state as worker_state
 from celery.worker.request import Request
 
-from . import __version__
+from ._version import __version__
 from .client import DURABLE_FLAG
+from .control_input import (
+    Split, capped, checked_signal, durable_flag, reply_with_notes, split_ids, split_stamps, storable, unheld,
+)
 from .errors import InvalidInput
 from .remote import add_client_methods
-from .store import DEFAULT, Target, as_target, normalize_signal, validate_expires
+from .records import DEFAULT, Target, validate_expires
 from .sync import PendingWrite, RevocationSync
 
 logger = logging.getLogger("revstore")
@@ -106,7 +111,7 @@ def install_wrappers() -> None:
     wrappers: list[tuple[str, Callable[[Callable[..., Any]], Callable[..., Any]]]] = [
         (name, functools.partial(_wrap, split=split))
         for name, split in (("revoke", _split_revoke), ("terminate", _split_terminate),
-                            ("revoke_by_stamped_headers", _split_stamps))
+                            ("revoke_by_stamped_headers", split_stamps))
     ]
     wrappers.append(("hello", _wrap_hello))
     for name, wrap in wrappers:
@@ -115,22 +120,6 @@ def install_wrappers() -> None:
             continue
         _originals[name] = handler
         celery_control.Panel.data[name] = wrap(handler)
-
-
-@dataclass
-class Split:
-    """One control message taken apart: what to store, what Celery's handler gets."""
-
-    targets: list[Target]
-    write: dict[str, Any]
-    call: dict[str, Any]
-    #: why items Celery's handler gets anyway are not stored (memory only)
-    not_stored: list[str] = field(default_factory=list)
-    #: an error to report although the revoke itself was applied (a bad signal)
-    error: str | None = None
-    #: call this original handler instead of the wrapped one (``terminate``
-    #: with a signal no process can receive becomes a plain ``revoke``)
-    handler: str | None = None
 
 
 def _wrap(handler: Callable[..., Any], split: Callable[..., Split]) -> Callable[..., Any]:
@@ -145,14 +134,14 @@ def _wrap(handler: Callable[..., Any], split: Callable[..., Split]) -> Callable[
             logger.error("%s; control message ignored", exc)
             return {"error": str(exc)}
         call = parts.call
-        durable = _durable(call.pop(DURABLE_FLAG, None))
+        durable = durable_flag(call.pop(DURABLE_FLAG, None))
         if parts.targets and not durable:
             sync.submit(PendingWrite(parts.targets, revoked_by=sync.hostname[:255], **parts.write))
         if parts.not_stored:
             _remember_unstored(sync, call)
             logger.warning("revstore: %d item(s) of a %s message not stored in the table "
                            "(Celery's handler still applied all it accepts): %s",
-                           len(parts.not_stored), handler.__name__, "; ".join(_capped(parts.not_stored, 5)))
+                           len(parts.not_stored), handler.__name__, "; ".join(capped(parts.not_stored, 5)))
         if parts.error:
             logger.error("%s", parts.error)
         run = _originals[parts.handler] if parts.handler else handler
@@ -175,53 +164,22 @@ def _wrap(handler: Callable[..., Any], split: Callable[..., Split]) -> Callable[
             # This worker synced past the write before the broadcast arrived
             # (NOTIFY beats the broker): a restore may have followed it.
             sync.recheck(parts.targets)
-        return _reply(result, parts)
+        return reply_with_notes(result, parts)
 
     setattr(wrapper, _WRAPPED_ATTR, True)
     return wrapper
 
 
-def _durable(flag: Any) -> bool | int:
-    """The client's "already committed" flag: True or the clock version, anything else is not."""
-    if flag is True or (type(flag) is int and flag > 0):
-        return flag
-    return False
-
-
-def _capped(items: list[str], limit: int) -> list[str]:
-    return items[:limit] + ([f"and {len(items) - limit} more"] if len(items) > limit else [])
-
-
-def _reply(result: Any, parts: Split) -> Any:
-    """Celery's reply, plus what revstore could not store and a signal error."""
-    if not isinstance(result, dict) or not (parts.not_stored or parts.error):
-        return result
-    reply = dict(result)
-    if parts.error:
-        reply = {"error": parts.error, "revoked": reply.get("ok", reply)}
-    if parts.not_stored:
-        reply["revstore_not_stored"] = _capped(parts.not_stored, 20)
-    return reply
-
-
 def _remember_unstored(sync: RevocationSync, call: dict[str, Any]) -> None:
     """Keep memory-only revocations across a reload from the table (which lacks them)."""
     for item in call.get("task_id") or []:
-        if not _storable(Target.task, item):
+        if not storable(Target.task, item):
             sync.memory.memory_only.add(item)
     for header, values in (call.get("headers") or {}).items():
         for value in maybe_list(values) or []:
             kept = sync.memory.memory_only_stamps
-            if not _storable(lambda v: Target.stamp(header, v), value) and (header, value) not in kept:
+            if not storable(lambda v: Target.stamp(header, v), value) and (header, value) not in kept:
                 kept.append((header, value))
-
-
-def _storable(make: Callable[[Any], Target], value: Any) -> bool:
-    try:
-        as_target(make(value))
-    except (InvalidInput, TypeError):
-        return False
-    return True
 
 
 def _wrap_hello(handler: Callable[..., Any]) -> Callable[..., Any]:
@@ -247,34 +205,16 @@ def _wrap_hello(handler: Callable[..., Any]) -> Callable[..., Any]:
         sync = _active
         if sync is None or from_node == state.hostname:
             return handler(state, from_node, revoked=revoked, **kwargs)
-        news = _unheld(revoked, sync.memory.revoked)
+        news = unheld(revoked, sync.memory.revoked)
         if news:
             # Celery 5.3 has no merge_revoked; its update() stamps a list's ids locally too
             getattr(worker_state, "merge_revoked", worker_state.revoked.update)(news)
-        ids = sync.memory.not_in_table(sorted(sync.pending_ids | sync.memory.memory_only, key=repr))
+        ids = sync.memory.uncommitted.not_in_table(sorted(sync.pending_ids | sync.memory.memory_only, key=repr))
         logger.info("revstore: sync with %s: sent %d revocations the table does not hold", from_node, len(ids))
         return {"revoked": ids, "clock": state.app.clock.forward()}
 
     setattr(wrapper, _WRAPPED_ATTR, True)
     return wrapper
-
-
-def _unheld(revoked: Any, held: Any) -> list[Any]:
-    """The ids of a peer's ``revoked`` (a list, or Celery 5.3's id -> stamp dict) not held yet."""
-    try:
-        items = list(revoked or ())
-    except TypeError:
-        logger.error("revstore: ignored a hello whose revoked is a %s, not a list of task ids",
-                     type(revoked).__name__)
-        return []
-    news = []
-    for item in items:
-        try:
-            if item not in held:
-                news.append(item)
-        except TypeError:  # unhashable: no set can hold it
-            continue
-    return news
 
 
 def _in_chunks(handler: Callable[..., Any], state: Any, call: dict[str, Any], ids: list[str]) -> dict[str, str]:
@@ -296,46 +236,6 @@ def _in_chunks(handler: Callable[..., Any], state: Any, call: dict[str, Any], id
     logger.info("revstore: %d ids revoked in memory; Celery's handler runs on them %d at a time",
                 len(ids), HANDLER_CHUNK)
     return {"ok": f"{len(ids)} tasks flagged as revoked"}
-
-
-def _ids(task_id: Any) -> tuple[list[Any], list[Target], list[str]]:
-    """Celery's ids (as its handler would take them), the storable ones, why others are not.
-
-    Celery's handler revokes ``set(maybe_list(task_id))``: whatever hashable
-    thing it is given (an int, None, a 1000-character string) goes into
-    memory, so it gets all of them.  Only unhashable items, on which Celery
-    fails the whole message, are left out.
-    """
-    ids: list[Any] = []
-    targets: list[Target] = []
-    not_stored: list[str] = []
-    seen: set[Any] = set()
-    for item in maybe_list(task_id) or []:
-        try:
-            if item in seen:
-                continue
-        except TypeError:
-            not_stored.append(f"revstore: task id {item!r:.40} is not hashable; ignored, as Celery would fail on it")
-            continue
-        seen.add(item)
-        ids.append(item)
-        try:
-            targets.append(as_target(Target.task(item)))
-        except InvalidInput as exc:
-            not_stored.append(f"{exc} [{item!r:.50}]")
-    return ids, targets, not_stored
-
-
-def _checked_signal(signal: Any, terminate: Any) -> tuple[str | None, str | None]:
-    """(signal name to store, error): an unknown signal still revokes, without terminate."""
-    if not terminate:
-        return None, None
-    if signal is None:
-        return "SIGTERM", None
-    try:
-        return normalize_signal(signal), None
-    except InvalidInput as exc:
-        return None, f"{exc}; revoked without terminate, nothing was signalled"
 
 
 def _expires_for(ids: list[str], default: Any) -> Any:
@@ -382,14 +282,14 @@ def hold_past_etas(sync: RevocationSync, remaining: dict[str, float | None]) -> 
     expires = _expires_for(held, DEFAULT)
     if expires is DEFAULT:
         return
-    short = [i for i in held if (remaining[i] is None or remaining[i] < expires) and _storable(Target.task, i)]
+    short = [i for i in held if (remaining[i] is None or remaining[i] < expires) and storable(Target.task, i)]
     if short:
         sync.extend([Target.task(i) for i in short], expires)
 
 
 def _split_revoke(task_id: Any = None, terminate: Any = False, signal: Any = None, **kwargs: Any) -> Split:
-    ids, targets, not_stored = _ids(task_id)
-    sig, error = _checked_signal(signal, terminate)
+    ids, targets, not_stored = split_ids(task_id)
+    sig, error = checked_signal(signal, terminate)
     expires = kwargs.pop("revstore_expires", DEFAULT)
     if expires is not DEFAULT:
         try:
@@ -404,48 +304,11 @@ def _split_revoke(task_id: Any = None, terminate: Any = False, signal: Any = Non
 
 
 def _split_terminate(signal: Any = None, task_id: Any = None, **kwargs: Any) -> Split:
-    ids, targets, not_stored = _ids(task_id)
-    sig, error = _checked_signal(signal, True)
+    ids, targets, not_stored = split_ids(task_id)
+    sig, error = checked_signal(signal, True)
     write = {"terminate": error is None, "signal": sig, "expires": _expires_for(ids, DEFAULT)}
     if error is not None:
         return Split(targets, write, {"task_id": ids, **kwargs}, not_stored, error, handler="revoke")
     return Split(targets, write, {"signal": sig, "task_id": ids, **kwargs}, not_stored)
 
 
-def _split_stamps(headers: Any = None, terminate: Any = False, signal: Any = None, **kwargs: Any) -> Split:
-    """Stamps as Celery takes them; a list item ``name=value`` follows Celery's rule.
-
-    Celery turns ``"a=b=c"`` into header ``a``, value ``b`` (the text between
-    the first and second ``=``; the rest is dropped).  revstore stores and
-    applies exactly that.  Items Celery would fail the whole message on (no
-    ``=``, not a string) are skipped and reported; the others still apply.
-    """
-    not_stored: list[str] = []
-    if isinstance(headers, list):
-        pairs: dict[str, list[Any]] = {}
-        for item in headers:
-            if not isinstance(item, str) or "=" not in item:
-                not_stored.append(f"revstore: stamped header {item!r:.60} must look like header=value; ignored")
-                continue
-            parts = item.split("=")
-            pairs.setdefault(parts[0], []).append(parts[1])
-        headers = pairs
-    if not isinstance(headers, dict):
-        raise InvalidInput(f"revstore: revoke_by_stamped_headers needs a dict of headers, not {type(headers).__name__}")
-    given: dict[Any, Any] = {}
-    targets: list[Target] = []
-    for header, values in headers.items():
-        if values is None:
-            not_stored.append(f"revstore: stamped header {header!r:.60} has no values; ignored")
-            continue
-        given[header] = values
-        for value in maybe_list(values):
-            try:
-                targets.append(as_target(Target.stamp(header, value)))
-            except (InvalidInput, TypeError) as exc:
-                not_stored.append(f"{exc} [{header!r:.30}={value!r:.50}]")
-    sig, error = _checked_signal(signal, terminate)
-    kill = bool(terminate) and error is None
-    write = {"terminate": kill, "signal": sig if kill else None}
-    call = {"headers": given, "terminate": kill, "signal": sig if kill else None, **kwargs}
-    return Split(list(dict.fromkeys(targets)), write, call, not_stored, error)

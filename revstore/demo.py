@@ -21,44 +21,28 @@ The story:
 
 Tasks leave files in ``<workdir>/ran/``; the verdict comes from those files,
 the worker logs only add detail.
+
+The worker processes are :mod:`revstore.demo_workers`, the folder, the
+environment and the tasks' evidence :mod:`revstore.demo_setup`; this module
+tells the story.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import re
 import shutil
-import signal
-import subprocess
-import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any
 
-from . import processes
+from .demo_setup import Job, Ran, prepare_workdir, scrubbed_environment, sigterm_as_interrupt, worker_env
+from .demo_workers import DemoError, Worker, process_alive, stop_all, wait_for
 
 #: Seconds the ETA tasks wait: long enough to revoke them and SIGKILL worker A
 #: before they are due, short enough to keep the demo well under a minute.
 ETA_COUNTDOWN = 8.0
 #: How long the running task would work if nobody terminated it.
 LONG_TASK_SECONDS = 30.0
-#: Marker file: a folder holding it is a demo folder, safe to wipe.
-MARKER = ".revstore-demo"
-#: Environment prefixes kept away from the demo: a user's REVSTORE_URL or
-#: CELERY_BROKER_URL must never point the demo at real infrastructure.
-SCRUBBED_ENV = ("REVSTORE_", "CELERY_")
-
-
-class DemoError(Exception):
-    """The demo could not tell its story (a worker did not start, a timeout)."""
-
-
-# --------------------------------------------------------------- output
 
 
 class Narrator:
@@ -77,231 +61,6 @@ class Narrator:
         print(f"         {text}", flush=True)
 
 
-#: ``revstore.processes.wait_for``, raising DemoError on timeout
-wait_for = partial(processes.wait_for, error=DemoError)
-
-
-# ---------------------------------------------------------------- workers
-
-
-@dataclass
-class Worker:
-    """One ``celery worker`` node; every (re)start logs to its own file."""
-
-    label: str
-    queue: str
-    workdir: Path
-    env: dict[str, str]
-    proc: subprocess.Popen[bytes] | None = None
-    runs: int = 0
-
-    @property
-    def nodename(self) -> str:
-        return f"demo-{self.label.lower()}@localhost"
-
-    @property
-    def log(self) -> Path:
-        return self.workdir / "logs" / f"worker-{self.label.lower()}-{self.runs}.log"
-
-    def start(self) -> None:
-        """Start the worker in its own process group, so one signal reaches its pool too."""
-        self.runs += 1
-        cmd = processes.worker_command("revstore._demo_app", self.nodename, self.queue, heartbeat=False)
-        self.proc = processes.spawn(cmd, self.log, self.env, self.workdir, append=False)
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def wait_ready(self, timeout: float = 30.0) -> None:
-        def ready() -> bool:
-            if not self.alive():
-                raise DemoError(f"worker {self.label} exited before it was ready; its log ends:\n"
-                                + _tail(self.output()))
-            return " ready." in self.output()
-        wait_for(ready, timeout, f"worker {self.label} to be ready")
-
-    def loaded_count(self) -> str | None:
-        """How many revocations the worker loaded at start, as its log says."""
-        match = re.search(r"revstore: loaded (\d+) revocations", self.output())
-        return match.group(1) if match else None
-
-    def logged(self, text: str) -> bool:
-        return text in self.output()
-
-    def flagged_revoked(self, task_ids: list[str]) -> bool:
-        """True once Celery logged every id in ``task_ids`` as revoked (it logs a set: any order)."""
-        flagged: set[str] = set()
-        for line in self.output().splitlines():
-            _, found, ids = line.partition("Tasks flagged as revoked: ")
-            if found:
-                flagged.update(i.strip() for i in ids.split(","))
-        return flagged.issuperset(task_ids)
-
-    def kill(self) -> None:
-        """SIGKILL the whole process group, as the OOM killer or ``kill -9`` would."""
-        if self.proc is None:
-            return
-        _killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(10)
-
-    def request_stop(self) -> None:
-        """Ask for a warm shutdown: the main process stops its own pool."""
-        if self.alive():
-            assert self.proc is not None
-            self.proc.send_signal(signal.SIGTERM)
-
-    def finish_stop(self, timeout: float = 15.0) -> None:
-        """Wait for the warm shutdown, then SIGKILL whatever is left of the group."""
-        if self.proc is None:
-            return
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            pass
-        _killpg(self.proc.pid, signal.SIGKILL)
-        try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            pass
-
-
-_killpg = processes.killpg
-
-
-def stop_all(workers: list[Worker]) -> None:
-    """Stop every worker, in parallel: each has its own warm shutdown to do."""
-    for worker in workers:
-        worker.request_stop()
-    for worker in workers:
-        worker.finish_stop()
-
-
-def _tail(text: str, lines: int = 15) -> str:
-    return "\n".join("    " + line for line in text.strip().splitlines()[-lines:])
-
-
-process_alive = processes.process_alive
-
-
-# ------------------------------------------------------------------ tasks
-
-
-@dataclass
-class Job:
-    """One task of the story and what should become of it."""
-
-    tag: str
-    queue: str
-    expect: str  # "not run", "run" or "terminated"
-    how: str = "-"
-    task_id: str = ""
-    countdown: float = 0.0
-    eta: float = 0.0
-    evidence: list[str] = field(default_factory=list)
-
-    @property
-    def revoked(self) -> bool:
-        return self.expect != "run"
-
-
-class Ran:
-    """Reads what tasks left in ``<workdir>/ran/``."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-
-    def started(self, tag: str) -> dict[str, Any] | None:
-        path = self.folder / f"{tag}.started"
-        try:
-            return json.loads(path.read_text())
-        except (OSError, ValueError):
-            return None
-
-    def finished(self, tag: str) -> bool:
-        return (self.folder / f"{tag}.done").exists()
-
-    def progress(self, tag: str) -> int:
-        try:
-            return int((self.folder / f"{tag}.progress").read_text() or 0)
-        except (OSError, ValueError):
-            return 0
-
-
-# ------------------------------------------------------------------ setup
-
-
-def prepare_workdir(workdir: str | None) -> Path:
-    """A fresh temp folder, or ``workdir`` wiped (only if it is empty or a previous demo's)."""
-    if workdir is None:
-        path = Path(tempfile.mkdtemp(prefix="revstore-demo-"))
-    else:
-        path = Path(workdir).expanduser().resolve()
-        path.mkdir(parents=True, exist_ok=True)
-        entries = list(path.iterdir())
-        if entries and not (path / MARKER).exists():
-            raise DemoError(f"{path} is not empty and holds no {MARKER} marker; "
-                            "refusing to wipe it (pass an empty or new folder)")
-        for entry in entries:
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry)
-            else:
-                entry.unlink()
-    (path / MARKER).write_text("created by `revstore demo`; the next run with --workdir wipes this folder\n")
-    (path / "logs").mkdir()
-    return path
-
-
-@contextmanager
-def scrubbed_environment() -> Iterator[None]:
-    """Hide REVSTORE_* and CELERY_* variables while the demo runs.
-
-    The demo's settings are all explicit; a user's production REVSTORE_URL,
-    REVSTORE_SCHEMA or CELERY_BROKER_URL must not leak into it.
-    """
-    saved = {k: v for k, v in os.environ.items() if k.startswith(SCRUBBED_ENV)}
-    for key in saved:
-        del os.environ[key]
-    try:
-        yield
-    finally:
-        os.environ.update(saved)
-
-
-@contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """Turn SIGTERM into KeyboardInterrupt so ``finally`` blocks stop the workers."""
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread: nothing to install
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def worker_env(workdir: Path, url: str) -> dict[str, str]:
-    """What the workers' ``revstore._demo_app`` is configured from."""
-    from ._demo_app import WORKDIR_ENV
-
-    env = {k: v for k, v in os.environ.items() if not k.startswith(SCRUBBED_ENV)}
-    env.update({
-        WORKDIR_ENV: str(workdir),
-        "REVSTORE_URL": url,
-        "REVSTORE_SYNC_INTERVAL": "1",
-        "PYTHONUNBUFFERED": "1",
-    })
-    return env
-
-
-# ------------------------------------------------------------------ story
 
 
 class Demo:

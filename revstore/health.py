@@ -16,7 +16,7 @@ from typing import Any
 
 from .config import mask_url
 from .errors import DatabaseUnavailable, RevstoreError, SchemaError
-from .store import RevocationStore
+from .reads import WorkerReads
 
 #: A worker whose last successful sync is older than this many poll intervals lags (the fleet page).
 LAG_INTERVALS = 2.0
@@ -114,7 +114,7 @@ def _listening(status: dict[str, Any]) -> bool:
     return bool(status.get("listener_live")) or status.get("listener_problem") is not None
 
 
-def check_database(store: RevocationStore) -> list[Finding]:
+def check_database(store: WorkerReads) -> list[Finding]:
     """The database answers and its schema lets this release run."""
     from . import migrate
 

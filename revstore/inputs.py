@@ -15,7 +15,7 @@ from typing import Any
 from . import config as _config
 from .errors import ConfigurationError
 from .names import parse_where
-from .store import DEFAULT, Target, as_target
+from .records import DEFAULT, Target, as_target
 
 
 def parse_targets(ids: Iterable[str], root: bool = False, stamps: Iterable[str] = ()) -> list[Target]:

@@ -25,7 +25,8 @@ from celery.utils.collections import LimitedSet
 from celery.worker import state as worker_state
 
 from .names import Rule
-from .store import Revocation, Snapshot, Target, gc_paused
+from .records import Revocation, Snapshot, Target, gc_paused
+from .uncommitted import UncommittedIds
 
 logger = logging.getLogger("revstore")
 
@@ -124,13 +125,12 @@ class WorkerMemory:
         self.memory_only: set[Any] = set()
         self.memory_only_stamps: list[tuple[Any, Any]] = []
         self.fetched = FetchedView()
-        #: ids Celery's set took from anything but the table (see :meth:`track`)
-        self.uncommitted = LimitedSet(maxlen=worker_state.REVOKES_MAX, expires=worker_state.REVOKE_EXPIRES)
-        #: the set's own ``add``, which :meth:`track` leaves untracked for revstore's table loads
+        #: the set's own ``add``, left untracked for revstore's table loads
         self._add = type(self.revoked).add.__get__(self.revoked)
+        #: ids Celery's set took from anything but the table
+        self.uncommitted = UncommittedIds(self.revoked, self._add)
         #: tasks of revoked workflows (see :meth:`revoke_member`): the table holds their root, not them
         self.members = LimitedSet(maxlen=worker_state.REVOKES_MAX, expires=worker_state.REVOKE_EXPIRES)
-        self._tracking: tuple[Any, Any] | None = None
 
     # ------------------------------------------------------------ set-up
 
@@ -139,60 +139,6 @@ class WorkerMemory:
         self.revoked.maxlen = 0
         if not self.revoked.expires:
             self.revoked.expires = FALLBACK_SET_EXPIRES
-
-    def track(self) -> None:
-        """Note the ids that enter Celery's set other than from the table.
-
-        Celery code paths revstore does not wrap (a stock peer's mingle
-        reply, ``revoked.add`` in a task or another step, a ``--statedb``
-        merge) put ids in the set that no table will ever give a starting
-        worker; mingle's ``hello`` reply must carry them, as stock's does.
-        The set's ``add``/``update`` are shadowed by instance attributes (the
-        object itself is never replaced: Celery holds references to it);
-        revstore's own loads and applies use the class's methods.  Capped
-        and expired like stock's own set, so a reply is never bigger.
-        """
-        lset, record = self.revoked, self.uncommitted
-        add, update = self._add, type(lset).update.__get__(lset)
-
-        def tracked_add(item: Any, now: Any = None) -> None:
-            add(item, now)
-            record.add(item, now)
-
-        def tracked_update(other: Any) -> None:
-            if isinstance(other, LimitedSet):  # the only branch that bypasses ``add``
-                record.update(other)
-            update(other)
-
-        self.untrack()
-        lset.add, lset.update = tracked_add, tracked_update
-        self._tracking = (tracked_add, tracked_update)
-
-    def untrack(self) -> None:
-        """Give Celery's set its own methods back (revstore shutting down)."""
-        if self._tracking is None:
-            return
-        for name, wrapper in zip(("add", "update"), self._tracking):
-            if vars(self.revoked).get(name) is wrapper:
-                delattr(self.revoked, name)
-        self._tracking = None
-
-    def committed(self, ids: Iterable[Any]) -> None:
-        """The table holds ``ids`` now: a starting worker loads them itself."""
-        for item in ids:
-            self.uncommitted.discard(item)
-
-    def not_in_table(self, also: Iterable[Any]) -> list[Any]:
-        """Ids held in memory that the table cannot give a starting worker, oldest first.
-
-        What Celery's set took from elsewhere, plus ``also`` (pending writes,
-        memory-only ids), each only while Celery's set still holds it.
-        """
-        self.uncommitted.purge()
-        held = self.revoked
-        ids = [i for i in self.uncommitted if i in held]
-        seen = set(ids)
-        return ids + [i for i in also if i not in seen and i in held]
 
     def revoke_member(self, task_id: str) -> None:
         """Revoke a task of a revoked workflow: the table holds its root, not the task."""
@@ -259,8 +205,8 @@ class WorkerMemory:
             self._add_other(Target(kind, value, header), left, now)  # type: ignore[arg-type]
         with gc_paused():
             self._bulk_add(snapshot.task_ids, snapshot.task_remaining, now - self.revoked.expires + shift)
-        if self.uncommitted:  # e.g. merged from mingle replies before the load
-            self.committed([i for i in snapshot.task_ids if i in self.uncommitted])
+        if self.uncommitted.ids:  # e.g. merged from mingle replies before the load
+            self.uncommitted.committed([i for i in snapshot.task_ids if i in self.uncommitted.ids])
         return len(snapshot)
 
     def _bulk_add(self, ids: list[str], remaining: Sequence[float], base: float) -> None:
@@ -280,7 +226,7 @@ class WorkerMemory:
 
     def replace(self, snapshot: Snapshot, keep: set[str], shift: float = 0.0) -> None:
         """Reload from a full snapshot: drop what the table no longer holds, except ``keep``."""
-        wanted = set(snapshot.task_ids) | keep | self.memory_only | set(self.uncommitted)
+        wanted = set(snapshot.task_ids) | keep | self.memory_only | set(self.uncommitted.ids)
         present = getattr(self.revoked, "_data", {})
         for item in [i for i in present if i not in wanted]:
             self.revoked.discard(item)
@@ -311,7 +257,7 @@ class WorkerMemory:
                 self.forget(target)
             elif target.kind == "task":
                 self._add(target.value, self._stamp(row.remaining, now))
-                self.uncommitted.discard(target.value)
+                self.uncommitted.ids.discard(target.value)
                 self.name_marked.discard(target.value)  # revoked by id now: a restored name rule must not lift it
             else:
                 self._add_other(target, row.remaining, now)
@@ -335,7 +281,7 @@ class WorkerMemory:
         """Drop one revocation from memory (un-revoked or expired)."""
         if target.kind == "task":
             self.revoked.discard(target.value)
-            self.uncommitted.discard(target.value)
+            self.uncommitted.ids.discard(target.value)
             self.name_marked.discard(target.value)
         else:
             self._remove_other(target)
@@ -409,7 +355,7 @@ class WorkerMemory:
         """
         now = time.monotonic()
         expires = self.revoked.expires
-        skip = self.memory_only | set(self.uncommitted) | set(self.members)
+        skip = self.memory_only | set(self.uncommitted.ids) | set(self.members)
         out: dict[Target, float | None] = {}
         for item, entry in list(getattr(self.revoked, "_data", {}).items()):
             if isinstance(item, str) and item and item not in skip:

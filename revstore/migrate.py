@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +30,11 @@ from sqlalchemy import Connection, inspect, select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.schema import CreateTable
 
-from . import __version__
+from ._version import __version__
 from .config import mask_url
 from .errors import RevstoreError, SchemaError
+from .executor import Door, short_error
 from .schema import Tables, version_table
-from .store import RevocationStore, _is_missing_table, short_error
 from .window import INSTALLATION_ID_REVISION, LEGACY_HEAD, SCHEMA_INFO_REVISION, Chain, SchemaState, Step, Verdict, assess
 
 
@@ -45,7 +46,7 @@ def migrations_dir() -> Path:
     raise RevstoreError("revstore: migration scripts not found; reinstall revstore")
 
 
-def alembic_config(store: RevocationStore, *, output: io.StringIO | None = None,
+def alembic_config(store: Door, *, output: io.StringIO | None = None,
                    lock_timeout: float | None = None) -> Config:
     cfg = Config(output_buffer=output) if output is not None else Config()
     cfg.set_main_option("script_location", str(migrations_dir()))
@@ -72,20 +73,20 @@ def head_revision() -> str:
     return head
 
 
-def read_state(store: RevocationStore) -> SchemaState:
+def read_state(store: Door) -> SchemaState:
     """The schema's revision and window, as a worker sees them (SELECTs only).
 
     ``schema_info`` is the source of truth; a database that predates it (0.1.0,
     or an empty one) falls back to the version tables.
     """
     tables = store.tables
-    conn = store._connect()
+    conn = store.executor.connect()
     table = tables.schema_info.name
     try:
         present = set(inspect(conn).get_table_names(schema=tables.schema))
         info = tables.schema_info
         row = _read_if_there(conn, select(info.c.revision, info.c.schema_release, info.c.oldest_release),
-                             listed=info.name in present)
+                             listed=info.name in present, missing=store.backend.is_missing_table)
         if row is not None:
             return SchemaState(row.revision, row.schema_release, row.oldest_release)
         for table in (tables.version_table, tables.legacy_version_table):
@@ -104,7 +105,7 @@ def read_state(store: RevocationStore) -> SchemaState:
         conn.close()
 
 
-def _read_if_there(conn: Connection, query: Any, *, listed: bool) -> Any:
+def _read_if_there(conn: Connection, query: Any, *, listed: bool, missing: Callable[[BaseException], bool]) -> Any:
     """The first row of ``query``, None if its table does not exist.
 
     MySQL lists only the tables a role may read: a table missing from the
@@ -117,21 +118,21 @@ def _read_if_there(conn: Connection, query: Any, *, listed: bool) -> Any:
         with conn.begin_nested():
             return conn.execute(query).first()
     except DBAPIError as exc:
-        if _is_missing_table(exc):
+        if missing(exc):
             return None
         raise
 
 
-def current_revision(store: RevocationStore) -> str | None:
+def current_revision(store: Door) -> str | None:
     return read_state(store).revision
 
 
-def assess_schema(store: RevocationStore, release: str = __version__) -> Verdict:
+def assess_schema(store: Door, release: str = __version__) -> Verdict:
     """compatible / upgrade needed / package too old, and the admin's next step."""
     return assess(read_state(store), chain(), release, mask_url(store.url))
 
 
-def check_schema(store: RevocationStore, release: str = __version__) -> Verdict:
+def check_schema(store: Door, release: str = __version__) -> Verdict:
     """Raise SchemaError unless workers of ``release`` may run against the database."""
     verdict = assess_schema(store, release)
     if not verdict.ok:
@@ -146,9 +147,9 @@ def _run(fn, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
         raise RevstoreError(f"revstore: {exc}") from None
 
 
-def _reachable(store: RevocationStore) -> None:
+def _reachable(store: Door) -> None:
     """Fail with the store's one-line DatabaseUnavailable before Alembic starts."""
-    store._connect().close()
+    store.executor.connect().close()
 
 
 def _expand_target(steps: Chain, current: str | None, revision: str | None) -> str | None:
@@ -168,7 +169,7 @@ def _expand_target(steps: Chain, current: str | None, revision: str | None) -> s
     return revision
 
 
-def _known_current(store: RevocationStore, steps: Chain) -> str | None:
+def _known_current(store: Door, steps: Chain) -> str | None:
     """The database's revision, which this package must know to migrate from it."""
     _reachable(store)
     current = current_revision(store)
@@ -180,7 +181,7 @@ def _known_current(store: RevocationStore, steps: Chain) -> str | None:
     return current
 
 
-def upgrade(store: RevocationStore, revision: str | None = None, *, lock_timeout: float | None = None) -> None:
+def upgrade(store: Door, revision: str | None = None, *, lock_timeout: float | None = None) -> None:
     """Run the expand steps (up to ``revision``): safe while older workers run.
 
     ``lock_timeout``: give up, rather than queue every worker's writes behind
@@ -193,14 +194,14 @@ def upgrade(store: RevocationStore, revision: str | None = None, *, lock_timeout
         _migrate(store, target, lock_timeout)
 
 
-def contract(store: RevocationStore, *, lock_timeout: float | None = None) -> None:
+def contract(store: Door, *, lock_timeout: float | None = None) -> None:
     """Run every pending step, contract steps included: once no older worker remains."""
     steps = chain()
     if _known_current(store, steps) != steps.head.revision:
         _migrate(store, "head", lock_timeout)
 
 
-def _migrate(store: RevocationStore, target: str, lock_timeout: float | None) -> None:
+def _migrate(store: Door, target: str, lock_timeout: float | None) -> None:
     try:
         _run(command.upgrade, alembic_config(store, lock_timeout=lock_timeout), target)
     except DBAPIError as exc:
@@ -212,7 +213,7 @@ def _migrate(store: RevocationStore, target: str, lock_timeout: float | None) ->
         raise
 
 
-def downgrade(store: RevocationStore, revision: str) -> None:
+def downgrade(store: Door, revision: str) -> None:
     """Downgrade; ``base`` also drops revstore's version tables.
 
     Alembic leaves an empty version table behind at base.  Ours exist only
@@ -227,7 +228,7 @@ def downgrade(store: RevocationStore, revision: str) -> None:
                 version_table(name, store.tables.schema).drop(conn, checkfirst=True)
 
 
-def offline_sql(store: RevocationStore, since: str | None = None, phase: str = "all") -> str:
+def offline_sql(store: Door, since: str | None = None, phase: str = "all") -> str:
     """The DDL ``db upgrade`` (expand) and ``db contract`` would run from ``since``, for DBAs.
 
     Each part starts with a comment saying when to run it.
@@ -257,7 +258,7 @@ def offline_sql(store: RevocationStore, since: str | None = None, phase: str = "
     return out.getvalue()
 
 
-def offline_downgrade_sql(store: RevocationStore, revision: str, downgrade_from: str) -> str:
+def offline_downgrade_sql(store: Door, revision: str, downgrade_from: str) -> str:
     """The DDL of a downgrade ``downgrade_from`` -> ``revision``."""
     out = io.StringIO()
     _run(command.downgrade, alembic_config(store, output=out), f"{downgrade_from}:{revision}", sql=True)

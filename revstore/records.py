@@ -17,16 +17,14 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Any
 
 from .errors import InvalidInput
 from .identity import DbIdentity
 from .keys import stored as stored_key
 from .names import describe as describe_name
 from .names import decode_where, encode_where
-from .schema import KINDS, MAX_KEY_LENGTH
-
-Kind = Literal["task", "stamp", "root", "name"]
+from .schema import KINDS, MAX_KEY_LENGTH, Kind
 
 
 @dataclass(frozen=True)
@@ -245,6 +243,10 @@ def normalize_signal(sig: Any) -> str:
     if not isinstance(getattr(_signal, name, None), _signal.Signals):
         raise InvalidInput(f"revstore: unknown signal {sig!r}; use a name like SIGTERM or SIGKILL")
     return name
+
+
+#: Sentinel meaning "use the store's default expiry" (``revstore_default_expires``).
+DEFAULT: Any = object()
 
 
 def validate_expires(expires: Any) -> float | None:

@@ -32,12 +32,12 @@ this module must describe the head revision exactly (a test compares them).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
-    DateTime,
     Index,
     Integer,
     MetaData,
@@ -48,10 +48,13 @@ from sqlalchemy import (
     false,
     true,
 )
-from sqlalchemy.dialects import mysql
 from sqlalchemy.sql import func
 
-KINDS = ("task", "stamp", "root", "name")
+from .backends.columns import AUDIT_ID, FULL_KEY_TYPE, TIMESTAMP
+
+#: What a revocation applies to (see the module's docstring); written here once.
+Kind = Literal["task", "stamp", "root", "name"]
+KINDS: tuple[Kind, ...] = get_args(Kind)
 
 #: Longest id, header or stamp value stored as itself in the primary key:
 #: Celery ids are 36 characters; 255 leaves room for custom ids and fits every
@@ -59,9 +62,6 @@ KINDS = ("task", "stamp", "root", "name")
 #: in ``header_full``/``value_full`` (see revstore.keys).
 MAX_KEY_LENGTH = 255
 
-#: A key's full text, whatever its length: TEXT, LONGTEXT on MySQL (whose
-#: TEXT stops at 64 KB).
-FULL_KEY_TYPE = Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")
 MAX_REASON_LENGTH = 1000
 
 #: Alembic's version table gets the prefix too, so revstore can share a
@@ -91,12 +91,7 @@ AUDIT_KEYS = 5
 #: An audit row's action: revoke, restore, extend, import, …
 AUDIT_ACTION_LENGTH = 16
 
-#: SQLite numbers rows only in an INTEGER PRIMARY KEY.
-AUDIT_ID = BigInteger().with_variant(Integer(), "sqlite")
 
-#: MySQL/MariaDB DATETIME keeps whole seconds unless given a precision; the
-#: stored value is UTC there (the store sets the session time zone).
-TIMESTAMP = DateTime(timezone=True).with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from .errors import InvalidInput
-from .store import Revocation, Target, as_target
+from .records import Revocation, Target, as_target
 
 _SAFE_BUILTINS = {"dict", "set", "frozenset", "list", "tuple"}
 

@@ -30,6 +30,7 @@ CACHE = ROOT / ".cache" / "releases"
 #: new release here when it is tagged.
 KNOWN_COMMITS = {
     "0.1.0": "0ca4ddcf25121f37a94c8c3d9c8fbfdeff814aa4",
+    "0.2.0": "70f301c0f7986b46981f99351ed1bf45eee234e7",
 }
 
 
@@ -85,20 +86,27 @@ def commit_of(version: str) -> str:
 
 
 def _before(text: str, what: str) -> str:
-    """The commit before the one that added ``text`` to revstore/schema.py (``what`` names the change)."""
+    """Release 0.2.0's commit, checked to predate the one that added ``text`` to revstore/schema.py.
+
+    Every schema change since 0.2.0 is tested against 0.2.0's workers, the
+    ones a fleet really runs while it upgrades; one release is one build.
+    """
     added = _git("log", "--format=%H", "-1", "-S", text, "--", "revstore/schema.py")
     if not added:
         pytest.fail(f"the commit that added {what} is not in this clone: run `git fetch --unshallow`", pytrace=False)
-    return _git("rev-parse", f"{added}^")
+    released = commit_of("0.2.0")
+    if subprocess.run(["git", "-C", str(ROOT), "merge-base", "--is-ancestor", released, added]).returncode:
+        pytest.fail(f"{what} came before release 0.2.0: test it against an older release", pytrace=False)
+    return released
 
 
 def before_name_rules() -> str:
-    """The last commit whose revstore knew no ``name`` kind: the 0.2.0 workers deployed before issue 24."""
+    """The release whose revstore knew no ``name`` kind: the 0.2.0 workers deployed before issue 24."""
     return _before('KINDS = ("task", "stamp", "root")', "the name kind")
 
 
 def before_audit() -> str:
-    """The last commit whose revstore had no audit table: the 0.2.0 workers deployed when its expand step runs."""
+    """The release whose revstore had no audit table: the 0.2.0 workers deployed when its expand step runs."""
     return _before('f"{prefix}audit"', "the audit table")
 
 

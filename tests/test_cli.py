@@ -160,3 +160,14 @@ def test_common_options_work_after_the_subcommand_and_win(store) -> None:
     shown = revstore(*wrong, "show", "late-opt", "--url", url, *schema, "--json")
     assert shown.code == 0 and json.loads(shown.out)["value"] == "late-opt", shown.text
     assert_one_line_error(revstore("list", "--url", "postgresql://u:hunter2@127.0.0.1:1/db"), "cannot connect")
+
+
+def test_restore_by_stamp_alone_needs_no_task_ids(opts, store) -> None:
+    """Issue 25: ``revstore restore --stamp HEADER=VALUE`` as documented, with no IDS."""
+    assert revstore(*opts, "revoke", "--stamp", "batch=7", "--broker", "none").code == 0
+    out = revstore(*opts, "restore", "--stamp", "batch=7", "--broker", "none")
+    assert out.code == 0 and "restored 1" in out.out, out.text
+    rows = [json.loads(line) for line in revstore(*opts, "list", "--json", "--kind", "stamp").out.splitlines()]
+    assert rows == [], rows
+    nothing = revstore(*opts, "restore", "--broker", "none")
+    assert nothing.code == 1 and "nothing to restore" in nothing.err, nothing.text

@@ -61,3 +61,22 @@ def test_masking_never_shows_the_password() -> None:
 @pytest.mark.parametrize("text, seconds", [("90", 90), ("30m", 1800), ("12h", 43200), ("7d", 604800), ("never", None)])
 def test_durations(text: str, seconds: float | None) -> None:
     assert config.parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("entry", config.TABLE, ids=lambda e: e.name)
+def test_each_table_entry_is_what_load_settings_does(entry: config.Entry, tmp_path) -> None:
+    """The table's default and lowest value (what the docs show) are the resolver's, by variable and by setting."""
+    env = {"XDG_STATE_HOME": str(tmp_path)}
+    default = entry.default_for(env) if entry.default_for else entry.default
+    assert getattr(config.load_settings(environ=env), entry.attribute) == default
+    assert config.ENV[entry.name] == entry.env == entry.name.upper() and entry.name.startswith("revstore_")
+    if entry.minimum is None:
+        return
+    lowest = entry.minimum
+    assert getattr(config.load_settings(environ={**env, entry.env: str(lowest)}), entry.attribute) == lowest
+    below = lowest - (0.01 if isinstance(lowest, float) else 1)
+    with pytest.raises(ConfigurationError) as info:
+        config.load_settings(conf={entry.name: str(below)}, environ=env)
+    assert entry.name in str(info.value) and "\n" not in str(info.value)
+    if entry.none_word is not None:
+        assert getattr(config.load_settings(environ={**env, entry.env: entry.none_word}), entry.attribute) is None

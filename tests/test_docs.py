@@ -38,7 +38,8 @@ and the virtualenv's ``bin`` is first on ``PATH`` (``revstore``, ``celery``,
 once and the test takes as long as the slowest page (the quick start).
 
 Also checked: ``docs/configuration.md`` names every setting, environment
-variable and CLI command, and ``mkdocs build --strict`` (run by ``make test``)
+variable and CLI command, its settings table is the one generated from the
+code's (:mod:`revstore.settings_doc`), and ``mkdocs build --strict`` (run by ``make test``)
 fails on a broken link or a page missing from ``nav`` (run here too, see
 :func:`test_mkdocs_strict_build_passes`).
 """
@@ -269,7 +270,7 @@ def _kill(pgid: int) -> None:
 def test_role_sql_in_the_docs_is_what_db_grants_prints() -> None:
     """The operations guide's role blocks must not drift from ``revstore db grants``."""
     from revstore.backends import for_dialect
-    from revstore.roles import ADMIN_MARK, WORKER_MARK, admin_sql, worker_sql
+    from revstore.backends.postgresql_roles import ADMIN_MARK, WORKER_MARK, admin_sql, worker_sql
     from revstore.schema import build_tables
 
     blocks = [b.code for b in ALL if b.lang == "sql" and b.code.startswith("-- revstore:")]
@@ -301,6 +302,15 @@ def test_configuration_page_lists_every_setting_and_command() -> None:
     assert not missing, f"docs/configuration.md does not document: {missing}"
 
 
+def test_settings_table_in_the_docs_is_generated_from_the_code() -> None:
+    """Names, variables, kinds, bounds and defaults of the docs' table are the code's (revstore.config.TABLE)."""
+    from revstore import settings_doc
+
+    page = (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
+    assert settings_doc.current(page) == settings_doc.markdown(), (
+        "docs/configuration.md's settings table is stale: run `python -m revstore.settings_doc docs/configuration.md`")
+
+
 def test_a_broken_sample_fails(tmp_path: Path) -> None:
     """The runner must report failures, not swallow them."""
     page = tmp_path / "broken.md"
@@ -320,7 +330,7 @@ def test_mkdocs_strict_build_passes(tmp_path: Path) -> None:
     """
     proc = subprocess.run([str(Path(sys.executable).with_name("mkdocs")), "build", "--strict",
                            "--site-dir", str(tmp_path / "site")], cwd=ROOT, capture_output=True, text=True,
-                          timeout=120)
+                          timeout=120, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})  # Material's banner says WARNING
     warnings = [line for line in proc.stderr.splitlines() if "WARNING" in line or "Aborted" in line]
     assert proc.returncode == 0 and not warnings, proc.stderr[-4000:]
 
@@ -337,3 +347,150 @@ def test_no_file_holds_merge_conflict_markers() -> None:
             if line.startswith(("<<<<<<< ", ">>>>>>> ")):
                 found.append(f"{name}:{number}")
     assert not found, found
+
+
+# --- Figures quoted from the benchmark (issue 25) -------------------------------------------------
+#: A figure another page quotes from the benchmark is a link to the figures table whose title names
+#: it: ``[1.60 s](benchmarks.md#figures "bench:ID")``, ``"bench:ID:stock"`` or ``"bench:ID:ratio"``.
+#: IDs are those of ``docs/bench-results.json``, which ``make bench`` writes with the page.
+BENCH_REF = re.compile(r'\[(?P<text>[^\]]+)\]\((?P<target>[^)\s]*benchmarks\.md[^)\s]*)\s+"bench:(?P<ref>[^"]+)"\)')
+RESULTS = ROOT / "docs" / "bench-results.json"
+
+
+def bench_refs() -> list[tuple[str, str, str]]:
+    return [(page.name, m["text"], m["ref"]) for page in PAGES for m in BENCH_REF.finditer(page.read_text("utf-8"))]
+
+
+def test_quoted_benchmark_figures_match_the_bench_results() -> None:
+    """A page quoting a figure the last bench run no longer backs fails here, not in a reader's hands."""
+    import json
+
+    from bench.all import resolve
+
+    data = json.loads(RESULTS.read_text(encoding="utf-8"))
+    refs = bench_refs()
+    assert len(refs) >= 10, refs  # guard the pattern itself
+    wrong = []
+    for page, quoted, ref in refs:
+        try:
+            expected = resolve(data, ref)
+        except KeyError as exc:
+            wrong.append(f"{page}: {ref}: {exc}")
+            continue
+        if quoted.strip("*") != expected:
+            wrong.append(f"{page}: quotes {quoted!r} for {ref}, the results say {expected!r}")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_a_drifted_figure_is_caught() -> None:
+    from bench.all import resolve
+
+    data = {"figures": [{"id": "x-y", "bench": "x", "name": "y", "value": 1.6, "unit": "s", "stock": 3.2,
+                         "ratio": 0.5, "target": "", "met": None, "note": ""}]}
+    assert resolve(data, "x-y") == "1.60 s" and resolve(data, "x-y:stock") == "3.20 s"
+    assert resolve(data, "x-y:ratio") == "0.50"
+    (match,) = BENCH_REF.finditer('takes [1.5 s](benchmarks.md#figures "bench:x-y") at most')
+    assert resolve(data, match["ref"]) != match["text"]
+    with pytest.raises(KeyError):
+        resolve(data, "x-z")
+
+
+def test_benchmarks_page_is_the_rendering_of_the_bench_results() -> None:
+    """docs/benchmarks.md is generated from docs/bench-results.json (``python -m bench.all --render``)."""
+    import json
+
+    from bench.all import document
+
+    data = json.loads(RESULTS.read_text(encoding="utf-8"))
+    page = (ROOT / "docs" / "benchmarks.md").read_text(encoding="utf-8")
+    assert page == document(data) + "\n", "run: .venv/bin/python -m bench.all --render"
+
+
+def test_no_page_quotes_a_benchmark_figure_without_its_reference() -> None:
+    """Figures the bench alone measures (per million, p99 to all workers) are quoted only by reference."""
+    unreferenced = []
+    pattern = re.compile(r"\d[\d,.]* (?:ids/s|rows/s|tasks/s)\b")  # MiB: also limits (1 MiB forms)
+    for page in PAGES:
+        if page.name == "benchmarks.md":
+            continue
+        text = BENCH_REF.sub("", page.read_text("utf-8"))
+        unreferenced += [f"{page.name}: {m.group(0)}" for m in pattern.finditer(text)]
+    assert not unreferenced, unreferenced
+
+
+# --- Settings: documented defaults and bounds against the code --------------------------------------
+SETTING_ROW = re.compile(r"^\| `(?P<name>revstore_[a-z_]+)` \| `(?P<env>[A-Z_]+)` \| (?P<type>[^|]*) \| (?P<default>[^|]*) \|(?: [^|]* \|)?$")
+
+
+def settings_rows() -> list[dict[str, str]]:
+    text = (ROOT / "docs" / "configuration.md").read_text("utf-8")
+    return [m.groupdict() for m in map(SETTING_ROW.match, text.splitlines()) if m]
+
+
+@pytest.mark.parametrize("row", settings_rows(), ids=lambda r: r["name"])
+def test_documented_default_and_bounds_are_the_codes(row: dict[str, str]) -> None:
+    """The settings table's default and ``≥`` bound must be what ``load_settings`` does."""
+    from revstore.config import load_settings
+    from revstore.errors import ConfigurationError
+
+    name = row["name"]
+    base = {"revstore_url": "sqlite:///unused.sqlite3"}
+    settings = load_settings(conf=base if name != "revstore_url" else {}, environ={})
+    attr = name.removeprefix("revstore_")
+    default = row["default"].strip()
+    token = re.match(r"`([^`]*)`", default)
+    if default.startswith("unset"):
+        if hasattr(settings, attr) and name != "revstore_url":
+            assert getattr(settings, attr) is None, (name, getattr(settings, attr))
+        elif name == "revstore_url":
+            assert settings.url is None
+    elif token and not token[1].startswith("$"):
+        value, actual = token[1], getattr(settings, attr)
+        if value in ("true", "false"):
+            assert actual is (value == "true"), (name, actual)
+        elif value == "none":
+            assert actual is None, (name, actual)
+        elif re.fullmatch(r"[\d.]+", value):
+            assert float(actual) == float(value), f"{name}: documented default {value}, the code's {actual}"
+        else:
+            assert actual == value, (name, actual)
+    bound = re.search(r"≥ ([\d.]+)", row["type"])
+    if bound:
+        low = float(bound[1])
+        integer = "integer" in row["type"]
+        at = str(int(low)) if integer else str(low)
+        below = str(int(low) - 1) if integer else str(low - min(0.01, low / 2) if low else -1)
+        load_settings(conf={**base, name: at}, environ={})
+        with pytest.raises(ConfigurationError):
+            load_settings(conf={**base, name: below}, environ={})
+
+
+def test_every_setting_has_a_row_in_the_settings_table() -> None:
+    from revstore.config import ENV
+
+    rows = {row["name"]: row["env"] for row in settings_rows()}
+    assert rows == ENV
+
+
+def test_pictures_are_what_their_source_draws() -> None:
+    """docs/img's diagrams are drawn from docs/diagrams/diagrams.toml: redraw with docs/diagrams/draw.py."""
+    proc = subprocess.run([sys.executable, str(ROOT / "docs" / "diagrams" / "draw.py"), "--check"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_readme_links_into_the_docs_resolve() -> None:
+    """README.md is read on GitHub, outside mkdocs' link check: its links to docs/ pages and anchors must exist."""
+    from markdown.extensions.toc import slugify
+
+    readme = (ROOT / "README.md").read_text("utf-8")
+    broken = []
+    for page, anchor in re.findall(r"\]\(docs/([a-z0-9_-]+\.md)(?:#([a-z0-9_-]+))?\)", readme):
+        path = ROOT / "docs" / page
+        if not path.exists():
+            broken.append(page)
+            continue
+        headings = {slugify(h, "-") for h in re.findall(r"^#{1,6} (.+)$", path.read_text("utf-8"), re.M)}
+        if anchor and anchor not in headings:
+            broken.append(f"{page}#{anchor}")
+    assert not broken, broken

@@ -25,7 +25,7 @@ from harness import Cluster, cli, discarded, held_by, revoked_on, send, status, 
 from pgcluster import Pair, pg_pair  # noqa: F401 (a fixture)
 from proxy import TcpProxy
 from revstore import migrate
-from revstore.roles import worker_sql
+from revstore.backends.postgresql_roles import worker_sql
 from revstore.store import RevocationStore
 
 #: Seconds between polls in these tests: what "within the poll interval" is measured against.

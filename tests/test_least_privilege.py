@@ -16,7 +16,7 @@ from sqlalchemy.exc import DBAPIError
 
 from harness import discarded, held_by, revstore, send, wait_for
 from revstore.config import normalize_url
-from revstore.roles import WORKER_MARK
+from revstore.backends.base import WORKER_MARK
 
 pytestmark = pytest.mark.parametrize("backend", ["postgresql", "mariadb"])
 

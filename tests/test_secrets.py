@@ -22,6 +22,7 @@ import revstore
 from console_server import ConsoleServer
 from harness import CELERY, TESTS
 from revstore import config
+from revstore.censoring import named_like_secret
 from revstore.config import load_settings
 from revstore.errors import RevstoreError
 from revstore.localstate import identity
@@ -102,6 +103,11 @@ def test_errors_and_reprs_hide_the_password(url: str) -> None:
 
 def test_plain_names_only_settings_that_exist() -> None:
     assert set(PLAIN) <= set(config.ENV), set(PLAIN) - set(config.ENV)
+
+
+def test_the_table_marks_exactly_the_secrets_and_never_contradicts_the_rule_on_names() -> None:
+    assert {e.name for e in config.TABLE if not e.secret} == set(PLAIN)
+    assert not [e.name for e in config.TABLE if named_like_secret(e.name) and not e.secret]
 
 
 @pytest.mark.parametrize("name", sorted(set(config.ENV) - set(PLAIN)))

@@ -21,7 +21,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from revstore import localstate
+from revstore import frames
 from revstore.localstate import SnapshotFiles
 from revstore.store import Revocation, Snapshot, Target
 
@@ -67,7 +67,7 @@ class Table:
 @contextmanager
 def crash_inside_file_write(at: int | None, torn: bool) -> Iterator[None]:
     """Die during whole-file write number ``at`` (0-based) of the block: before it, or with its temporary file torn."""
-    real = localstate._write_atomically
+    real = frames.write_atomically
     calls = iter(range(1_000))
 
     def write(path: Path, *parts: bytes) -> None:
@@ -78,11 +78,11 @@ def crash_inside_file_write(at: int | None, torn: bool) -> Iterator[None]:
             raise Crash
         real(path, *parts)
 
-    localstate._write_atomically = write  # type: ignore[assignment]
+    frames.write_atomically = write  # type: ignore[assignment]
     try:
         yield
     finally:
-        localstate._write_atomically = real  # type: ignore[assignment]
+        frames.write_atomically = real  # type: ignore[assignment]
 
 
 def read_back(stem: Path) -> tuple[set[str], int, SnapshotFiles] | None:

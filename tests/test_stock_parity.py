@@ -22,7 +22,8 @@ from revstore import control
 from revstore.config import load_settings
 from revstore.errors import InvalidInput
 from revstore.memory import WorkerMemory
-from revstore.store import RevocationStore, Target, as_target
+from revstore.records import as_target
+from revstore.store import RevocationStore, Target
 from revstore.sync import RevocationSync
 
 LONG = "L" * 300

@@ -137,3 +137,20 @@ def test_cleanup_deletes_exactly_the_expired_rows_in_short_pieces(store) -> None
     snapshot, _ = store.load_active()
     assert sorted(snapshot.task_ids) == live
     assert store.stats()["active"]["task"] == len(live) and store.get(expired[0]) is None
+
+
+@pytest.mark.parametrize("if_needed", [False, True], ids=["client", "write-through"])
+def test_a_later_revoke_keeps_its_own_short_lifetime(store, if_needed: bool) -> None:
+    """``expires=30`` given after ``expires=3`` keeps the id revoked 30 s from the second revoke.
+
+    A flat minute of slack, meant to spare N workers rewriting one
+    broadcast's row, swallowed such a re-revoke: the checker saw the task run
+    while the second revoke's lifetime had seconds left.
+    """
+    store.add(["short-then-longer"], expires=3, if_needed=if_needed)
+    store.add(["short-then-longer"], expires=30, if_needed=if_needed)
+    row = store.get("short-then-longer")
+    assert row.active and row.remaining is not None and row.remaining > 29, row
+    # a default lifetime (days) still spares the rewrite: the second write changes nothing
+    store.add(["default"], if_needed=if_needed)
+    assert store.add(["default"], if_needed=if_needed).changed == 0

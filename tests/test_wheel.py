@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from revstore._version import __version__
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -20,6 +22,7 @@ def test_wheel_in_a_fresh_venv_runs_db_upgrade(tmp_path: Path) -> None:
         check=True, timeout=300,
     )
     wheel = next(dist.glob("revstore-*.whl"))
+    assert wheel.name.startswith(f"revstore-{__version__}-"), wheel.name  # pyproject reads revstore/_version.py
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
@@ -46,3 +49,15 @@ def test_wheel_in_a_fresh_venv_runs_db_upgrade(tmp_path: Path) -> None:
     assert run("revoke", "from-wheel").returncode == 0
     assert "from-wheel" in run("list").stdout
     assert "CREATE TABLE" in run("db", "sql").stdout
+
+
+def test_the_version_is_written_once() -> None:
+    """pyproject.toml reads revstore/_version.py, and the package's modules import it from there, not from
+    ``revstore/__init__``, whose names exist only once its imports have run."""
+    pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    assert 'dynamic = ["version"]' in pyproject and 'path = "revstore/_version.py"' in pyproject
+    assert not [line for line in pyproject.splitlines() if line.startswith("version")]
+    offenders = [str(path.relative_to(ROOT)) for path in (ROOT / "revstore").rglob("*.py")
+                 if "from . import __version__" in path.read_text(encoding="utf-8")
+                 or "from .. import __version__" in path.read_text(encoding="utf-8")]
+    assert not offenders, offenders

@@ -38,7 +38,7 @@ def test_every_migration_declares_a_window_that_follows_the_rules() -> None:
         if step.release == before.release:  # `db upgrade` runs all of a release's expand steps in one go
             assert not (before.phase == "contract" and step.phase == "expand"), step
     assert release_key(steps[-1].release) <= release_key(revstore.__version__)
-    # the installed distribution's version is pyproject.toml's (tomllib is 3.11+; 3.10 is supported)
+    # the installed distribution's version is the one revstore/_version.py gives pyproject.toml
     assert importlib.metadata.version("revstore") == revstore.__version__
 
 

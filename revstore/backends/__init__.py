@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import importlib
 
+from sqlalchemy.engine import URL
+
 from ..errors import ConfigurationError
 from .base import Backend, Key, Listener, Merge, Pooling, SqlBackend
 
@@ -20,6 +22,27 @@ _MODULES: dict[str, tuple[str, str]] = {
     "mysql": ("mysql", "MysqlBackend"),
     "mariadb": ("mysql", "MysqlBackend"),
 }
+
+
+#: URL schemes other tools write for a dialect SQLAlchemy spells otherwise (libpq's, Heroku's).
+_ALIASES: dict[str, str] = {"postgres://": "postgresql://"}
+
+#: The database a command that needs one but was given no URL speaks of
+#: (``revstore db grants``): the one the docs lead with.
+_DEFAULT_DIALECT = "postgresql"
+
+
+def unalias(raw: str) -> str:
+    """``raw`` with a scheme SQLAlchemy does not know replaced by the one it does."""
+    for alias, scheme in _ALIASES.items():
+        if raw.startswith(alias):
+            return scheme + raw[len(alias):]
+    return raw
+
+
+def for_url(url: URL | None) -> Backend:
+    """The backend for ``url``; without one, the database the docs lead with."""
+    return for_dialect(url.get_backend_name() if url is not None else _DEFAULT_DIALECT)
 
 
 def is_known(dialect: str) -> bool:
@@ -44,4 +67,5 @@ def for_dialect(dialect: str) -> Backend:
     return backend
 
 
-__all__ = ["Backend", "Key", "Listener", "Merge", "Pooling", "SqlBackend", "default_driver", "for_dialect", "is_known"]
+__all__ = ["Backend", "Key", "Listener", "Merge", "Pooling", "SqlBackend", "default_driver", "for_dialect", "for_url",
+           "is_known", "unalias"]

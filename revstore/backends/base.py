@@ -1,14 +1,16 @@
 """What the store core asks of a database, and the defaults most databases share.
 
-The core (:mod:`revstore.store`) holds everything that is the same on every
-database: the API, validation, versioning through the clock row, the rules
-of an upsert (what a re-revoke may change), expiry by database time.  A
-backend module holds only what differs: how to say "now", how to send many
-keys in one statement, which INSERT dialect resolves conflicts, how a large
-load or a batched delete runs fast, and whether the database can push
-changes to workers.  Adding a database means writing one module that
-implements :class:`Backend`; nothing outside ``revstore/backends`` checks
-which database it is talking to.
+The core (the store's doors over :mod:`revstore.executor`) holds everything
+that is the same on every database: the API, validation, versioning through
+the clock row, the rules of an upsert (what a re-revoke may change), expiry
+by database time.  A backend module holds only what differs: how to say
+"now", how to send many keys in one statement, which INSERT dialect
+resolves conflicts, how a large load or a batched delete runs fast, whether
+the database can push changes to workers, how its driver words an error,
+how it keeps time zones, and its grants.  Adding a database means writing
+one module that implements :class:`Backend`; nothing outside
+``revstore/backends`` checks which database it is talking to
+(``tests/test_layers.py`` holds to it).
 
 :class:`SqlBackend` implements every method in portable SQLAlchemy Core, so a
 module overrides only what its database does differently or better.
@@ -19,8 +21,8 @@ from __future__ import annotations
 from array import array
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from typing import Any, ClassVar, Protocol
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from sqlalchemy import Engine, Table, bindparam, func, select, tuple_
 from sqlalchemy.engine import URL, Connection
@@ -28,7 +30,14 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql import ColumnElement, Select
 
 from ..errors import ConfigurationError
-from ..schema import Tables
+
+if TYPE_CHECKING:  # schema imports this package's column types: no import back at run time
+    from ..schema import Tables
+
+#: Where ``revstore db grants`` prints this database's role SQL (the
+#: PostgreSQL and MySQL backends write the two sections under these marks).
+WORKER_MARK = "-- revstore: worker role"
+ADMIN_MARK = "-- revstore: admin role"
 
 #: A stored key: ``(kind, header, value)``, the primary key of a row.
 Key = tuple[str, str, str]
@@ -70,7 +79,7 @@ class Listener(Protocol):
 
 
 class Backend(Protocol):
-    """The database-specific half of :class:`revstore.store.RevocationStore`."""
+    """The database-specific half of the store (:class:`revstore.executor.Executor` and its doors)."""
 
     #: SQLAlchemy's dialect name (``postgresql``, ``sqlite``, ``mysql``...):
     #: for messages and to pick this module, never for branching elsewhere.
@@ -94,6 +103,36 @@ class Backend(Protocol):
     #: Keys per upsert (the bulk revoke's statement), where the backend sends
     #: them more compactly than a lookup's key list.
     upsert_chunk: ClassVar[int]
+
+    #: Rows per INSERT where each row binds its own eleven values (``revstore import``):
+    #: under the driver's bound-parameter limit.
+    row_chunk: ClassVar[int]
+
+    def canonical_url(self, url: URL) -> URL:
+        """``url`` naming the same database from any working directory (a local state file's owner)."""
+        ...
+
+    def channel(self, tables: Tables) -> str:
+        """The channel writers signal on, one per installation (a valid name where changes are pushed)."""
+        ...
+
+    #: How the driver words "no such table" and "no such column": each entry
+    #: the words one message holds together (lower case).  Drivers agree on
+    #: no error code for them, so their texts are what tells them apart.
+    missing_table_words: ClassVar[tuple[tuple[str, ...], ...]]
+    missing_column_words: ClassVar[tuple[tuple[str, ...], ...]]
+
+    def is_missing_table(self, exc: BaseException) -> bool:
+        """Whether ``exc`` says a table does not exist (``revstore db upgrade`` never ran)."""
+        ...
+
+    def is_missing_column(self, exc: BaseException) -> bool:
+        """Whether ``exc`` says a column does not exist (new code before its expand step ran)."""
+        ...
+
+    def returns_from_update(self, engine: Engine) -> bool:
+        """Whether an UPDATE can hand back what it wrote (``RETURNING``): one round trip less per write."""
+        ...
 
     def engine_options(self, pooling: Pooling) -> dict[str, Any]:
         """``create_engine`` keyword arguments: timeouts, pool, isolation.
@@ -142,6 +181,18 @@ class Backend(Protocol):
 
     def column_time(self, value: datetime) -> datetime:
         """An aware datetime as this database stores it (for rows imported with their own times)."""
+        ...
+
+    def aware(self, value: Any) -> datetime:
+        """A time read back from this database (a column, ``now()``, an aggregate of either) as aware UTC.
+
+        Where the database keeps no zone, what it hands back is UTC: the
+        store writes UTC and asks the server for UTC.
+        """
+        ...
+
+    def like_now(self, value: datetime | None, now: datetime) -> datetime | None:
+        """A stored time in the form :meth:`as_datetime` gave ``now`` (both naive or both aware), to subtract."""
         ...
 
     def seconds_left(self, expires_at: ColumnElement[Any]) -> ColumnElement[Any]:
@@ -201,11 +252,13 @@ class Backend(Protocol):
         ...
 
     def listener(self, url: URL, channel: str, on_change: Callable[[], None], name: str, *,
-                 probe: Callable[[str], None], check_interval: float, fallback_interval: float) -> Listener | None:
+                 probe: Callable[[str], None], check_interval: float, fallback_interval: float,
+                 shown_as: str) -> Listener | None:
         """A listener calling ``on_change`` when anyone writes, or None where changes can only be polled.
 
         It is live only while it hears ``probe(its own channel)`` every
         ``check_interval``; ``fallback_interval`` is the poll it announces otherwise.
+        ``shown_as``: ``url`` with its secrets masked, for log lines.
         """
         ...
 
@@ -248,6 +301,12 @@ def stream_id_rows(conn: Connection, cursor: Any, sql: str, params: Any,
         cursor.close()
 
 
+def _says(exc: BaseException, wordings: tuple[tuple[str, ...], ...]) -> bool:
+    """Whether the driver's text of ``exc`` holds all the words of one of ``wordings``."""
+    text = str(getattr(exc, "orig", exc)).lower()
+    return any(all(word in text for word in words) for words in wordings)
+
+
 class SqlBackend:
     """Portable implementations of :class:`Backend`: override what your database does better."""
 
@@ -258,6 +317,25 @@ class SqlBackend:
     #: SQLite allows 32766 bound parameters: 2000 rows of up to 11 stay under it
     key_chunk: ClassVar[int] = 2000
     upsert_chunk: ClassVar[int] = 2000
+    row_chunk: ClassVar[int] = 2000
+    missing_table_words: ClassVar[tuple[tuple[str, ...], ...]] = ()
+    missing_column_words: ClassVar[tuple[tuple[str, ...], ...]] = ()
+
+    def canonical_url(self, url: URL) -> URL:
+        return url
+
+    def channel(self, tables: Tables) -> str:
+        return f"{tables.schema}.{tables.prefix}changes" if tables.schema else f"{tables.prefix}changes"
+
+    def is_missing_table(self, exc: BaseException) -> bool:
+        return _says(exc, self.missing_table_words)
+
+    def is_missing_column(self, exc: BaseException) -> bool:
+        return _says(exc, self.missing_column_words)
+
+    def returns_from_update(self, engine: Engine) -> bool:
+        # SQLAlchemy knows per dialect and server version (SQLite 3.35+, not MariaDB's UPDATE)
+        return bool(getattr(engine.dialect, "update_returning", False))
 
     def engine_options(self, pooling: Pooling) -> dict[str, Any]:
         return {"pool_pre_ping": True}
@@ -284,6 +362,15 @@ class SqlBackend:
         return value  # type: ignore[no-any-return]
 
     def column_time(self, value: datetime) -> datetime:
+        return value
+
+    def aware(self, value: Any) -> datetime:
+        value = self.as_datetime(value)
+        return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+    def like_now(self, value: datetime | None, now: datetime) -> datetime | None:
+        if value is not None and isinstance(now, datetime) and (value.tzinfo is None) != (now.tzinfo is None):
+            return value.replace(tzinfo=now.tzinfo)
         return value
 
     def seconds_left(self, expires_at: ColumnElement[Any]) -> ColumnElement[Any]:
@@ -335,7 +422,8 @@ class SqlBackend:
         return None
 
     def listener(self, url: URL, channel: str, on_change: Callable[[], None], name: str, *,
-                 probe: Callable[[str], None], check_interval: float, fallback_interval: float) -> Listener | None:
+                 probe: Callable[[str], None], check_interval: float, fallback_interval: float,
+                 shown_as: str) -> Listener | None:
         return None
 
     def server_identity(self, conn: Connection) -> dict[str, ColumnElement[Any]]:

@@ -43,7 +43,7 @@ from sqlalchemy.sql import ColumnElement, Select, visitors
 
 from ..errors import ConfigurationError
 from ..schema import MAX_KEY_LENGTH, Tables
-from .base import Merge, Pooling, SqlBackend, stream_id_rows
+from .base import ADMIN_MARK, WORKER_MARK, Merge, Pooling, SqlBackend, stream_id_rows
 
 #: The largest double: MySQL has no float infinity, so a row that never
 #: expires loads as this and becomes ``inf`` on the way into Python.
@@ -81,6 +81,8 @@ class MysqlBackend(SqlBackend):
     key_chunk: ClassVar[int] = 2000
     #: keys per upsert: one JSON parameter of ~50 bytes per key
     upsert_chunk: ClassVar[int] = 10_000
+    missing_table_words: ClassVar[tuple[tuple[str, ...], ...]] = (("doesn't exist",),)
+    missing_column_words: ClassVar[tuple[tuple[str, ...], ...]] = (("unknown column",),)
 
     def engine_options(self, pooling: Pooling) -> dict[str, Any]:
         # mysqlclient prepares nothing on the server: revstore_prepare_threshold does not apply
@@ -258,11 +260,11 @@ class MysqlBackend(SqlBackend):
         create = (lambda who: [f"CREATE USER IF NOT EXISTS {who} IDENTIFIED BY 'change-me';"]) if create_role else (
             lambda who: [])
         lines = [
-            "-- revstore: admin role (runs `revstore db upgrade`; run this in the revstore database)",
+            f"{ADMIN_MARK} (runs `revstore db upgrade`; run this in the revstore database)",
             *create(admin),
             f"GRANT CREATE, ALTER, DROP, INDEX, SELECT, INSERT, UPDATE, DELETE ON * TO {admin} WITH GRANT OPTION;",
             "",
-            "-- revstore: worker role (rows only, no DDL; run after `revstore db upgrade`)",
+            f"{WORKER_MARK} (rows only, no DDL; run after `revstore db upgrade`)",
             *create(worker),
             f"GRANT SELECT, INSERT, UPDATE, DELETE ON {_table(tables.revocations.name)} TO {worker};",
             f"GRANT SELECT, UPDATE ON {_table(tables.clock.name)} TO {worker};",

@@ -42,6 +42,12 @@ class PostgresBackend(SqlBackend):
     #: keys travel as one JSON array (see _keys), so a statement takes many
     key_chunk: ClassVar[int] = 50_000
     upsert_chunk: ClassVar[int] = 50_000
+    missing_table_words: ClassVar[tuple[tuple[str, ...], ...]] = (("relation", "does not exist"),)
+    missing_column_words: ClassVar[tuple[tuple[str, ...], ...]] = (("column", "does not exist"),)
+
+    def channel(self, tables: Tables) -> str:
+        # NOTIFY channels are identifiers: 63 bytes at most, longer ones cut by the server
+        return f"{tables.schema or 'public'}.{tables.prefix}changes"[:63]
 
     def engine_options(self, pooling: Pooling) -> dict[str, Any]:
         # prepare_threshold None: psycopg prepares nothing on the server.
@@ -185,10 +191,11 @@ class PostgresBackend(SqlBackend):
         conn.execute(select(func.pg_notify(channel, str(version))))
 
     def listener(self, url: URL, channel: str, on_change: Callable[[], None], name: str, *,
-                 probe: Callable[[str], None], check_interval: float, fallback_interval: float) -> Listener | None:
+                 probe: Callable[[str], None], check_interval: float, fallback_interval: float,
+                 shown_as: str) -> Listener | None:
         from .postgresql_listen import Listener as PgListener
 
-        return PgListener(url, channel, on_change, probe, name, check_interval, fallback_interval)
+        return PgListener(url, channel, on_change, probe, name, check_interval, fallback_interval, shown_as=shown_as)
 
     def server_identity(self, conn: Connection) -> dict[str, ColumnElement[Any]]:
         """The cluster's system identifier and the timeline it writes on, where the role may read them.
@@ -251,7 +258,7 @@ class PostgresBackend(SqlBackend):
         return {f"{role}/{app_name}": int(n) for role, app_name, n in rows}
 
     def role_sql(self, tables: Tables, admin_role: str, worker_role: str, *, create_role: bool) -> str:
-        from ..roles import admin_sql, worker_sql
+        from .postgresql_roles import admin_sql, worker_sql
 
         admin = admin_sql(tables, admin_role, create_role=create_role)
         worker = worker_sql(tables, worker_role, create_role=create_role)

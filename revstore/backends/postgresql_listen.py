@@ -29,8 +29,6 @@ from typing import Any
 
 from sqlalchemy.engine import URL
 
-from ..config import DEFAULT_LISTEN_CHECK_INTERVAL, mask_url
-
 logger = logging.getLogger("revstore")
 
 BACKOFF_MIN, BACKOFF_MAX = 0.5, 30.0
@@ -44,7 +42,8 @@ class Listener:
 
     ``probe(channel)`` must send a notification on ``channel`` by the path
     writers use; ``fallback_interval`` is only quoted in the log line saying
-    the worker polls instead.
+    the worker polls instead.  ``shown_as`` is the URL with its secrets
+    masked: this layer is below the settings that know which those are.
     """
 
     def __init__(
@@ -53,11 +52,15 @@ class Listener:
         channel: str,
         on_change: Callable[[], None],
         probe: Callable[[str], None],
-        name: str = "revstore",
-        check_interval: float = DEFAULT_LISTEN_CHECK_INTERVAL,
-        fallback_interval: float = 5.0,
+        name: str,
+        check_interval: float,
+        fallback_interval: float,
+        *,
+        shown_as: str,
     ) -> None:
         self.url = url
+        #: the URL as logs may show it (masked by the caller, who knows which parts are secret)
+        self.shown_as = shown_as
         self.channel = channel
         self.on_change = on_change
         self.probe = probe
@@ -146,18 +149,18 @@ class Listener:
         """Fall back to polling: say why, and pull now (notifications may have been lost)."""
         self._report("deaf", "revstore: the listener on %s %s; polling every %gs instead; set revstore_listen_url "
                      "to a direct PostgreSQL connection (or revstore_listen=false)",
-                     mask_url(self.url), self.problem, self.fallback_interval)
+                     self.shown_as, self.problem, self.fallback_interval)
         self.live = False
         self.reconnects += 1
         self.on_change()
 
     def _became_live(self) -> None:
         if self._was_live:
-            logger.warning("revstore: listener reconnected to %s; resyncing", mask_url(self.url))
+            logger.warning("revstore: listener reconnected to %s; resyncing", self.shown_as)
         elif self.reconnects:
-            logger.warning("revstore: the listener on %s hears notifications now; resyncing", mask_url(self.url))
+            logger.warning("revstore: the listener on %s hears notifications now; resyncing", self.shown_as)
         else:
-            logger.info("revstore: listening for changes on %s (channel %s)", mask_url(self.url), self.channel)
+            logger.info("revstore: listening for changes on %s (channel %s)", self.shown_as, self.channel)
         self.live, self._was_live, self.problem, self._reported = True, True, None, None
         self.on_change()  # anything written while we were not listening
 

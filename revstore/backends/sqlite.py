@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from datetime import datetime, timezone
 from typing import Any, ClassVar
 
 from sqlalchemy import Engine, Table, bindparam, event, func, literal_column
 from sqlalchemy.dialects import sqlite
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import URL, Connection
 from sqlalchemy.sql import ColumnElement
 
 from .base import Pooling, SqlBackend
@@ -17,6 +18,14 @@ class SqliteBackend(SqlBackend):
     name: ClassVar[str] = "sqlite"
     driver_hint: ClassVar[str] = "use a Python built with the sqlite3 module"
     supports_schema: ClassVar[bool] = False
+    missing_table_words: ClassVar[tuple[tuple[str, ...], ...]] = (("no such table",),)
+    missing_column_words: ClassVar[tuple[tuple[str, ...], ...]] = (("no such column",), ("has no column named",))
+
+    def canonical_url(self, url: URL) -> URL:
+        # a relative file path names another database from another directory
+        if url.database in (None, "", ":memory:"):
+            return url
+        return url.set(database=os.path.abspath(url.database))
 
     def engine_options(self, pooling: Pooling) -> dict[str, Any]:
         # IMMEDIATE: a write transaction takes the write lock at its first

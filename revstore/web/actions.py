@@ -18,7 +18,10 @@ from .. import client
 from ..errors import InvalidInput
 from ..inputs import parse_expires, parse_name_target, parse_targets, require_expiry, split_pasted
 from ..names import decode_where
-from ..store import KINDS, Revocation, RevocationStore, Target, normalize_signal
+from ..records import Revocation, Target, normalize_signal
+from ..schema import KINDS
+from ..queries import OperatorQueries
+from ..writes import Writes
 
 #: A pasted list longer than this is refused: one form post should not be a bulk import (use the CLI).
 MAX_IDS = 10_000
@@ -39,7 +42,7 @@ def filters_from(query: Mapping[str, str]) -> dict[str, str]:
     }
 
 
-def search(store: RevocationStore, filters: Mapping[str, str], cursor: str | None,
+def search(store: OperatorQueries, filters: Mapping[str, str], cursor: str | None,
            limit: int = PAGE_SIZE) -> tuple[list[Revocation], str | None]:
     """One page of rows in key order, and the cursor of the next page (None: this is the last)."""
     rows = store.search(
@@ -67,7 +70,7 @@ def target_from(fields: Mapping[str, Any]) -> Target:
     return Target(kind, value, header)
 
 
-def revoke(store: RevocationStore, celery_app: Any, user: str, *, kind: str, ids: str | list[str],
+def revoke(store: Writes, celery_app: Any, user: str, *, kind: str, ids: str | list[str],
            terminate: bool = False, signal: str | None = None, expires: str | None = None,
            reason: str | None = None) -> str:
     """Revoke ``ids`` (pasted text or a list) of ``kind``; through the client API (a broadcast) with an app.
@@ -113,7 +116,7 @@ def revoke(store: RevocationStore, celery_app: Any, user: str, *, kind: str, ids
     return str(report)
 
 
-def _revoke_name(store: RevocationStore, celery_app: Any, revoked_by: str, lines: list[str], terminate: bool,
+def _revoke_name(store: Writes, celery_app: Any, revoked_by: str, lines: list[str], terminate: bool,
                  signal: str, expires: str | None, reason: str | None) -> str:
     """A task name (the first line) and ``KEY=VALUE`` argument filters (the others), as the CLI's ``--where``;
     an expiry is required, as by the CLI."""
@@ -129,14 +132,14 @@ def _revoke_name(store: RevocationStore, celery_app: Any, revoked_by: str, lines
                                   lifetime, reason, store=store, revoked_by=revoked_by))
 
 
-def restore(store: RevocationStore, celery_app: Any, target: Target, user: str) -> int:
+def restore(store: Writes, celery_app: Any, target: Target, user: str) -> int:
     """Un-revoke ``target`` (a tombstone stays until cleanup); with an app, wake the workers too."""
     if celery_app is not None:
         return client.restore(celery_app, [target], True, store, revoked_by=actor(user))
     return store.remove([target], revoked_by=actor(user)).changed
 
 
-def extend(store: RevocationStore, target: Target, expires: str | None, user: str) -> None:
+def extend(store: Writes, target: Target, expires: str | None, user: str) -> None:
     """Keep ``target`` revoked for ``expires`` from now; a restored one is never revived."""
     lifetime = parse_expires(expires)
     if not isinstance(lifetime, float):

@@ -27,7 +27,9 @@ from starlette.templating import Jinja2Templates
 from ..config import mask_url
 from ..errors import DatabaseUnavailable, RevstoreError
 from ..schema import AUDIT_KEYS
-from ..store import KINDS, RevocationStore, Target
+from ..records import Target
+from ..schema import KINDS
+from ..store import RevocationStore
 from . import actions
 from .access import CHALLENGE, TOO_LARGE, Caller, Refusal, client_address, read_body
 from .api import Api

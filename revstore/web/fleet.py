@@ -8,12 +8,12 @@ from __future__ import annotations
 from typing import Any
 
 from ..health import worker_status
-from ..store import RevocationStore
+from ..queries import OperatorQueries
 
 __all__ = ["fleet_status", "worker_status"]
 
 
-def fleet_status(store: RevocationStore, app: Any, timeout: float = 1.5) -> tuple[int, list[dict[str, Any]]]:
+def fleet_status(store: OperatorQueries, app: Any, timeout: float = 1.5) -> tuple[int, list[dict[str, Any]]]:
     """The table's version and one entry per replying worker, each with a ``problem`` (None when healthy).
 
     Asks by broadcast, so it reaches exactly the workers alive now; a worker

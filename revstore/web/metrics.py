@@ -34,7 +34,8 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from ..config import mask_url
 from ..errors import RevstoreError
-from ..store import KINDS, RevocationStore
+from ..schema import KINDS
+from ..queries import OperatorQueries
 from ..health import worker_status
 
 logger = logging.getLogger("revstore.web")
@@ -91,7 +92,7 @@ def _number(value: Any) -> float | None:
 class RevstoreCollector(Collector):
     """Collects on each scrape from the store and, with a Celery app, the workers."""
 
-    def __init__(self, store: RevocationStore, celery_app: Any = None) -> None:
+    def __init__(self, store: OperatorQueries, celery_app: Any = None) -> None:
         self.store = store
         self.celery_app = celery_app
         self._lock = threading.Lock()
@@ -205,7 +206,7 @@ class RevstoreCollector(Collector):
             yield counter
 
 
-def metrics_registry(store: RevocationStore, celery_app: Any = None) -> CollectorRegistry:
+def metrics_registry(store: OperatorQueries, celery_app: Any = None) -> CollectorRegistry:
     """A registry of the console's own (not the process-global one: two consoles in a process stay apart)."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(RevstoreCollector(store, celery_app))

@@ -1,5 +1,8 @@
 """Green pools and psycopg: a database wait must never freeze the worker.
 
+Here, not in the bootstep, because only a driver knows how it waits.
+
+
 With ``-P gevent`` or ``-P eventlet`` Celery monkey-patches the process, and
 revstore's sync and listener threads become green threads sharing one OS
 thread with every task and the consumer.  psycopg 3 waits for the server in

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import re
 
-from .errors import ConfigurationError
-from .schema import Tables
+from ..errors import ConfigurationError
+from ..schema import Tables
+from .base import ADMIN_MARK, WORKER_MARK
 
 _ROLE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
-WORKER_MARK = "-- revstore: worker role"
-ADMIN_MARK = "-- revstore: admin role"
+__all__ = ["ADMIN_MARK", "WORKER_MARK", "admin_sql", "worker_sql"]
 
 
 def _ident(name: str) -> str:

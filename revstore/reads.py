@@ -1,0 +1,168 @@
+"""The worker's read path: the start-up load, the poll, and what the database says it is.
+
+Every worker runs these, the poll every few seconds, so each is one short
+statement wherever it can be (through a pooler, each statement is a round
+trip to the server).  Operators' reads live in :mod:`revstore.queries`.
+"""
+
+from __future__ import annotations
+
+from array import array
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, func, null, or_, select
+from sqlalchemy.engine import URL, Connection
+
+from . import config as _config
+from . import keys as _keys
+from .backends import Listener
+from .executor import Door, is_digest, target_of
+from .identity import DbIdentity
+from .records import Changes, Snapshot, Target, gc_paused
+from .schema import KINDS
+
+
+class WorkerReads(Door):
+    """What a worker reads: everything active at start, then only what changed."""
+
+    def load_active(self, chunk: int = 20_000) -> tuple[Snapshot, int]:
+        """Fast path for worker start-up: every unexpired revocation, and a marker.
+
+        A million rows must load in about a second and cost no more memory
+        than Celery's own set.  Task ids (nearly all rows) come as two
+        columns, an id list and a float array, as compactly as the backend
+        can send them (packed by the server where it can, elsewhere in
+        ``chunk``-row pieces).  Ids stored by digest (rare: too long for the
+        index, see revstore.keys) are then looked up by key for their text.
+        The remaining lifetime is computed by the database.
+        The marker is the clock read *before* the rows: every version at or
+        below it had committed, so the rows include all of them; anything
+        newer that the load also saw comes again from ``changes_since``,
+        which is harmless because applying a row twice changes nothing.
+        """
+        ex = self.executor
+        table, clock, backend = ex.tables.revocations, ex.tables.clock, ex.backend
+        remaining, never = backend.seconds_left(table.c.expires_at), backend.infinity()
+        live = and_(table.c.active, or_(table.c.expires_at.is_(None), table.c.expires_at > ex.now()))
+        tasks = select(table.c.value, func.coalesce(remaining, never)).where(table.c.kind == "task", live)
+        # ranges of the primary key (kind first): no second pass over the million task rows
+        others = select(table.c.kind, table.c.header, table.c.value, table.c.header_full, table.c.value_full,
+                        remaining).where(table.c.kind.in_([kind for kind in KINDS if kind != "task"]), live)
+
+        def read(conn: Connection) -> tuple[Snapshot, int]:
+            marker = int(conn.execute(select(clock.c.version).where(clock.c.id == 1)).scalar_one())
+            snapshot = Snapshot([], array("d"), [])
+            for ids, left in backend.task_ids(conn, tasks, chunk):
+                if snapshot.task_ids:
+                    snapshot.task_ids.extend(ids)
+                    snapshot.task_remaining.extend(left)
+                else:
+                    snapshot.task_ids, snapshot.task_remaining = ids, left
+            self._undigest(conn, snapshot.task_ids)
+            for k, h, v, hf, vf, r in conn.execute(others):
+                target = target_of(k, h, v, hf, vf)
+                snapshot.others.append((k, target.header, target.value, None if r is None else float(r)))
+            return snapshot, marker
+
+        with gc_paused():
+            return ex.run(read)
+
+    def _undigest(self, conn: Connection, task_ids: list[str]) -> None:
+        """Replace, in place, the digests of ids too long for the key column by the ids themselves.
+
+        Such ids are rare, so the load reads every task row's key column
+        alone and then looks the few digests up by key, instead of a second
+        pass over the whole table for their full texts (a second scan of a
+        million rows: a second on some servers).
+        """
+        if not any(map(is_digest, task_ids)):
+            return
+        at = {value: i for i, value in enumerate(task_ids) if is_digest(value)}
+        backend, table = self.executor.backend, self.executor.tables.revocations
+        keys = [("task", "", value) for value in at]
+        for start in range(0, len(keys), backend.key_chunk):
+            stmt = select(table.c.value, table.c.value_full).where(
+                backend.key_in(table, keys[start:start + backend.key_chunk]))
+            for value, value_full in conn.execute(stmt):
+                task_ids[at[value]] = target_of("task", "", value, None, value_full).value
+
+    def changes_since(self, marker: int, witness: Target | None = None) -> Changes:
+        """Rows written (revoked or un-revoked) after ``marker``, in version order.
+
+        One statement, since every worker runs it at every poll (through a
+        pooler, each statement is a round trip to the server): the clock
+        row, outer-joined to the rows newer than ``marker``, so an idle
+        poll still returns the clock's one row.  The statement's one
+        snapshot sees a cleanup's deletions together with the
+        ``purged_version`` it recorded (see :meth:`Purge.purge_expired`).  The
+        same row carries the clock's version and what the database says it
+        is, so a reader learns in the same round trip whether its marker
+        still means anything here (see revstore.identity).
+
+        ``witness``: a row the reader pulled at its marker's version.  Its
+        version now comes back too (one primary-key lookup): a table put
+        back from a copy loses it, or gives it an older version, even once
+        later writes have taken the clock past the reader's marker again.
+        """
+        ex = self.executor
+        table, clock = ex.tables.revocations, ex.tables.clock
+        seen = table.alias("witness")
+        if witness is None:
+            witness_version: Any = null()
+        else:
+            k, h, v = _keys.stored(witness.kind, witness.header, witness.value)[0]
+            witness_version = (select(seen.c.version).where(seen.c.kind == k, seen.c.header == h, seen.c.value == v)
+                               .scalar_subquery())
+
+        def read(conn: Connection) -> Changes:
+            identity = ex.identity_columns(conn)
+            stmt = (
+                select(clock.c.purged_version, clock.c.version, ex.now(), witness_version, *identity, *ex.columns())
+                .select_from(clock.outerjoin(table, table.c.version > marker))
+                .where(clock.c.id == 1)
+                .order_by(table.c.version)
+            )
+            found = conn.execute(stmt).all()
+            first, skip = found[0], 4 + len(identity)
+            purged, now = int(first[0]), ex.backend.as_datetime(first[2])
+            rows = [ex.revocation(r[skip:], now) for r in found if r[skip] is not None]
+            new_marker = max([marker] + [r.version for r in rows])
+            return Changes(rows, new_marker, purged > marker, now, int(first[1]), ex.identity(first[4:skip]),
+                           purged, None if first[3] is None else int(first[3]))
+
+        return ex.run(read)
+
+    def identity(self) -> DbIdentity:
+        """Which database this is: what a marker and a local snapshot belong to (see revstore.identity)."""
+        ex = self.executor
+        return ex.run(lambda conn: ex.identity(conn.execute(select(*ex.identity_columns(conn))).one()))
+
+    def db_now(self) -> datetime:
+        """The database server's current time, timezone-aware (a worker's clock anchor)."""
+        ex = self.executor
+        return ex.run(lambda conn: ex.backend.aware(ex.db_now(conn)))
+
+    def ping(self) -> None:
+        """Raise DatabaseUnavailable/SchemaError unless the tables can be read."""
+        clock = self.executor.tables.clock
+        self.executor.run(lambda conn: conn.execute(select(clock.c.version)).first())
+
+    def notify(self, channel: str) -> None:
+        """Notify ``channel`` the way writers do, pooler included (a listener's liveness probe)."""
+        self.executor.run(lambda conn: self.executor.backend.notify(conn, channel, 0))
+
+    def listener(self, on_change: Callable[[], None], name: str, *, url: URL | None = None,
+                 check_interval: float = _config.DEFAULT_LISTEN_CHECK_INTERVAL,
+                 fallback_interval: float = _config.DEFAULT_SYNC_INTERVAL) -> Listener | None:
+        """A not yet started listener calling ``on_change`` when anyone writes; None where changes can only be polled.
+
+        It connects to ``url`` (``revstore_listen_url``) or the store's, and
+        proves it hears by probes sent through this store every ``check_interval``.
+        """
+        ex = self.executor
+        url = url or ex.url
+        return ex.backend.listener(url, ex.channel, on_change, name, probe=self.notify,
+                                   check_interval=check_interval, fallback_interval=fallback_interval,
+                                   shown_as=_config.mask_url(url))
