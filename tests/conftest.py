@@ -274,3 +274,29 @@ def later_release(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         rev="0902", down="0901", phase="contract", release=LATER_RELEASE, oldest=LATER_RELEASE, up=drop, down_body=create))
     monkeypatch.setattr(migrate, "migrations_dir", lambda: scripts)
     return scripts
+
+
+#: Debian's chromium and its driver (.ci/services installs them)
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[object]:
+    """Headless chromium through selenium, for the console and the docs site; a missing browser fails, never skips."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    for binary in (CHROMIUM, CHROMEDRIVER):
+        if not shutil.which(binary):
+            pytest.fail(f"{binary} is required (apt-get install chromium chromium-driver; .ci/services does)", pytrace=False)
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage", "--ignore-certificate-errors",  # the test nginx's self-signed certificate
+                 f"--user-data-dir={tmp_path / 'chromium'}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(30)
+    yield driver
+    driver.quit()

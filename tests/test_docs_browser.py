@@ -14,7 +14,6 @@ from __future__ import annotations
 import functools
 import http.server
 import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -24,7 +23,6 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SITE = Path(os.environ.get("REVSTORE_SITE_DIR") or ROOT / "site")
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"  # as tests/test_web_browser.py
 SIZES = {"phone": (390, 844), "desktop": (1280, 860)}
 #: the home page, and the longest reference page (a wide settings table, long command lines)
 PAGES = {"home": "", "configuration": "configuration/"}
@@ -40,26 +38,6 @@ def site():  # type: ignore[no-untyped-def]
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{server.server_address[1]}/"
     server.shutdown()
-
-
-@pytest.fixture
-def browser(tmp_path):  # type: ignore[no-untyped-def]
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    for binary in (CHROMIUM, CHROMEDRIVER):  # a missing browser is a failure, never a skip
-        if not shutil.which(binary):
-            pytest.fail(f"{binary} is required (apt-get install chromium chromium-driver; .ci/services does)", pytrace=False)
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
-                 f"--user-data-dir={tmp_path / 'chromium'}"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(30)
-    yield driver
-    driver.quit()
 
 
 def _overflow(driver) -> int:  # type: ignore[no-untyped-def]

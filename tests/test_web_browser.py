@@ -12,41 +12,17 @@ set REVSTORE_SCREENSHOTS=docs/img to refresh them.
 from __future__ import annotations
 
 import os
-import shutil
 import uuid
 from pathlib import Path
 
 import httpx
-import pytest
 
 from console_server import ConsoleServer
 from harness import revoked_on, wait_for
 from nginx import Nginx
 from revstore.web import Credentials
 
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 SIZES = {"desktop": (1280, 860), "phone": (390, 844)}
-
-
-@pytest.fixture
-def browser(tmp_path):  # type: ignore[no-untyped-def]
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    for binary in (CHROMIUM, CHROMEDRIVER):  # a missing browser is a failure, never a skip
-        if not shutil.which(binary):
-            pytest.fail(f"{binary} is required (apt-get install chromium chromium-driver; .ci/services does)", pytrace=False)
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", "--ignore-certificate-errors",  # nginx's self-signed certificate
-                 f"--user-data-dir={tmp_path / 'chromium'}"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(30)
-    yield driver
-    driver.quit()
 
 
 def shoot(driver, name: str, out: Path) -> None:  # type: ignore[no-untyped-def]
