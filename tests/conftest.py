@@ -268,10 +268,12 @@ def later_release(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     head = migrate.head_revision()
     create = 'op.create_table(name, sa.Column("id", sa.Integer, primary_key=True), schema=schema)'
     drop = "op.drop_table(name, schema=schema)"
+    oldest = migrate.chain().head.oldest_release
     (scripts / "versions" / "0901_later_expand.py").write_text(LATER.format(
-        rev="0901", down=head, phase="expand", release=LATER_RELEASE, oldest=migrate.chain().head.oldest_release, up=create, down_body=drop))
+        rev="0901", down=head, phase="expand", release=LATER_RELEASE, oldest=oldest, up=create, down_body=drop))
     (scripts / "versions" / "0902_later_contract.py").write_text(LATER.format(
-        rev="0902", down="0901", phase="contract", release=LATER_RELEASE, oldest=LATER_RELEASE, up=drop, down_body=create))
+        rev="0902", down="0901", phase="contract", release=LATER_RELEASE, oldest=LATER_RELEASE, up=drop,
+        down_body=create))
     monkeypatch.setattr(migrate, "migrations_dir", lambda: scripts)
     return scripts
 
@@ -288,7 +290,8 @@ def browser(tmp_path: Path) -> Iterator[object]:
 
     for binary in (CHROMIUM, CHROMEDRIVER):
         if not shutil.which(binary):
-            pytest.fail(f"{binary} is required (apt-get install chromium chromium-driver; .ci/services does)", pytrace=False)
+            pytest.fail(f"{binary} is required (apt-get install chromium chromium-driver; .ci/services does)",
+                        pytrace=False)
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
