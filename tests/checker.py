@@ -370,6 +370,20 @@ class Judge:
                              f"e.g. {sorted(missing)[:5]}")
         return found
 
+    def explain(self, task_id: str) -> list[str]:
+        """What the history holds about one id, for a violation's report: a CI run's
+        history file is gone by the time anyone reads the log."""
+        lines = [f"  {op.kind} {op.path} {op.start:.3f}-{op.end:.3f} ok={op.ok} expires={op.expires} "
+                 f"broadcast={op.broadcast}{' error=' + op.error if op.error else ''}" for op in self.by_id[task_id]]
+        lines += [f"  send seq {s.seq} to {s.worker} {s.start:.3f} countdown {s.countdown:.1f}"
+                  for s in self.h.sends if s.id == task_id]
+        lines += [f"  ran seq {r.seq} on {r.host} at {r.t:.3f}" for r in self.h.runs if r.id == task_id]
+        workers = {s.worker for s in self.h.sends if s.id == task_id}
+        lines += [f"  life {life.worker}: launched {life.launched:.3f} ready {life.ready} down {life.down}"
+                  for life in self.h.lives if life.worker in workers]
+        lines += [f"  fault {f.kind} {f.start:.3f}-{f.end:.3f} {f.worker or ''}" for f in self.faults]
+        return lines
+
     def restored_ids(self) -> list[str]:
         """Ids whose last word is a settled restore: probes sent now must run on every worker."""
         now = time.time()

@@ -412,7 +412,22 @@ def test_random_operations_and_faults_keep_the_promise(cluster_factory, celery_a
         for log in cluster.tmp.glob("*.log"):
             shutil.copy(log, logs)
         pytest.fail(f"CHECKER_SEED={seed} CHECKER_FAULTS={','.join(FAULTS)}: {len(found)} violations "
-                    f"(history: {path}; worker logs: {logs})\n{first(found, 30)}", pytrace=False)
+                    f"(history: {path}; worker logs: {logs})\n{first(found, 30)}\n"
+                    f"{explain(judge, found[:3], cluster.tmp)}", pytrace=False)
+
+
+def explain(judge: Judge, found: list[str], logs: Path) -> str:
+    """The history and the worker log lines of the first violations' ids: CI keeps only its output."""
+    parts = []
+    for line in found:
+        task_id = next((word for word in line.split() if judge.by_id.get(word) is not None
+                        or any(s.id == word for s in judge.h.sends)), None)
+        if task_id is None:
+            continue
+        logged = [f"  {log.stem}: {text.strip()[:300]}" for log in sorted(logs.glob("*.log"))
+                  for text in log.read_text(errors="replace").splitlines() if task_id in text]
+        parts.append("\n".join([f"{task_id}:", *judge.explain(task_id), *logged[-40:]]))
+    return "\n".join(parts)
 
 
 def test_fault_kinds_are_known() -> None:
@@ -462,3 +477,7 @@ def test_the_judge_flags_what_breaks_the_promise_and_spares_what_stock_allows() 
     assert [line for line in found if "NEVER RAN" in line] == [
         "NOT REVOKED BUT NEVER RAN: send restored seq 100 to b at 30.000 (countdown 0.0s)"], found
     assert sum("MEMORY LACKS THE TABLE: a misses 1" in line for line in found) == 1
+    report = explain(Judge(h), [line for line in found if "NEVER RAN" in line], Path("/nonexistent"))
+    assert report.splitlines()[:4] == ["restored:", "  revoke api 10.000-10.100 ok=True expires=None broadcast=True",
+                                       "  restore api 20.000-20.100 ok=True expires=None broadcast=False",
+                                       "  send seq 2 to a 14.500 countdown 0.0"], report
