@@ -61,6 +61,10 @@ CLOCK_MARGIN = 1.0
 #: was starting (or a solo worker busy with a task) after it: such a restore is not
 #: taken as the last word.
 STOCK_LATE = 30.0
+#: A message published this soon after its consumer's SIGKILL completed may still go to the
+#: dead consumer: on Redis, a blocking pop the server has not yet seen closed takes it and
+#: it is lost, as it is with stock Celery.  Such a send is not judged.
+DEAD_CONSUMER = 1.0
 #: revstore's sync backoff tops out at 30 s; after an outage of L seconds the next
 #: retry comes within about 2 L.
 BACKOFF_MAX = 30.0
@@ -121,12 +125,14 @@ class Fault:
 
 @dataclass
 class Life:
-    """One run of a worker process: launched, ready (None until it is), SIGKILLed (None while it lives)."""
+    """One run of a worker process: launched, ready (None until it is), SIGKILLed (None while it
+    lives: ``down`` when the kill began, ``gone`` once the process was reaped)."""
 
     worker: str
     launched: float
     ready: float | None = None
     down: float | None = None
+    gone: float | None = None
 
 
 @dataclass
@@ -173,11 +179,11 @@ class History:
                 if life.worker == worker and life.ready is None:
                     life.ready = at
 
-    def killed(self, worker: str, at: float) -> None:
+    def killed(self, worker: str, at: float, gone: float | None = None) -> None:
         with self._lock:
             for life in self.lives:
                 if life.worker == worker and life.down is None:
-                    life.down = at
+                    life.down, life.gone = at, gone if gone is not None else at
 
     def read_runs(self, path: Path) -> None:
         lines = path.read_text().splitlines() if path.exists() else []
@@ -340,8 +346,10 @@ class Judge:
         return False
 
     def must_run(self, send: Send, eta_ids: set[str]) -> bool:
-        """The send's id is certainly not revoked from the send on, and its worker was never killed after it."""
-        if any(life.worker == send.worker and life.down is not None and life.down >= send.start
+        """The send's id is certainly not revoked from the send on, and its worker was never killed after
+        it (nor just before it: see DEAD_CONSUMER)."""
+        if any(life.worker == send.worker and life.down is not None
+               and max(life.down, life.gone or life.down) + DEAD_CONSUMER >= send.start
                for life in self.h.lives):
             return False
         return all(op.kind == "restore" or self.lifted(op, send.start, eta_ids) for op in self.by_id[send.id])
@@ -379,7 +387,7 @@ class Judge:
                   for s in self.h.sends if s.id == task_id]
         lines += [f"  ran seq {r.seq} on {r.host} at {r.t:.3f}" for r in self.h.runs if r.id == task_id]
         workers = {s.worker for s in self.h.sends if s.id == task_id}
-        lines += [f"  life {life.worker}: launched {life.launched:.3f} ready {life.ready} down {life.down}"
+        lines += [f"  life {life.worker}: launched {life.launched:.3f} ready {life.ready} down {life.down} gone {life.gone}"
                   for life in self.h.lives if life.worker in workers]
         lines += [f"  fault {f.kind} {f.start:.3f}-{f.end:.3f} {f.worker or ''}" for f in self.faults]
         return lines
