@@ -26,7 +26,7 @@ Everything ambiguous is left out rather than guessed: the checker must never
 flag a race stock Celery allows (a task that started before the revoke
 settled, a broadcast heard by nobody, a revoke and a restore within the
 database clock's margin of each other, a killed worker's message lost after
-its ack).  Times are ``time.time()`` on this host, where the workers and the
+its ack, a message published while its worker was being killed).  Times are ``time.time()`` on this host, where the workers and the
 database run too.
 """
 
