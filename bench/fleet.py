@@ -31,7 +31,7 @@ from typing import Any
 from celery import Celery
 from sqlalchemy import create_engine, text
 
-from bench.common import BROKER, PG_URL, Figure, fresh_store, log, main, percentile, seed
+from bench.common import BROKER, PG_URL, Figure, fresh_store, log, main, median, percentile, seed
 from bench.fleetsim import PROBE_PREFIX, WAKE_PREFIX, Spec, serve
 from bench.pgbouncer import PgBouncer
 from revstore.config import DEFAULT_SYNC_INTERVAL
@@ -88,7 +88,9 @@ BOUNDS = """\
   the N pulls (some 2 ms of Python each, plus PostgreSQL's part) run beside
   the handlers still being reached, so delivery and pulls slow each other;
   real workers each pull on their own CPU.  "Delivery alone" is the same
-  fanout with handlers that pull nothing: the broker's own reach.  Each
+  fanout with handlers that pull nothing: the broker's own reach, and
+  "database CPU per broker wake-up" the database's part of the N pulls:
+  with both, what a fleet whose workers each have a CPU would see.  Each
   probe is sent once the previous one reached every worker, so no probe
   waits behind another's burst.  At 10,000 workers the fanout itself is
   still one publish, and the burst of 10,000 pulls costs PostgreSQL 10,000
@@ -152,6 +154,9 @@ class Result:
     cpu_idle: float = 0.0
     cpu_load: float = 0.0
     bouncer_cpu_load: float | None = None
+    #: PostgreSQL CPU seconds of each broker wake-up's burst of N pulls (less idle polling), and PgBouncer's
+    burst_cpu: list[float] = field(default_factory=list)
+    bouncer_burst_cpu: list[float] = field(default_factory=list)
     restart_stored: int = 0
     restart_seconds: float | None = None
     restart_conns: int = 0
@@ -371,8 +376,13 @@ def run_fleet(mode: str, n: int, phases: Phases, url: str, bouncer_pid: int | No
             # backlog would measure the simulation's queue
             written, collected = {}, {}
             for _ in range(phases.broker_probes):
+                before, began = dict(sampler.cpu), time.monotonic()
                 probe(store, written, wake)
                 wait_held(fleet, list(written)[-1], result.started, BROKER_SETTLE, collected)
+                idle = result.cpu_idle / 60 * (time.monotonic() - began)  # the polls that ran meanwhile
+                result.burst_cpu.append(max(0.0, sampler.cpu_since(before) - idle))
+                if bouncer_pid:
+                    result.bouncer_burst_cpu.append(sampler.cpu_since(before, [bouncer_pid]))
                 time.sleep(random.uniform(0.7, 1.3))
             result.broker, result.broker_all = latencies(fleet, written, result.started, POLL * 2 + 20,
                                                          result.delivered, collected)
@@ -502,6 +512,16 @@ def figures_for(results: list[Result]) -> list[Figure]:
                         f"the broker's part of the p99 above: the broadcast from the revoking client through "
                         f"Redis to each of the {r.started} workers' own connection and its wake-up handler; "
                         "the rest is the pull from PostgreSQL"))
+            if label == "broker wake-up" and r.burst_cpu:
+                burst = median(r.burst_cpu)
+                bouncer = (f"; PgBouncer {median(r.bouncer_burst_cpu):.2f} s on its one core"
+                           if r.bouncer_burst_cpu else "")
+                figures.append(Figure(
+                    NAME, f"{where}: database CPU per broker wake-up (all {r.started} pull)", burst, "s",
+                    note=f"PostgreSQL's backends, median of {len(r.burst_cpu)} wake-ups, idle polling taken "
+                         f"out{bouncer}: the part of the burst the database serves, at least {burst / 2:.2f} s "
+                         "on its 2 cores; the rest of the whole is delivery and the simulated workers' own "
+                         "pulls, all N on the same 2 shared cores, where real workers have a CPU each"))
             if label == "broker wake-up" and r.delivery_only:
                 figures.append(Figure(
                     NAME, f"{where}: broker delivery alone (broadcast to handler, no pulls), p99",

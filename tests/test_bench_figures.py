@@ -89,11 +89,13 @@ def test_startup_and_memory_give_stock_at_the_default_cap_beside_uncapped() -> N
 
 def test_fleet_shows_the_delivery_part_beside_the_whole() -> None:
     result = fleet.Result("pgbouncer", 500, started=500, server_conns=20, poll=[1.0, 2.0], poll_all=[2.0],
-                          broker=[0.3, 0.6], broker_all=[0.6], delivered=[0.1, 0.2], delivery_only=[0.05, 0.08])
+                          broker=[0.3, 0.6], broker_all=[0.6], delivered=[0.1, 0.2], delivery_only=[0.05, 0.08],
+                          burst_cpu=[0.4, 0.5, 0.6], bouncer_burst_cpu=[0.1, 0.1, 0.2])
     names = [f.name for f in fleet.figures_for([result])]
     whole = names.index("pgbouncer, N=500: table-only revoke to held, broker wake-up, p99")
-    assert names[whole + 1:whole + 4] == [
+    assert names[whole + 1:whole + 5] == [
         "pgbouncer, N=500: broker wake-up, of which delivery (commit to handler), p50",
         "pgbouncer, N=500: broker wake-up, of which delivery (commit to handler), p99",
+        "pgbouncer, N=500: database CPU per broker wake-up (all 500 pull)",
         "pgbouncer, N=500: broker delivery alone (broadcast to handler, no pulls), p99",
     ]
