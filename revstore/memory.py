@@ -119,7 +119,9 @@ class WorkerMemory:
         self.held_requests: Callable[[], dict[str, Any]] | None = None
         #: (header, json value) -> monotonic deadline, for stamp expiry
         self._stamp_deadlines: dict[tuple[str, str], float] = {}
-        self._stamp_heap: list[tuple[float, str, str]] = []
+        #: (deadline, kind, header, value) of every stamp, root and name rule: the drain tick
+        #: looks only at what is due, not at every rule (an entry replaced since is skipped)
+        self._expiry_heap: list[tuple[float, str, str, str]] = []
         #: revoked in memory only (Celery took them, the table cannot hold
         #: them): kept across a reload from the table
         self.memory_only: set[Any] = set()
@@ -237,7 +239,7 @@ class WorkerMemory:
             if value not in self.stamps.setdefault(header, []):
                 self.stamps[header].append(value)
         self._stamp_deadlines.clear()
-        self._stamp_heap.clear()
+        self._expiry_heap.clear()
         self.roots.clear()
         had_names, self.names = bool(self.names), {}
         self.load(snapshot, shift)
@@ -288,6 +290,7 @@ class WorkerMemory:
 
     def _add_other(self, target: Target, remaining: float | None, now: float) -> None:
         deadline = now + (NEVER if remaining is None else remaining)
+        heapq.heappush(self._expiry_heap, (deadline, target.kind, target.header or "", target.value))
         if target.kind == "root":
             self.roots[target.value] = deadline
             return
@@ -305,7 +308,6 @@ class WorkerMemory:
             values.append(value)
         self.stamps[target.header] = values
         self._stamp_deadlines[(target.header, target.value)] = deadline
-        heapq.heappush(self._stamp_heap, (deadline, target.header, target.value))
 
     def _remove_other(self, target: Target) -> None:
         if target.kind == "root":
@@ -332,19 +334,20 @@ class WorkerMemory:
         """Drop entries whose database expiry has passed."""
         now = time.monotonic()
         self.revoked.purge(now)
-        heap = self._stamp_heap
+        heap = self._expiry_heap
         while heap and heap[0][0] <= now:
-            deadline, header, value = heapq.heappop(heap)
-            if self._stamp_deadlines.get((header, value)) == deadline:
+            deadline, kind, header, value = heapq.heappop(heap)
+            if kind == "root":
+                if self.roots.get(value) == deadline:
+                    del self.roots[value]
+            elif kind == "name":
+                rules = self.names.get(header, {})
+                if value in rules and rules[value][0] == deadline:
+                    del rules[value]  # the ids it marked leave Celery's set at the same deadline
+                    if not rules:
+                        del self.names[header]
+            elif self._stamp_deadlines.get((header, value)) == deadline:
                 self._remove_other(Target("stamp", value, header))
-        for root, deadline in [(r, d) for r, d in self.roots.items() if d <= now]:
-            self.roots.pop(root, None)
-        if self.names:
-            for name, rules in list(self.names.items()):
-                for where in [w for w, (d, _) in rules.items() if d <= now]:
-                    del rules[where]  # the ids it marked leave Celery's set at the same deadline
-                if not rules:
-                    del self.names[name]
 
     def held(self) -> dict[Target, float | None]:
         """What the table gave this memory and it still holds, with the seconds each has left (None: never).
