@@ -4,7 +4,9 @@ The benchmarks measure real ``celery worker`` processes (prefork, Redis
 broker) on the local PostgreSQL, stock and revstore in the same run, so a
 ratio compares like with like on whatever else the machine is doing.  Each
 run works in its own PostgreSQL schema and its own queue names on Redis
-databases 9 and 8 (the tests use 5, 6 and 10-15), so it can run beside the test suite.
+databases 9 and 8 (the tests use 5, 6 and 10-15), so it can run beside the test suite;
+``REVSTORE_BENCH_BROKER`` / ``REVSTORE_BENCH_BACKEND`` (whole URLs) move it to other
+databases, for engineers sharing one Redis.
 """
 
 from __future__ import annotations
@@ -37,8 +39,8 @@ from revstore.store import RevocationStore
 ROOT = Path(__file__).resolve().parent.parent
 PG_URL = os.environ.get("REVSTORE_BENCH_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 REDIS_BASE = os.environ.get("REVSTORE_BENCH_REDIS", "redis://127.0.0.1:6379")
-BROKER = f"{REDIS_BASE}/9"
-BACKEND = f"{REDIS_BASE}/8"
+BROKER = os.environ.get("REVSTORE_BENCH_BROKER", f"{REDIS_BASE}/9")
+BACKEND = os.environ.get("REVSTORE_BENCH_BACKEND", f"{REDIS_BASE}/8")
 MILLION = 1_000_000
 #: rows per transaction when seeding (setup, not measured)
 SEED_BATCH = 50_000
