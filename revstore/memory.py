@@ -14,19 +14,25 @@ right without trusting this host's wall clock.
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import heapq
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from itertools import repeat
 from typing import Any
 
 from celery.utils.collections import LimitedSet
 from celery.worker import state as worker_state
 
+from .fetched import FetchedView
 from .names import Rule
 from .records import Revocation, Snapshot, Target, gc_paused
 from .uncommitted import UncommittedIds
+
+__all__ = ["FetchedView", "LOADED_SEQ", "TaskEntries", "WorkerMemory", "build_entries"]
 
 logger = logging.getLogger("revstore")
 
@@ -35,64 +41,6 @@ NEVER = 100 * 365 * 24 * 3600.0
 
 #: The set's TTL when Celery's is disabled (CELERY_WORKER_REVOKE_EXPIRES=0).
 FALLBACK_SET_EXPIRES = 10800.0
-
-
-class FetchedView:
-    """Rows the sync thread fetched, readable from any thread until the loop applies them.
-
-    Celery's structures change only on the loop thread.  In the solo pool the
-    task runs on that thread, so nothing fetched meanwhile (a client's or the
-    CLI's revoke, a NOTIFY) reaches them until the task returns;
-    ``is_revoked()`` reads this view as well.  Guarded by a lock: the sync
-    thread writes, task threads read.
-    """
-
-    def __init__(self) -> None:
-        #: only the solo pool needs it: elsewhere the loop applies rows at once
-        self.enabled = False
-        self._lock = threading.Lock()
-        #: target -> (row version, monotonic deadline or None while revoked; False once un-revoked)
-        self._rows: dict[Target, tuple[int, float | None | bool]] = {}
-
-    def record(self, rows: Iterable[Revocation]) -> None:
-        if not self.enabled:
-            return
-        now = time.monotonic()
-        with self._lock:
-            for row in rows:
-                live = row.active and (row.remaining is None or row.remaining > 0)
-                until = (None if row.remaining is None else now + row.remaining) if live else False
-                self._rows[row.target] = (row.version, until)
-
-    def applied(self, rows: Iterable[Revocation]) -> None:
-        """The loop thread applied ``rows``: Celery's memory answers for them now."""
-        if not self._rows:
-            return
-        with self._lock:
-            for row in rows:
-                if self._rows.get(row.target, (None,))[0] == row.version:
-                    del self._rows[row.target]
-
-    def revoked(self, targets: Iterable[Target]) -> bool:
-        if not self._rows:
-            return False
-        now = time.monotonic()
-        with self._lock:
-            for target in targets:
-                entry = self._rows.get(target)
-                if entry is not None and entry[1] is not False and (entry[1] is None or entry[1] > now):
-                    return True
-        return False
-
-    def revoked_by_name(self, name: str | None, args: Any, kwargs: Any) -> bool:
-        """Whether a fetched, not yet applied name rule covers this task."""
-        if not self._rows or not name:
-            return False
-        now = time.monotonic()
-        with self._lock:
-            rules = [(t.value, e[1]) for t, e in self._rows.items() if t.kind == "name" and t.header == name]
-        return any(until is not False and (until is None or until > now) and Rule.parse(where).matches(args, kwargs)
-                   for where, until in rules)
 
 
 def _latest_match(rules: dict[str, tuple[float, Rule]], args: Any, kwargs: Any) -> float | None:
@@ -193,36 +141,34 @@ class WorkerMemory:
 
     # ------------------------------------------------------------- loads
 
-    def load(self, snapshot: Snapshot, shift: float = 0.0) -> int:
+    def load(self, snapshot: Snapshot, shift: float = 0.0, entries: TaskEntries | None = None) -> int:
         """Add a start-up snapshot; return the count.
 
         Lifetimes are ``remaining + shift``: a local snapshot holds deadlines
         on the database clock and passes minus the database's time as shift.
+        ``entries``: the snapshot's task ids already built into the set's
+        layout by :func:`build_entries` (on the start-up prefetch thread).
         """
         now = time.monotonic()
         for kind, header, value, remaining in snapshot.others:
             left = None if remaining is None else remaining + shift
             self._add_other(Target(kind, value, header), left, now)  # type: ignore[arg-type]
-        with gc_paused():
-            self._bulk_add(snapshot.task_ids, snapshot.task_remaining, now - self.revoked.expires + shift)
+        if entries is None or entries.ids is not snapshot.task_ids or entries.expires != self.revoked.expires:
+            entries = build_entries(self.revoked, snapshot.task_ids, snapshot.task_remaining,
+                                    now - self.revoked.expires + shift)
+        if entries is None:  # a LimitedSet of another layout: its own add, one id at a time
+            with gc_paused():
+                stamps = map((now - self.revoked.expires + shift).__add__, snapshot.task_remaining)
+                for item, stamp in zip(snapshot.task_ids, stamps):
+                    self._add(item, stamp)
+        else:
+            with gc_paused():
+                entries.install(self.revoked)
+        if len(snapshot.task_ids) >= RELEASE_AFTER:
+            release_freed_memory()
         if self.uncommitted.ids:  # e.g. merged from mingle replies before the load
             self.uncommitted.committed([i for i in snapshot.task_ids if i in self.uncommitted.ids])
         return len(snapshot)
-
-    def _bulk_add(self, ids: list[str], remaining: Sequence[float], base: float) -> None:
-        """Add ids whose stamps are ``base + remaining`` (``inf`` stays: never expires)."""
-        lset = self.revoked
-        data, seq = getattr(lset, "_data", None), getattr(lset, "_seq", None)
-        stamps = map(base.__add__, remaining)
-        if len(ids) < 1000 or not isinstance(data, dict) or seq is None or not hasattr(lset, "_refresh_heap"):
-            for item, stamp in zip(ids, stamps):
-                self._add(item, stamp)
-            return
-        # Fast path for a million rows: fill the dict and heapify once, the
-        # way LimitedSet.update(LimitedSet) does, instead of a heappush each;
-        # zip builds the (stamp, seq, item) entries without Python-level calls.
-        data.update(zip(ids, zip(stamps, seq, ids)))
-        lset._refresh_heap()
 
     def replace(self, snapshot: Snapshot, keep: set[str], shift: float = 0.0) -> None:
         """Reload from a full snapshot: drop what the table no longer holds, except ``keep``."""
@@ -374,6 +320,101 @@ class WorkerMemory:
 
     def is_revoked(self, task_id: str, root_id: str | None = None) -> bool:
         return task_id in self.revoked or (root_id is not None and root_id in self.roots)
+
+
+#: The sequence number of every entry a table load builds.  Celery 5.7's
+#: entries are ``(stamp, sequence number, id)``; the number only orders
+#: entries of equal stamps without comparing their items.  Loaded ids are all
+#: strings, which compare fine, so one shared small int (cached by CPython)
+#: does that job for all of them: 28 bytes less per id than a number each.
+#: It is negative, so no entry Celery's own ``add`` makes (numbered from 0)
+#: ever ties with one of them and compares items of other types.
+LOADED_SEQ = -1
+
+
+@dataclass
+class TaskEntries:
+    """A load's task ids in the layout of Celery's set, built away from the set itself.
+
+    Building the dict and the heap of a million entries is most of a load's
+    CPU; built here from plain lists it can run on a helper thread while the
+    worker starts its pool and talks to the broker, and then take its place
+    in Celery's set in a moment on the loop thread.
+    """
+
+    #: the snapshot's id list they were built from (a load uses them for that snapshot only)
+    ids: list[str]
+    #: the set's ``expires`` the stamps were computed for
+    expires: float
+    data: dict[Any, tuple[float, int, Any]]
+    heap: list[tuple[float, int, Any]]
+
+    def install(self, lset: LimitedSet) -> None:
+        """Put the entries in ``lset``, in place; table rows win over what it held for the same id.
+
+        The set object stays (Celery holds references to it); its dict and
+        heap are swapped for the built ones, which take over the few entries
+        it held (mingle's merges, revokes heard before the load) unless the
+        table has the same id.
+        """
+        data, heap = self.data, self.heap
+        for item, entry in lset._data.items():
+            if item not in data:
+                data[item] = entry
+                heapq.heappush(heap, entry)
+        lset._data, lset._heap = data, heap
+
+
+def build_entries(lset: LimitedSet, ids: list[str], remaining: Sequence[float], base: float) -> TaskEntries | None:
+    """Entries stamped ``base + remaining`` (``inf`` stays: never expires) for a set like ``lset``; None when unsure.
+
+    Pure: reads nothing of ``lset`` but its class, so it can run on a thread
+    while the loop thread uses the set.  Only for Celery's layout of entries
+    ``(stamp, sequence number, item)`` heap-ordered, checked on a throwaway
+    set of the same class (Celery 5.3-5.6 keep pairs and go one by one).
+    """
+    if not _triples(type(lset)):
+        return None
+    stamps = map(base.__add__, remaining)
+    # zip builds the entries without a Python-level call each; one shared sequence number (LOADED_SEQ)
+    data = dict(zip(ids, zip(stamps, repeat(LOADED_SEQ), ids)))
+    heap = list(data.values())
+    heapq.heapify(heap)
+    return TaskEntries(ids, lset.expires, data, heap)
+
+
+@functools.lru_cache(maxsize=None)
+def _triples(cls: type) -> bool:
+    """Whether sets of ``cls`` keep ``item -> (stamp, sequence number, item)`` in ``_data`` and those in ``_heap``."""
+    probe = cls()
+    try:
+        probe.add("probe", 1.0)
+        entry = probe._data["probe"]
+        return (isinstance(probe._heap, list) and probe._heap == [entry] and isinstance(entry, tuple)
+                and len(entry) == 3 and entry[0] == 1.0 and isinstance(entry[1], int) and entry[2] == "probe")
+    except (AttributeError, KeyError, TypeError):
+        return False
+
+
+#: Loads of at least this many ids hand the memory they freed back to the system.
+RELEASE_AFTER = 100_000
+
+
+def release_freed_memory() -> None:
+    """Return the free pages a large load left inside the C heap to the system (glibc only).
+
+    The load's transient buffers (the packed reply, the id list, the dict
+    tables outgrown on the way) are freed in the middle of the heap, where
+    glibc keeps them mapped: some 30 MiB of resident memory per million ids
+    that no one uses.  ``malloc_trim`` gives those pages back in a few
+    milliseconds; elsewhere this does nothing.
+    """
+    try:
+        libc = ctypes.CDLL(None)
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):
+        return
+    trim(0)
 
 
 def _left(deadline: float, now: float) -> float | None:
