@@ -164,8 +164,6 @@ class WorkerMemory:
         else:
             with gc_paused():
                 entries.install(self.revoked)
-        if len(snapshot.task_ids) >= RELEASE_AFTER:
-            release_freed_memory()
         if self.uncommitted.ids:  # e.g. merged from mingle replies before the load
             self.uncommitted.committed([i for i in snapshot.task_ids if i in self.uncommitted.ids])
         return len(snapshot)
