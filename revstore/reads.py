@@ -27,7 +27,8 @@ from .schema import KINDS
 class WorkerReads(Door):
     """What a worker reads: everything active at start, then only what changed."""
 
-    def load_active(self, chunk: int = 20_000) -> tuple[Snapshot, int]:
+    def load_active(self, chunk: int = 20_000,
+                    on_piece: Callable[[list[str], array], None] | None = None) -> tuple[Snapshot, int]:
         """Fast path for worker start-up: every unexpired revocation, and a marker.
 
         A million rows must load in about a second and cost no more memory
@@ -37,6 +38,8 @@ class WorkerReads(Door):
         ``chunk``-row pieces).  Ids stored by digest (rare: too long for the
         index, see revstore.keys) are then looked up by key for their text.
         The remaining lifetime is computed by the database.
+        ``on_piece`` sees each piece of task ids as it arrives (the backend
+        may be reading the next one meanwhile), digests not yet replaced.
         The marker is the clock read *before* the rows: every version at or
         below it had committed, so the rows include all of them; anything
         newer that the load also saw comes again from ``changes_since``,
@@ -55,6 +58,8 @@ class WorkerReads(Door):
             marker = int(conn.execute(select(clock.c.version).where(clock.c.id == 1)).scalar_one())
             snapshot = Snapshot([], array("d"), [])
             for ids, left in backend.task_ids(conn, tasks, chunk):
+                if on_piece is not None:
+                    on_piece(ids, left)
                 if snapshot.task_ids:
                     snapshot.task_ids.extend(ids)
                     snapshot.task_remaining.extend(left)
