@@ -139,3 +139,16 @@ def test_entries_built_piece_by_piece_equal_those_built_whole_and_digests_are_re
     snapshot.task_ids[0] = "the-long-id-itself"
     built = builder.finish(Snapshot(snapshot.task_ids[:1000], snapshot.task_remaining[:1000], []))
     assert built is not None and "the-long-id-itself" in built.data and "revstore-sha256:ab" not in built.data
+
+
+def test_a_large_postgresql_load_comes_in_pieces_and_an_id_holding_the_separator_is_streamed(pg_store) -> None:  # type: ignore[no-untyped-def]
+    from revstore.backends import postgresql
+
+    ids = [f"piece-{i:06d}-" + "x" * 200 for i in range(60_000)]  # wide rows: well over PIPELINE_MIN_BLOCKS
+    for start in range(0, len(ids), 20_000):
+        pg_store.add(ids[start:start + 20_000], revoked_by="t")
+    pg_store.add(["has\nnewline"], revoked_by="t")
+    pieces: list[int] = []
+    snapshot, _ = pg_store.load_active(on_piece=lambda got, left: pieces.append(len(got)))
+    assert sorted(snapshot.task_ids) == sorted([*ids, "has\nnewline"]) and len(snapshot.task_remaining) == 60_001
+    assert len(pieces) >= postgresql.PIPELINE_PIECES  # the last range, holding the odd id, streamed in chunks

@@ -159,15 +159,14 @@ class PostgresBackend(SqlBackend):
             pending = ahead.submit(self._packed, conn, ranges[0], False)
             for i in range(len(ranges)):
                 piece = pending.result()
-                if i + 1 < len(ranges) and piece is not None:
-                    pending = ahead.submit(self._packed, conn, ranges[i + 1], False)
-                elif i + 1 == len(ranges):
-                    conn.detach()  # see _packed: libpq's input buffer is as large as the largest piece
                 if piece is None:  # an id holding the separator: stream this range and the rest
                     for rest in ranges[i:]:
                         yield from self._streamed(conn, rest, chunk)
                     return
+                if i + 1 < len(ranges):
+                    pending = ahead.submit(self._packed, conn, ranges[i + 1], False)
                 yield piece
+        conn.detach()  # see _packed: libpq's input buffer is as large as the largest piece
 
     def _block_ranges(self, conn: Connection, stmt: Select[Any]) -> list[Select[Any]] | None:
         """``stmt`` restricted to ``PIPELINE_PIECES`` ranges of its table's blocks; None for a small table or an old server."""
