@@ -39,7 +39,8 @@ class WorkerReads(Door):
         index, see revstore.keys) are then looked up by key for their text.
         The remaining lifetime is computed by the database.
         ``on_piece`` sees each piece of task ids as it arrives (the backend
-        may be reading the next one meanwhile), digests not yet replaced.
+        may be reading the next one meanwhile), digests not yet replaced
+        (the snapshot's ``undigested`` says how many were, afterwards).
         The marker is the clock read *before* the rows: every version at or
         below it had committed, so the rows include all of them; anything
         newer that the load also saw comes again from ``changes_since``,
@@ -65,7 +66,7 @@ class WorkerReads(Door):
                     snapshot.task_remaining.extend(left)
                 else:
                     snapshot.task_ids, snapshot.task_remaining = ids, left
-            self._undigest(conn, snapshot.task_ids)
+            snapshot.undigested = self._undigest(conn, snapshot.task_ids)
             for k, h, v, hf, vf, r in conn.execute(others):
                 target = target_of(k, h, v, hf, vf)
                 snapshot.others.append((k, target.header, target.value, None if r is None else float(r)))
@@ -74,7 +75,7 @@ class WorkerReads(Door):
         with gc_paused():
             return ex.run(read)
 
-    def _undigest(self, conn: Connection, task_ids: list[str]) -> None:
+    def _undigest(self, conn: Connection, task_ids: list[str]) -> int:
         """Replace, in place, the digests of ids too long for the key column by the ids themselves.
 
         Such ids are rare, so the load reads every task row's key column
@@ -83,7 +84,7 @@ class WorkerReads(Door):
         million rows: a second on some servers).
         """
         if not any(map(is_digest, task_ids)):
-            return
+            return 0
         at = {value: i for i, value in enumerate(task_ids) if is_digest(value)}
         backend, table = self.executor.backend, self.executor.tables.revocations
         keys = [("task", "", value) for value in at]
@@ -92,6 +93,7 @@ class WorkerReads(Door):
                 backend.key_in(table, keys[start:start + backend.key_chunk]))
             for value, value_full in conn.execute(stmt):
                 task_ids[at[value]] = target_of("task", "", value, None, value_full).value
+        return len(at)
 
     def changes_since(self, marker: int, witness: Target | None = None) -> Changes:
         """Rows written (revoked or un-revoked) after ``marker``, in version order.

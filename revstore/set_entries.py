@@ -17,17 +17,11 @@ import heapq
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import repeat
-from operator import methodcaller
 from typing import Any
 
 from celery.utils.collections import LimitedSet
 
-from .keys import DIGEST_PREFIX
 from .records import Snapshot
-
-#: whether a loaded id is the digest of one too long for the key column (the load replaces it afterwards)
-_is_digest = methodcaller("startswith", DIGEST_PREFIX)
-
 
 #: The sequence number of every entry a table load builds.  Celery 5.7's
 #: entries are ``(stamp, sequence number, id)``; the number only orders
@@ -97,14 +91,9 @@ class EntryBuilder:
         self.usable = _triples(type(lset))
         self.expires, self.base = lset.expires, base
         self.data: dict[Any, tuple[float, int, Any]] = {}
-        #: a piece held ids stored by digest, which the load replaces afterwards: built again from the whole
-        self.digests = False
 
     def add(self, ids: list[str], remaining: Sequence[float]) -> None:
-        if not self.usable or self.digests:
-            return
-        if any(map(_is_digest, ids)):
-            self.digests = True
+        if not self.usable:
             return
         self.data.update(zip(ids, zip(map(self.base.__add__, remaining), repeat(LOADED_SEQ), ids)))
 
@@ -112,7 +101,7 @@ class EntryBuilder:
         """The entries of ``snapshot``'s task ids, for :meth:`WorkerMemory.load`."""
         if not self.usable:
             return None
-        if self.digests or len(self.data) != len(snapshot.task_ids):  # digests replaced since: build it whole
+        if snapshot.undigested or len(self.data) != len(snapshot.task_ids):  # digests replaced since: build it whole
             self.data = dict(zip(snapshot.task_ids, zip(map(self.base.__add__, snapshot.task_remaining),
                                                         repeat(LOADED_SEQ), snapshot.task_ids)))
         heap = list(self.data.values())

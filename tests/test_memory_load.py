@@ -137,7 +137,7 @@ def test_entries_built_piece_by_piece_equal_those_built_whole_and_digests_are_re
     builder = EntryBuilder(lset, base)
     builder.add(["revstore-sha256:ab", *snapshot.task_ids[1:1000]], snapshot.task_remaining[:1000])
     snapshot.task_ids[0] = "the-long-id-itself"
-    built = builder.finish(Snapshot(snapshot.task_ids[:1000], snapshot.task_remaining[:1000], []))
+    built = builder.finish(Snapshot(snapshot.task_ids[:1000], snapshot.task_remaining[:1000], [], undigested=1))
     assert built is not None and "the-long-id-itself" in built.data and "revstore-sha256:ab" not in built.data
 
 
