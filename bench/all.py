@@ -40,32 +40,34 @@ BOUNDS = """\
   reads its load on a helper thread started by its step's `create()`,
   before Celery forks the pool, connects to the broker and mingles, and
   `start()` only waits for it and swaps the built dict and heap into
-  Celery's set (the same object).  PostgreSQL packs the task ids into
-  newline-joined strings and the remaining lifetimes into strings of
-  8-byte floats (3 Python objects per piece on the wire instead of 3
-  million), in 8 pieces of the table's blocks (a TID range scan each):
-  the server packs the next piece (about 0.1 s of its 0.85 s for a
-  million) while that thread splits this one and adds it to the set's
-  dict in one pass of C-level iteration (0.6 s for all eight), then one
-  heapify (0.15-0.25 s).  So the load is bound by building a million
-  `LimitedSet` entries (about 0.8 s on a quiet machine), the server's
-  time hidden behind it, and the added start-up is that load minus the
-  worker's own start-up it overlaps: little without mingle, mingle's
-  whole 1 s wait with it.  On a 2-core machine busy with other work the
-  server and the builder compete for the same cores and the overlap
-  shrinks.  `LimitedSet` itself is the floor: ids in a dict of `None`
-  with their stamps in one float array (in deadline order from the
-  database) build in about half the time and hold 44 MiB instead of 136
-  per million besides the strings, but Celery 5.3-5.6 read the set's
-  `_data` and pickle it whole, so that structure would have to keep
-  every one of those behaviours first.  The collector is left on there
-  (it untracks the entries on its first pass; pausing it from a thread
-  would leave pool children forked meanwhile without one).  A worker's other start-up work (imports,
-  forking the pool, the broker) is the same for both; with nothing to
-  load revstore adds its schema check and first connection (about 0.1 s,
-  on the helper thread too).  The local snapshot of a full load is
-  written 5 s later, on the sync thread: written at once, it took the
-  interpreter from the starting worker for some 0.4 s per million ids.
+  Celery's set (the same object).  PostgreSQL packs the task ids into one
+  newline-joined string and the remaining lifetimes into one string of
+  8-byte floats (3 Python objects on the wire instead of 3 million; about
+  0.85 s of server time for a million, a quarter of it the scan, the rest
+  the two aggregates), the client splits it (0.08 s), builds the set's
+  dict in one pass of C-level iteration (about 0.6 s) and heapifies it
+  (0.15-0.25 s), all on that thread.  So the added start-up is that
+  sequence minus the worker's own start-up it overlaps: little without
+  mingle (the pool and the broker take a few tenths of a second), mingle's
+  whole 1 s wait with it.  Reading the table in 8 pieces of its blocks,
+  the next packed by the server while the client built the one before, hid
+  the server's time in a single process but gained nothing in real workers
+  on this 2-core machine shared with other work (the server and the
+  builder compete for the same cores), and its growing dict left some 10
+  MiB more resident: not kept.  `LimitedSet` itself is the floor: ids in a
+  dict of `None` with their stamps in one float array (in deadline order
+  from the database) build in about half the time and hold 44 MiB instead
+  of 136 per million besides the strings, but Celery 5.3-5.6 read the
+  set's `_data` and pickle it whole, so that structure would have to keep
+  every one of those behaviours first.  The collector is left on there (it
+  untracks the entries on its first pass; pausing it from a thread would
+  leave pool children forked meanwhile without one).  A worker's other
+  start-up work (imports, forking the pool, the broker) is the same for
+  both; with nothing to load revstore adds its schema check and first
+  connection (about 0.1 s, on the helper thread too).  The local snapshot
+  of a full load is written 5 s later, on the sync thread: written at
+  once, it took the interpreter from the starting worker for some 0.4 s
+  per million ids.
 - **Restart from the local snapshot.** The worker reads one file of about
   42 MB for a million ids (ids NUL-joined, deadlines as 8-byte floats, each
   piece CRC-checked), so the ids arrive as one string split in C, like the

@@ -28,10 +28,10 @@ from celery.worker import state as worker_state
 from .fetched import FetchedView
 from .names import Rule
 from .records import Revocation, Snapshot, Target, gc_paused
-from .set_entries import LOADED_SEQ, EntryBuilder, TaskEntries, build_entries, release_freed_memory
+from .set_entries import LOADED_SEQ, TaskEntries, build_entries, release_freed_memory
 from .uncommitted import UncommittedIds
 
-__all__ = ["EntryBuilder", "FetchedView", "LOADED_SEQ", "TaskEntries", "WorkerMemory", "build_entries",
+__all__ = ["FetchedView", "LOADED_SEQ", "TaskEntries", "WorkerMemory", "build_entries",
            "release_freed_memory"]
 
 logger = logging.getLogger("revstore")

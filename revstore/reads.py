@@ -27,8 +27,7 @@ from .schema import KINDS
 class WorkerReads(Door):
     """What a worker reads: everything active at start, then only what changed."""
 
-    def load_active(self, chunk: int = 20_000,
-                    on_piece: Callable[[list[str], array], None] | None = None) -> tuple[Snapshot, int]:
+    def load_active(self, chunk: int = 20_000) -> tuple[Snapshot, int]:
         """Fast path for worker start-up: every unexpired revocation, and a marker.
 
         A million rows must load in about a second and cost no more memory
@@ -38,9 +37,6 @@ class WorkerReads(Door):
         ``chunk``-row pieces).  Ids stored by digest (rare: too long for the
         index, see revstore.keys) are then looked up by key for their text.
         The remaining lifetime is computed by the database.
-        ``on_piece`` sees each piece of task ids as it arrives (the backend
-        may be reading the next one meanwhile), digests not yet replaced
-        (the snapshot's ``undigested`` says how many were, afterwards).
         The marker is the clock read *before* the rows: every version at or
         below it had committed, so the rows include all of them; anything
         newer that the load also saw comes again from ``changes_since``,
@@ -59,14 +55,12 @@ class WorkerReads(Door):
             marker = int(conn.execute(select(clock.c.version).where(clock.c.id == 1)).scalar_one())
             snapshot = Snapshot([], array("d"), [])
             for ids, left in backend.task_ids(conn, tasks, chunk):
-                if on_piece is not None:
-                    on_piece(ids, left)
                 if snapshot.task_ids:
                     snapshot.task_ids.extend(ids)
                     snapshot.task_remaining.extend(left)
                 else:
                     snapshot.task_ids, snapshot.task_remaining = ids, left
-            snapshot.undigested = self._undigest(conn, snapshot.task_ids)
+            self._undigest(conn, snapshot.task_ids)
             for k, h, v, hf, vf, r in conn.execute(others):
                 target = target_of(k, h, v, hf, vf)
                 snapshot.others.append((k, target.header, target.value, None if r is None else float(r)))
@@ -75,7 +69,7 @@ class WorkerReads(Door):
         with gc_paused():
             return ex.run(read)
 
-    def _undigest(self, conn: Connection, task_ids: list[str]) -> int:
+    def _undigest(self, conn: Connection, task_ids: list[str]) -> None:
         """Replace, in place, the digests of ids too long for the key column by the ids themselves.
 
         Such ids are rare, so the load reads every task row's key column
@@ -84,7 +78,7 @@ class WorkerReads(Door):
         million rows: a second on some servers).
         """
         if not any(map(is_digest, task_ids)):
-            return 0
+            return
         at = {value: i for i, value in enumerate(task_ids) if is_digest(value)}
         backend, table = self.executor.backend, self.executor.tables.revocations
         keys = [("task", "", value) for value in at]
@@ -93,7 +87,6 @@ class WorkerReads(Door):
                 backend.key_in(table, keys[start:start + backend.key_chunk]))
             for value, value_full in conn.execute(stmt):
                 task_ids[at[value]] = target_of("task", "", value, None, value_full).value
-        return len(at)
 
     def changes_since(self, marker: int, witness: Target | None = None) -> Changes:
         """Rows written (revoked or un-revoked) after ``marker``, in version order.

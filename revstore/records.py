@@ -147,8 +147,6 @@ class Snapshot:
     task_remaining: array
     #: stamps and roots: ``(kind, header, value, remaining or None)``
     others: list[tuple[str, str, str, float | None]]
-    #: task ids read as the digest of an id too long for the key column and replaced by that id
-    undigested: int = 0
 
     def __len__(self) -> int:
         return len(self.task_ids) + len(self.others)

@@ -1,9 +1,9 @@
 """A start-up load's entries in the layout of Celery's revoked set, built away from the set.
 
 Building the dict and heap of a million entries is most of a load's CPU.
-Built here from plain lists, it runs on the start-up prefetch thread, piece
-by piece while the database packs the next piece, and then takes its place
-in Celery's set in a moment on the loop thread (:meth:`TaskEntries.install`).
+Built here from plain lists, it runs on the start-up prefetch thread and
+then takes its place in Celery's set in a moment on the loop thread
+(:meth:`TaskEntries.install`).
 Only for Celery's layout of ``item -> (stamp, sequence number, item)``,
 checked on a throwaway set; other layouts are filled with the set's own
 ``add`` by :class:`revstore.memory.WorkerMemory`.
@@ -21,7 +21,6 @@ from typing import Any
 
 from celery.utils.collections import LimitedSet
 
-from .records import Snapshot
 
 #: The sequence number of every entry a table load builds.  Celery 5.7's
 #: entries are ``(stamp, sequence number, id)``; the number only orders
@@ -82,31 +81,6 @@ def build_entries(lset: LimitedSet, ids: list[str], remaining: Sequence[float], 
     heap = list(data.values())
     heapq.heapify(heap)
     return TaskEntries(ids, lset.expires, data, heap)
-
-
-class EntryBuilder:
-    """:func:`build_entries` piece by piece, while the backend reads the next piece (see ``load_active``)."""
-
-    def __init__(self, lset: LimitedSet, base: float) -> None:
-        self.usable = _triples(type(lset))
-        self.expires, self.base = lset.expires, base
-        self.data: dict[Any, tuple[float, int, Any]] = {}
-
-    def add(self, ids: list[str], remaining: Sequence[float]) -> None:
-        if not self.usable:
-            return
-        self.data.update(zip(ids, zip(map(self.base.__add__, remaining), repeat(LOADED_SEQ), ids)))
-
-    def finish(self, snapshot: Snapshot) -> TaskEntries | None:
-        """The entries of ``snapshot``'s task ids, for :meth:`WorkerMemory.load`."""
-        if not self.usable:
-            return None
-        if snapshot.undigested or len(self.data) != len(snapshot.task_ids):  # digests replaced since: build it whole
-            self.data = dict(zip(snapshot.task_ids, zip(map(self.base.__add__, snapshot.task_remaining),
-                                                        repeat(LOADED_SEQ), snapshot.task_ids)))
-        heap = list(self.data.values())
-        heapq.heapify(heap)
-        return TaskEntries(snapshot.task_ids, self.expires, self.data, heap)
 
 
 @functools.lru_cache(maxsize=None)

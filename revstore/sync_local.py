@@ -22,7 +22,7 @@ from .config import mask_url
 from .dbclock import epoch
 from .frames import StateDamaged
 from .identity import DbIdentity, distrust
-from .set_entries import RELEASE_AFTER, EntryBuilder, TaskEntries, build_entries, release_freed_memory
+from .set_entries import RELEASE_AFTER, TaskEntries, build_entries, release_freed_memory
 from .pending import PendingWrite
 from .snapshot_files import SnapshotRead
 from .records import Changes, Revocation, Snapshot
@@ -161,13 +161,10 @@ class LocalCopy(Rewind):
                 return Fetched(started, local.base, changes.marker, db_now, changes.identity,
                                self._entries(local.base, local.base_time - db_now), local, changes)
         identity = self.store.identity()
-        lset = self.memory.revoked
-        # the set's entries are built from each piece while the database packs the next
-        builder = EntryBuilder(lset, time.monotonic() - lset.expires)
-        rows, marker = self.store.load_active(on_piece=builder.add)
+        rows, marker = self.store.load_active()
         db_now = epoch(self.store.db_now())
         self.clock.anchor(db_now)
-        return Fetched(started, rows, marker, db_now, identity, builder.finish(rows))
+        return Fetched(started, rows, marker, db_now, identity, self._entries(rows, 0.0))
 
     def _entries(self, snapshot: Snapshot, shift: float) -> TaskEntries | None:
         lset = self.memory.revoked

@@ -17,7 +17,7 @@ import pytest
 from celery.utils.collections import LimitedSet
 
 from revstore.memory import WorkerMemory
-from revstore.set_entries import LOADED_SEQ, EntryBuilder, _triples, build_entries
+from revstore.set_entries import LOADED_SEQ, _triples, build_entries
 from revstore.records import Snapshot
 
 INF = float("inf")
@@ -122,33 +122,3 @@ def test_entries_built_for_another_expiry_are_rebuilt(expires: float) -> None:
     memory.revoked.purge(time.monotonic() + 9)
     assert len(memory.revoked) == 1000  # stamps fit the set's own expires (100 s), whichever were passed
 
-
-def test_entries_built_piece_by_piece_equal_those_built_whole_and_digests_are_rebuilt() -> None:
-    snapshot = _big(3000)
-    base = time.monotonic() - 100
-    lset = LimitedSet(maxlen=0, expires=100)
-    builder = EntryBuilder(lset, base)
-    for start in range(0, 3000, 1000):
-        builder.add(snapshot.task_ids[start:start + 1000], snapshot.task_remaining[start:start + 1000])
-    whole = build_entries(lset, snapshot.task_ids, snapshot.task_remaining, base)
-    pieces = builder.finish(snapshot)
-    assert pieces is not None and whole is not None and pieces.data == whole.data
-    # a piece holding an id stored by digest: the load replaces it in the snapshot afterwards
-    builder = EntryBuilder(lset, base)
-    builder.add(["revstore-sha256:ab", *snapshot.task_ids[1:1000]], snapshot.task_remaining[:1000])
-    snapshot.task_ids[0] = "the-long-id-itself"
-    built = builder.finish(Snapshot(snapshot.task_ids[:1000], snapshot.task_remaining[:1000], [], undigested=1))
-    assert built is not None and "the-long-id-itself" in built.data and "revstore-sha256:ab" not in built.data
-
-
-def test_a_large_postgresql_load_comes_in_pieces_and_an_id_holding_the_separator_is_streamed(pg_store) -> None:  # type: ignore[no-untyped-def]
-    from revstore.backends import postgresql
-
-    ids = [f"piece-{i:06d}-" + "x" * 200 for i in range(60_000)]  # wide rows: well over PIPELINE_MIN_BLOCKS
-    for start in range(0, len(ids), 20_000):
-        pg_store.add(ids[start:start + 20_000], revoked_by="t")
-    pg_store.add(["has\nnewline"], revoked_by="t")
-    pieces: list[int] = []
-    snapshot, _ = pg_store.load_active(on_piece=lambda got, left: pieces.append(len(got)))
-    assert sorted(snapshot.task_ids) == sorted([*ids, "has\nnewline"]) and len(snapshot.task_remaining) == 60_001
-    assert len(pieces) >= postgresql.PIPELINE_PIECES  # the last range, holding the odd id, streamed in chunks

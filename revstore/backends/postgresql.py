@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import sys
 from array import array
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, ClassVar
 
@@ -33,12 +32,6 @@ def _timeouts(seconds: float | None) -> dict[str, Any]:
     if seconds is None:
         return {}
     return {"connect_timeout": max(2, math.ceil(seconds)), "tcp_user_timeout": math.ceil(seconds * 1000)}
-
-
-#: How many pieces a large start-up load is read in, each packed while the caller builds the one before.
-PIPELINE_PIECES = 8
-#: Tables smaller than this many blocks (8 KiB each: some 50,000 rows) are read in one piece.
-PIPELINE_MIN_BLOCKS = 1024
 
 
 class PostgresBackend(SqlBackend):
@@ -139,75 +132,22 @@ class PostgresBackend(SqlBackend):
         return str(compiled), dict(compiled.params)
 
     def task_ids(self, conn: Connection, stmt: Select[Any], chunk: int) -> Iterator[tuple[list[str], array]]:
-        """Packed pieces, each a range of the table's blocks, the next one read while the caller takes this one.
-
-        The server's scan and aggregation of a million rows take about as
-        long as the worker's building of them into Celery's set: in
-        ``PIPELINE_PIECES`` ranges of blocks (a TID range scan each, from
-        PostgreSQL 14), the server packs the next piece while the caller
-        builds this one.  The caller's transaction is read-committed, so
-        a row updated between two pieces may move into a range already
-        read; its update has a version past the load's marker, which the
-        first pull brings.  A piece that cannot be packed is streamed.
-        """
-        ranges = self._block_ranges(conn, stmt)
-        if ranges is None:
-            yield from self._packed_or_streamed(conn, stmt, chunk)
-            return
-        with ThreadPoolExecutor(1, thread_name_prefix="revstore-load") as ahead:
-            # one piece ahead, on the same connection: only that thread uses it until the piece is taken
-            pending = ahead.submit(self._packed, conn, ranges[0], False)
-            for i in range(len(ranges)):
-                piece = pending.result()
-                if piece is None:  # an id holding the separator: stream this range and the rest
-                    for rest in ranges[i:]:
-                        yield from self._streamed(conn, rest, chunk)
-                    return
-                if i + 1 < len(ranges):
-                    pending = ahead.submit(self._packed, conn, ranges[i + 1], False)
-                yield piece
-        conn.detach()  # see _packed: libpq's input buffer is as large as the largest piece
-
-    def _block_ranges(self, conn: Connection, stmt: Select[Any]) -> list[Select[Any]] | None:
-        """``stmt`` restricted to ``PIPELINE_PIECES`` ranges of its table's blocks; None for a small table or an old server."""
-        froms = stmt.get_final_froms()
-        if len(froms) != 1 or not isinstance(froms[0], Table) or conn.dialect.server_version_info < (14,):
-            return None
-        table = froms[0]
-        name = conn.dialect.identifier_preparer.format_table(table)
-        blocks = conn.execute(text("SELECT pg_relation_size(CAST(:name AS regclass)) / "
-                                   "current_setting('block_size')::int"), {"name": name}).scalar_one()
-        if blocks < PIPELINE_MIN_BLOCKS:
-            return None
-        # blocks appended between this count and the last piece's read: the last range is open-ended
-        step = -(-int(blocks) // PIPELINE_PIECES)
-        ctid = literal_column("ctid")
-        bounds = [literal_column(f"'({b},0)'::tid") for b in range(step, step * PIPELINE_PIECES, step)]
-        lows, highs = [None, *bounds], [*bounds, None]
-        return [stmt.where(*([] if low is None else [ctid >= low]), *([] if high is None else [ctid < high]))
-                for low, high in zip(lows, highs)]
-
-    def _packed_or_streamed(self, conn: Connection, stmt: Select[Any], chunk: int) -> Iterator[tuple[list[str], array]]:
         packed = self._packed(conn, stmt)
         if packed is not None:
             yield packed
             return
-        yield from self._streamed(conn, stmt, chunk)
-
-    def _streamed(self, conn: Connection, stmt: Select[Any], chunk: int) -> Iterator[tuple[list[str], array]]:
         # plain tuples from a server-side cursor: no Row objects
         cursor = conn.connection.driver_connection.cursor(name="revstore_load", binary=True)  # type: ignore[union-attr]
         sql, params = self._raw_sql(conn, stmt)
         yield from stream_id_rows(conn, cursor, sql, params, chunk)
 
-    def _packed(self, conn: Connection, stmt: Any, detach: bool = True) -> tuple[list[str], array] | None:
+    def _packed(self, conn: Connection, stmt: Any) -> tuple[list[str], array] | None:
         """``(value, remaining)`` rows of ``stmt`` aggregated server-side; None: stream them instead.
 
         Three Python objects on the wire instead of three million.  None when
         an id contains the separator (the pieces would not match the count)
         or the aggregate fails (PostgreSQL caps a value at 1 GB, some 25
-        million ids): a savepoint keeps the transaction usable.  ``detach``:
-        see below; the caller of several pieces detaches once, after the last.
+        million ids): a savepoint keeps the transaction usable.
         """
         rows = stmt.subquery()
         value, remaining = rows.c
@@ -233,8 +173,7 @@ class PostgresBackend(SqlBackend):
             return None
         # libpq keeps its input buffer as large as the largest message (the
         # whole snapshot): close this connection after use, not pool it.
-        if detach:
-            conn.detach()
+        conn.detach()
         if not count:
             return [], array("d")
         remaining_ = array("d", bytes(left))
