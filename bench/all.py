@@ -39,26 +39,46 @@ COMMAND = "make bench        # or: .venv/bin/python -m bench.all"
 BOUNDS = """\
 - **Start-up.** Stock unpickles a `LimitedSet` (one `add()`, with a heap
   push, per id), then copies it id by id into the worker's set.  revstore
-  has PostgreSQL pack the task ids into one newline-joined string and the
-  remaining lifetimes into one string of 8-byte floats (3 Python objects on
-  the wire instead of 3 million: about 0.6 s for a million), then fills
-  Celery's set in one pass of C-level iteration and one heapify (about
-  0.7 s), with the cyclic garbage collector paused meanwhile (it made the
-  load 2-3 times slower).  What is left is building the million `str`
-  objects and the set's entries, which stock does too.  A worker's other
+  reads its load on a helper thread started by its step's `create()`,
+  before Celery forks the pool, connects to the broker and mingles, and
+  `start()` only waits for it and swaps the built dict and heap into
+  Celery's set (the same object).  PostgreSQL packs the task ids into one
+  newline-joined string and the remaining lifetimes into one string of
+  8-byte floats (3 Python objects on the wire instead of 3 million; about
+  0.85 s of server time for a million, a quarter of it the scan, the rest
+  the two aggregates), the client splits it (0.08 s), builds the set's
+  dict in one pass of C-level iteration (about 0.6 s) and heapifies it
+  (0.15-0.25 s), all on that thread.  So the added start-up is that
+  sequence minus the worker's own start-up it overlaps: little without
+  mingle (the pool and the broker take a few tenths of a second), mingle's
+  whole 1 s wait with it.  Reading the table in 8 pieces of its blocks,
+  the next packed by the server while the client built the one before, hid
+  the server's time in a single process but gained nothing in real workers
+  on this 2-core machine shared with other work (the server and the
+  builder compete for the same cores), and its growing dict left some 10
+  MiB more resident: not kept.  `LimitedSet` itself is the floor: ids in a
+  dict of `None` with their stamps in one float array (in deadline order
+  from the database) build in about half the time and hold 44 MiB instead
+  of 136 per million besides the strings, but Celery 5.3-5.6 read the
+  set's `_data` and pickle it whole, so that structure would have to keep
+  every one of those behaviours first.  The collector is left on there (it
+  untracks the entries on its first pass; pausing it from a thread would
+  leave pool children forked meanwhile without one).  A worker's other
   start-up work (imports, forking the pool, the broker) is the same for
   both; with nothing to load revstore adds its schema check and first
-  connection (about 0.1 s).  The local snapshot of a full load is written
-  5 s later, on the sync thread: written at once, it took the interpreter
-  from the starting worker for some 0.4 s per million ids.
+  connection (about 0.1 s, on the helper thread too).  The local snapshot
+  of a full load is written 5 s later, on the sync thread: written at
+  once, it took the interpreter from the starting worker for some 0.4 s
+  per million ids.
 - **Restart from the local snapshot.** The worker reads one file of about
   42 MB for a million ids (ids NUL-joined, deadlines as 8-byte floats, each
   piece CRC-checked), so the ids arrive as one string split in C, like the
   packed PostgreSQL load but without the server's aggregation and the wire;
   then it pulls only the changes since the snapshot's marker (one indexed
   query).  Filling Celery's set is the same for both and is most of what is
-  left.  The snapshot's base is written on the sync thread after a full
-  load (about 0.3 s of CPU for a million, off the event loop).
+  left; it runs on the same helper thread as the load from the table.
+  The snapshot's base is written on the sync thread after a full load
+  (about 0.3 s of CPU for a million, off the event loop).
 - **Hot path.** revstore adds no per-task work: Celery checks the same
   `LimitedSet` it always does (a dict lookup, whatever its size).  The
   worker's extras are a 0.1 s timer on the event loop (each tick is a whole
@@ -97,12 +117,17 @@ BOUNDS = """\
   Stock has no propagation without a broadcast.
 - **Idle sync.** An index probe on `version > marker` that finds nothing,
   the clock row and the database time: independent of the table's size.
-- **Memory.** Both hold the same `LimitedSet` entries (a 3-tuple, a float
-  stamp and an int per id, a dict slot, a heap slot) and the id strings
-  (about 85 bytes each).  Stock's load also builds and drops a second set,
+- **Memory.** Both hold `LimitedSet` entries (a 3-tuple, a float stamp
+  and an int per id, a dict slot, a heap slot) and the id strings (about
+  85 bytes each).  The entries revstore loads all share one sequence
+  number (a small int CPython caches; it only orders equal stamps, and
+  loaded ids are strings that compare fine): 28 bytes less per id than
+  stock's int each.  Stock's load also builds and drops a second set,
   which leaves a fragmented heap behind; revstore's packed load creates
-  almost no temporary per-row objects and closes the connection whose
-  input buffer held the whole snapshot.
+  almost no temporary per-row objects, closes the connection whose input
+  buffer held the whole snapshot, and once the load's pieces are freed
+  hands the heap pages they leave free back to the system
+  (`malloc_trim`, glibc).  What is left is the entries and the strings.
 - **Cleanup.** Each batch is one short transaction: lock up to 5,000
   expired rows, oldest first, with `FOR UPDATE SKIP LOCKED` and delete
   them by `ctid`.  Writers touch other rows and never wait on its locks;

@@ -4,7 +4,9 @@ The benchmarks measure real ``celery worker`` processes (prefork, Redis
 broker) on the local PostgreSQL, stock and revstore in the same run, so a
 ratio compares like with like on whatever else the machine is doing.  Each
 run works in its own PostgreSQL schema and its own queue names on Redis
-databases 9 and 8 (the tests use 5, 6 and 10-15), so it can run beside the test suite.
+databases 9 and 8 (the tests use 5, 6 and 10-15), so it can run beside the test suite;
+``REVSTORE_BENCH_BROKER`` / ``REVSTORE_BENCH_BACKEND`` (whole URLs) move it to other
+databases, for engineers sharing one Redis.
 
 Stock workers run with Celery's cap on the revoked set lifted
 (``CELERY_WORKER_REVOKES_MAX=0``): at the default cap (50,000) a stock worker
@@ -45,7 +47,6 @@ ROOT = Path(__file__).resolve().parent.parent
 PG_URL = os.environ.get("REVSTORE_BENCH_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 REDIS_BASE = os.environ.get("REVSTORE_BENCH_REDIS", "redis://127.0.0.1:6379")
 BROKER = os.environ.get("REVSTORE_BENCH_BROKER", f"{REDIS_BASE}/9")
-#: a run beside others that use database 8 can move it (every key carries the run's id either way)
 BACKEND = os.environ.get("REVSTORE_BENCH_BACKEND", f"{REDIS_BASE}/8")
 MILLION = 1_000_000
 #: Celery's default cap on a worker's revoked set (``CELERY_WORKER_REVOKES_MAX`` unset)

@@ -22,6 +22,8 @@ from bench.common import MILLION, STOCK_REVOKES_MAX, Figure, Run, fresh_store, m
 NAME = "memory"
 TITLE = "Memory: worker RSS per million revocations"
 QUICK_SIZE = 60_000
+#: issue 26: revstore's worker holds a million revocations in at most this share of stock's memory
+TARGET_RATIO = 0.70
 
 Samples = dict[tuple[str, int], list[startup.Sample]]
 
@@ -40,7 +42,8 @@ def figures_from(samples: Samples, size: int) -> list[Figure]:
     rev, stock = median(added("revstore", "rss_mib")), median(added("stock", "rss_mib"))
     per_id = lambda mib: mib * 1024 * 1024 / size  # noqa: E731
     figures = [
-        Figure(NAME, f"RSS added by {size:,} revocations", rev, "MiB", stock, target="≤ stock", met=rev <= stock,
+        Figure(NAME, f"RSS added by {size:,} revocations", rev, "MiB", stock,
+               target=f"≤ {TARGET_RATIO:.2f} × stock", met=rev <= TARGET_RATIO * stock,
                rounds=paired("revstore", "stock", "rss_mib"),
                note=f"{per_id(rev):,.0f} vs {per_id(stock):,.0f} bytes per id, id string included"),
         Figure(NAME, f"peak RSS added while loading {size:,}", median(added("revstore", "peak_mib")), "MiB",

@@ -23,21 +23,28 @@ PEERS = 2
 REPEATS = 2
 #: mingle's own wait for replies (Celery's inspect timeout)
 MINGLE_WAIT = 1.0
+#: issue 26: a start with mingle takes at most this many times one without
+TARGET_RATIO = 1.2
 
 
 BOUNDS = """\
 - **Mingle.** A starting worker broadcasts `hello` and waits 1 s for every
   live peer's reply, then merges the ids they send.  A revstore peer sends
-  only the ids it heard but has not committed (normally none), so the cost
-  is that fixed second, whatever the stored count; stock peers send their
-  whole set (up to 50,000 ids each, or all of them when the cap is lifted,
-  as revstore lifts it: 500,000 stored and 2 peers cost 5.6 s more before
-  this).  With 10,000 workers the 1 s wait stays, but every start sends one
-  broadcast that every peer answers: 10,000 small replies per start;
-  `--without-mingle` avoids them, at a price: a starting worker then gets
-  a peer's uncommitted revokes only once that peer commits them (at its
-  next pull), and never gets ids a peer holds that revstore does not write
-  (a stock peer's `hello`, a direct `revoked.add`).
+  only the ids it heard but has not committed (normally none), and the
+  starting worker reads and builds its own load from the table on a helper
+  thread meanwhile (see Start-up), so mingle's second is spent loading:
+  with a load that takes longer than that second (some 500,000 stored and
+  up) mingle adds next to nothing; with less stored the fixed second, which
+  stock pays too, shows.  Stock peers send their whole set (up to 50,000
+  ids each, or all of them when the cap is lifted, as revstore lifts it:
+  500,000 stored and 2 peers cost 5.6 s more before revstore's peers sent
+  only what they had not committed).  With 10,000 workers the 1 s wait
+  stays, but every start sends one broadcast that every peer answers:
+  10,000 small replies per start; `--without-mingle` avoids them, at a
+  price: a starting worker then gets a peer's uncommitted revokes only
+  once that peer commits them (at its next pull), and never gets ids a
+  peer holds that revstore does not write (a stock peer's `hello`, a
+  direct `revoked.add`).
 """
 
 
@@ -60,7 +67,7 @@ def run(quick: bool = False) -> list[Figure]:
     return [
         Figure(NAME, f"{stored:,} stored, {PEERS} live peers: spawn to first task, --without-mingle", off, "s"),
         Figure(NAME, f"{stored:,} stored, {PEERS} live peers: spawn to first task, with mingle", on, "s",
-               target=f"≤ without + {MINGLE_WAIT + 0.5:.1f} s", met=on <= off + MINGLE_WAIT + 0.5,
+               target=f"≤ {TARGET_RATIO} × without", met=on <= TARGET_RATIO * off,
                note=f"mingle's own wait for replies is {MINGLE_WAIT:.0f} s; {replied} of {PEERS} peers logged the "
                     "hello; each replies with its uncommitted revocations only"),
     ]

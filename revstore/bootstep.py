@@ -84,6 +84,9 @@ class Revstore(bootsteps.StartStopStep):
         # solo runs tasks on the loop thread: is_revoked() must see rows fetched meanwhile
         self.sync.memory.fetched.enabled = isinstance(c.pool, SoloPool)
         signals.task_received.connect(self._on_task_received, weak=False)
+        # read (and build) the start-up load while Celery starts the pool, connects and mingles
+        sync = self.sync
+        sync.prefetch(check=lambda: migrate.check_schema(sync.store))
         return None
 
     def start(self, c: Any) -> None:
@@ -91,7 +94,8 @@ class Revstore(bootsteps.StartStopStep):
         assert sync is not None
         if not sync.loaded:
             try:
-                migrate.check_schema(sync.store)
+                if not sync.prefetching:  # a later start: the prefetch checked the schema the first time
+                    migrate.check_schema(sync.store)
                 sync.load()
             except DatabaseUnavailable as exc:
                 self._start_offline(sync, exc)

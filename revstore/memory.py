@@ -4,7 +4,9 @@ Celery decides whether a task is revoked by looking in
 ``celery.worker.state.revoked`` (a ``LimitedSet`` of ids) and
 ``revoked_stamps`` (header -> values).  Request and strategy code hold
 references to those exact objects, so this module mutates them in place and
-never replaces them.  It is the only revstore module that touches them.
+never replaces them.  It is the only revstore module that touches them,
+with :mod:`revstore.set_entries`, which builds a load's entries in the
+set's own layout.
 
 Each entry's expiry comes from the database: the store hands over the seconds
 left by the database clock, converted here into the set's monotonic stamps
@@ -16,17 +18,21 @@ from __future__ import annotations
 
 import heapq
 import logging
-import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from celery.utils.collections import LimitedSet
 from celery.worker import state as worker_state
 
+from .fetched import FetchedView
 from .names import Rule
 from .records import Revocation, Snapshot, Target, gc_paused
+from .set_entries import LOADED_SEQ, TaskEntries, build_entries, release_freed_memory
 from .uncommitted import UncommittedIds
+
+__all__ = ["FetchedView", "LOADED_SEQ", "TaskEntries", "WorkerMemory", "build_entries",
+           "release_freed_memory"]
 
 logger = logging.getLogger("revstore")
 
@@ -35,64 +41,6 @@ NEVER = 100 * 365 * 24 * 3600.0
 
 #: The set's TTL when Celery's is disabled (CELERY_WORKER_REVOKE_EXPIRES=0).
 FALLBACK_SET_EXPIRES = 10800.0
-
-
-class FetchedView:
-    """Rows the sync thread fetched, readable from any thread until the loop applies them.
-
-    Celery's structures change only on the loop thread.  In the solo pool the
-    task runs on that thread, so nothing fetched meanwhile (a client's or the
-    CLI's revoke, a NOTIFY) reaches them until the task returns;
-    ``is_revoked()`` reads this view as well.  Guarded by a lock: the sync
-    thread writes, task threads read.
-    """
-
-    def __init__(self) -> None:
-        #: only the solo pool needs it: elsewhere the loop applies rows at once
-        self.enabled = False
-        self._lock = threading.Lock()
-        #: target -> (row version, monotonic deadline or None while revoked; False once un-revoked)
-        self._rows: dict[Target, tuple[int, float | None | bool]] = {}
-
-    def record(self, rows: Iterable[Revocation]) -> None:
-        if not self.enabled:
-            return
-        now = time.monotonic()
-        with self._lock:
-            for row in rows:
-                live = row.active and (row.remaining is None or row.remaining > 0)
-                until = (None if row.remaining is None else now + row.remaining) if live else False
-                self._rows[row.target] = (row.version, until)
-
-    def applied(self, rows: Iterable[Revocation]) -> None:
-        """The loop thread applied ``rows``: Celery's memory answers for them now."""
-        if not self._rows:
-            return
-        with self._lock:
-            for row in rows:
-                if self._rows.get(row.target, (None,))[0] == row.version:
-                    del self._rows[row.target]
-
-    def revoked(self, targets: Iterable[Target]) -> bool:
-        if not self._rows:
-            return False
-        now = time.monotonic()
-        with self._lock:
-            for target in targets:
-                entry = self._rows.get(target)
-                if entry is not None and entry[1] is not False and (entry[1] is None or entry[1] > now):
-                    return True
-        return False
-
-    def revoked_by_name(self, name: str | None, args: Any, kwargs: Any) -> bool:
-        """Whether a fetched, not yet applied name rule covers this task."""
-        if not self._rows or not name:
-            return False
-        now = time.monotonic()
-        with self._lock:
-            rules = [(t.value, e[1]) for t, e in self._rows.items() if t.kind == "name" and t.header == name]
-        return any(until is not False and (until is None or until > now) and Rule.parse(where).matches(args, kwargs)
-                   for where, until in rules)
 
 
 def _latest_match(rules: dict[str, tuple[float, Rule]], args: Any, kwargs: Any) -> float | None:
@@ -195,36 +143,32 @@ class WorkerMemory:
 
     # ------------------------------------------------------------- loads
 
-    def load(self, snapshot: Snapshot, shift: float = 0.0) -> int:
+    def load(self, snapshot: Snapshot, shift: float = 0.0, entries: TaskEntries | None = None) -> int:
         """Add a start-up snapshot; return the count.
 
         Lifetimes are ``remaining + shift``: a local snapshot holds deadlines
         on the database clock and passes minus the database's time as shift.
+        ``entries``: the snapshot's task ids already built into the set's
+        layout by :func:`build_entries` (on the start-up prefetch thread).
         """
         now = time.monotonic()
         for kind, header, value, remaining in snapshot.others:
             left = None if remaining is None else remaining + shift
             self._add_other(Target(kind, value, header), left, now)  # type: ignore[arg-type]
-        with gc_paused():
-            self._bulk_add(snapshot.task_ids, snapshot.task_remaining, now - self.revoked.expires + shift)
+        if entries is None or entries.ids is not snapshot.task_ids or entries.expires != self.revoked.expires:
+            entries = build_entries(self.revoked, snapshot.task_ids, snapshot.task_remaining,
+                                    now - self.revoked.expires + shift)
+        if entries is None:  # a LimitedSet of another layout: its own add, one id at a time
+            with gc_paused():
+                stamps = map((now - self.revoked.expires + shift).__add__, snapshot.task_remaining)
+                for item, stamp in zip(snapshot.task_ids, stamps):
+                    self._add(item, stamp)
+        else:
+            with gc_paused():
+                entries.install(self.revoked)
         if self.uncommitted.ids:  # e.g. merged from mingle replies before the load
             self.uncommitted.committed([i for i in snapshot.task_ids if i in self.uncommitted.ids])
         return len(snapshot)
-
-    def _bulk_add(self, ids: list[str], remaining: Sequence[float], base: float) -> None:
-        """Add ids whose stamps are ``base + remaining`` (``inf`` stays: never expires)."""
-        lset = self.revoked
-        data, seq = getattr(lset, "_data", None), getattr(lset, "_seq", None)
-        stamps = map(base.__add__, remaining)
-        if len(ids) < 1000 or not isinstance(data, dict) or seq is None or not hasattr(lset, "_refresh_heap"):
-            for item, stamp in zip(ids, stamps):
-                self._add(item, stamp)
-            return
-        # Fast path for a million rows: fill the dict and heapify once, the
-        # way LimitedSet.update(LimitedSet) does, instead of a heappush each;
-        # zip builds the (stamp, seq, item) entries without Python-level calls.
-        data.update(zip(ids, zip(stamps, seq, ids)))
-        lset._refresh_heap()
 
     def replace(self, snapshot: Snapshot, keep: set[str], shift: float = 0.0) -> None:
         """Reload from a full snapshot: drop what the table no longer holds, except ``keep``."""

@@ -12,6 +12,7 @@ import getpass
 import json
 import signal as _signal
 import socket
+import threading
 from array import array
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -167,7 +168,16 @@ def gc_paused() -> Iterator[None]:
     the next young collections do not walk a million long-lived objects
     either (0.25 s more at start-up otherwise).  Skipped if the application
     froze objects itself: unfreezing would release those too.
+
+    Only on the main thread: the switch is process-wide, and a pool child
+    forked while a helper thread (the start-up prefetch, the sync thread's
+    compaction) held it off would run with the collector off for good.
+    Loads on those threads pay the young collections instead, which untrack
+    the load's tuples of strings and floats on their first pass.
     """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
     was_enabled = gc.isenabled()
     gc.disable()
     try:

@@ -12,58 +12,129 @@ database that has changed since.
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 from .config import mask_url
 from .dbclock import epoch
 from .frames import StateDamaged
 from .identity import DbIdentity, distrust
+from .set_entries import RELEASE_AFTER, TaskEntries, build_entries, release_freed_memory
 from .pending import PendingWrite
 from .snapshot_files import SnapshotRead
-from .records import Changes, Revocation
+from .records import Changes, Revocation, Snapshot
 from .sync_rewind import Rewind
 
 logger = logging.getLogger("revstore")
 
 
+@dataclass
+class Fetched:
+    """What a start-up load read, before memory is touched (see :meth:`LocalCopy.prefetch`)."""
+
+    #: when the reading began (monotonic): the load's logged time counts from here
+    started: float
+    #: the table's rows, or the local snapshot's base
+    rows: Snapshot
+    marker: int
+    db_now: float
+    identity: DbIdentity | None
+    #: ``rows``' task ids built into Celery's set layout; None: the set's own add fills it
+    entries: TaskEntries | None
+    #: the local snapshot and the changes since its marker, when those are what is loaded
+    local: SnapshotRead | None = None
+    changes: Changes | None = None
+
+
 class LocalCopy(Rewind):
     """Start-up loading, spool replay and the local snapshot's writes."""
+
+    def prefetch(self, check: Callable[[], None] | None = None) -> None:
+        """Start :meth:`load`'s reading on a helper thread; call once, before Celery starts the pool.
+
+        A million revocations take the database about a second to send
+        and this process as long to build into Celery's set.  The worker
+        meanwhile forks its pool, connects to the broker and (with mingle)
+        waits a second for its peers' replies, so the reading and the
+        building are done by the time the consumer starts this step, and
+        :meth:`load` only swaps the result in.  ``check`` (the schema
+        check) runs first on the same thread; whatever either raises,
+        :meth:`load` raises on the loop thread, as if it had read itself.
+        Nothing here touches Celery's set or the collector's switch.
+        """
+        self.memory.prepare()  # the set's expires is what the built entries' stamps are counted for
+        box: list[tuple[bool, Any]] = []
+
+        def run() -> None:
+            try:
+                if check is not None:
+                    check()
+                box.append((True, self._fetch()))
+            except BaseException as exc:  # re-raised by load() on the loop thread
+                box.append((False, exc))
+
+        thread = threading.Thread(target=run, name="revstore-prefetch", daemon=True)
+        self._prefetched = (thread, box)
+        thread.start()
+
+    @property
+    def prefetching(self) -> bool:
+        """:meth:`prefetch` started a read that :meth:`load` has not taken yet."""
+        return self._prefetched is not None
 
     def load(self) -> int:
         """Load every unexpired revocation into memory (blocking; at start-up).
 
         From the local snapshot plus the changes since its marker when there
         is a fresh one (faster than the table for large sets: see
-        docs/benchmarks.md), else from the table.
+        docs/benchmarks.md), else from the table.  What :meth:`prefetch`
+        read is used once, else this reads now.
         """
-        started = time.monotonic()
-        local = self._read_local()
-        if local is not None and local.age <= self.settings.snapshot_max_age:
-            db_now = epoch(self.store.db_now())
-            self.clock.anchor(db_now)
-            changes = self.store.changes_since(local.marker)
-            why = distrust(DbIdentity.from_record(local.db_identity), changes.identity, local.marker, changes.clock)
-            if why is not None:
-                self._note_rewind(why, local.marker, "the local snapshot is not used; loading from the table")
-            elif not changes.reload_required:
-                self.identity, self._trusted_at = changes.identity, db_now
-                self._load_local(local, db_now)
-                self.memory.apply(changes.rows)
-                count = self.memory.live_count()
-                self.marker, self.loaded, self._needs_load = changes.marker, True, False
-                if self.state is not None:
-                    self._journal(changes, local.marker, db_now, force=True)
-                self.apply_pending()
-                logger.info("revstore: loaded %d revocations in %.2fs from the local snapshot and %d changes "
-                            "since from %s", count, time.monotonic() - started, len(changes.rows),
-                            mask_url(self.store.url))
-                return count
-        self.identity = self.store.identity()
-        rows, marker = self.store.load_active()
-        db_now = epoch(self.store.db_now())
-        self.clock.anchor(db_now)
+        fetched = self._take_prefetched() or self._fetch()
+        count = self._install(fetched)
+        big = len(fetched.rows.task_ids) >= RELEASE_AFTER
+        del fetched  # the id list and the packed reply's pieces: freed before the release below
+        if big:
+            release_freed_memory()
+        return count
+
+    def _take_prefetched(self) -> Fetched | None:
+        """What :meth:`prefetch` read, once it has (None: no prefetch); what it raised is raised here."""
+        prefetched, self._prefetched = self._prefetched, None
+        if prefetched is None:
+            return None
+        thread, box = prefetched
+        thread.join()
+        succeeded, value = box.pop()
+        if not succeeded:
+            raise value
+        return value  # type: ignore[no-any-return]
+
+    def _install(self, fetched: Fetched) -> int:
+        """Put what :meth:`_fetch` read in memory; runs on the loop thread."""
+        started = fetched.started
+        if fetched.changes is not None:
+            local, changes = fetched.local, fetched.changes
+            assert local is not None
+            self.identity, self._trusted_at = changes.identity, fetched.db_now
+            self._load_local(local, fetched.db_now, fetched.entries)
+            self.memory.apply(changes.rows)
+            count = self.memory.live_count()
+            self.marker, self.loaded, self._needs_load = changes.marker, True, False
+            if self.state is not None:
+                self._journal(changes, local.marker, fetched.db_now, force=True)
+            self.apply_pending()
+            logger.info("revstore: loaded %d revocations in %.2fs from the local snapshot and %d changes "
+                        "since from %s", count, time.monotonic() - started, len(changes.rows),
+                        mask_url(self.store.url))
+            return count
+        rows, marker, db_now = fetched.rows, fetched.marker, fetched.db_now
+        self.identity = fetched.identity
         self.memory.prepare()
-        count = self.memory.load(rows)
+        count = self.memory.load(rows, entries=fetched.entries)
         self.marker, self.loaded, self._needs_load = marker, True, False
         self._trusted_at = db_now
         if self.state is not None:
@@ -74,6 +145,31 @@ class LocalCopy(Rewind):
         logger.info("revstore: loaded %d revocations in %.2fs from %s", count, time.monotonic() - started,
                     mask_url(self.store.url))
         return count
+
+    def _fetch(self) -> Fetched:
+        """Everything :meth:`load` reads, and Celery's set entries built from it; touches no Celery structure."""
+        started = time.monotonic()
+        local = self._read_local()
+        if local is not None and local.age <= self.settings.snapshot_max_age:
+            db_now = epoch(self.store.db_now())
+            self.clock.anchor(db_now)
+            changes = self.store.changes_since(local.marker)
+            why = distrust(DbIdentity.from_record(local.db_identity), changes.identity, local.marker, changes.clock)
+            if why is not None:
+                self._note_rewind(why, local.marker, "the local snapshot is not used; loading from the table")
+            elif not changes.reload_required:
+                return Fetched(started, local.base, changes.marker, db_now, changes.identity,
+                               self._entries(local.base, local.base_time - db_now), local, changes)
+        identity = self.store.identity()
+        rows, marker = self.store.load_active()
+        db_now = epoch(self.store.db_now())
+        self.clock.anchor(db_now)
+        return Fetched(started, rows, marker, db_now, identity, self._entries(rows, 0.0))
+
+    def _entries(self, snapshot: Snapshot, shift: float) -> TaskEntries | None:
+        lset = self.memory.revoked
+        return build_entries(lset, snapshot.task_ids, snapshot.task_remaining,
+                             time.monotonic() - lset.expires + shift)
 
     def start_from_snapshot(self) -> SnapshotRead | None:
         """The database is down at start: load the local snapshot if it is fresh enough.
@@ -107,9 +203,9 @@ class LocalCopy(Rewind):
                          "snapshot as of marker %d", self.state.snapshot.journal_path, local.damaged, local.marker)
         return local
 
-    def _load_local(self, local: SnapshotRead, db_now: float) -> int:
+    def _load_local(self, local: SnapshotRead, db_now: float, entries: TaskEntries | None = None) -> int:
         self.memory.prepare()
-        count = self.memory.load(local.base, shift=local.base_time - db_now)
+        count = self.memory.load(local.base, shift=local.base_time - db_now, entries=entries)
         self.memory.apply(local.revocations(db_now))
         self.memory.purge()
         return count

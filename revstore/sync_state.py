@@ -87,6 +87,8 @@ class SyncState:
         self.loaded = False
         #: the database thread still has to fetch the first snapshot
         self._needs_load = True
+        #: the start-up read running on its helper thread, and the box it leaves its result in (see prefetch)
+        self._prefetched: tuple[threading.Thread, list[tuple[bool, Any]]] | None = None
         self._pending: deque[PendingWrite] = deque()
         self._inbox: deque[Callable[[], list[Revocation]]] = deque()
         self._recheck: deque[list[Target]] = deque()
