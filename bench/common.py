@@ -271,6 +271,8 @@ class Worker(WorkerProcess):
                          args=["--statedb", str(statedb)] if statedb is not None else [])
         self.name, self.store, self.extra_env = name, store, env or {}
         self.revokes_max, self.cpus = revokes_max, cpus
+        #: the run's own folder unless ``env`` names one: a bench never writes the user's state folder
+        self.state_dir = logdir / f"{name}.state"
 
     def command(self) -> list[str]:
         return (["taskset", "-c", self.cpus] if self.cpus else []) + super().command()
@@ -283,6 +285,7 @@ class Worker(WorkerProcess):
             env["REVSTORE_URL"] = self.store.url.render_as_string(hide_password=False)
             if self.store.tables.schema:
                 env["REVSTORE_SCHEMA"] = self.store.tables.schema
+            env["REVSTORE_STATE_DIR"] = str(self.state_dir)
         env.update(self.extra_env)
         return env
 
