@@ -32,7 +32,9 @@ from sqlalchemy.sql import ColumnElement, Select
 from ..errors import ConfigurationError
 
 if TYPE_CHECKING:  # schema imports this package's column types: no import back at run time
+    from ..keys import StoredKeys
     from ..schema import Tables
+    from ..writes import FoldedWrite
 
 #: Where ``revstore db grants`` prints this database's role SQL (the
 #: PostgreSQL and MySQL backends write the two sections under these marks).
@@ -207,18 +209,17 @@ class Backend(Protocol):
         """A WHERE condition: the row's primary key is one of ``keys`` (at most ``key_chunk``)."""
         ...
 
-    def upsert(self, conn: Connection, table: Table, keys: Sequence[dict[str, Any]], shared: dict[str, Any],
+    def upsert(self, conn: Connection, table: Table, keys: StoredKeys, shared: dict[str, Any],
                merge: Merge, notify: tuple[str, int] | None = None) -> int:
-        """Insert a row per entry of ``keys`` plus the ``shared`` column values, merging into existing rows.
+        """Insert a row per key of ``keys`` plus the ``shared`` column values, merging into existing rows.
 
         With ``notify`` (channel, version), a write that changed a row also
         does what :meth:`notify` does, in the same statement where the
         database can: a worker's write-through is a few round trips, each
         one a wait for the interpreter's lock in a busy worker.
 
-        Each entry of ``keys`` holds the same columns: the primary key and
-        the key's full texts (``header_full``, ``value_full``, NULL unless the
-        key is stored by digest).  Returns how many rows were inserted or
+        Each key is the primary key and the key's full texts (``header_full``,
+        ``value_full``, NULL unless stored by digest).  Returns how many rows were inserted or
         changed: a write that changed nothing must not wake every worker.
         This is the hot path of a bulk revoke, so a backend sends the keys as
         compactly as its driver allows.
@@ -227,6 +228,13 @@ class Backend(Protocol):
 
     def upsert_rows(self, conn: Connection, table: Table, rows: Sequence[dict[str, Any]], merge: Merge) -> int:
         """Like :meth:`upsert`, each row with its own values (``revstore import``)."""
+        ...
+
+    def fold(self, conn: Connection, tables: Tables, keys: StoredKeys, write: FoldedWrite,
+             channel: str) -> tuple[int, datetime, int] | None:
+        """``write`` of ``keys`` as one statement: ``(version, now, rows changed)``.
+
+        None: not here; the core then takes the clock, upserts, audits and notifies a round trip each."""
         ...
 
     def delete_expired(self, conn: Connection, table: Table, expired: Callable[[Any], ColumnElement[bool]],
@@ -395,9 +403,9 @@ class SqlBackend:
         # executemany's rowcount is unreliable across drivers.
         return stmt.returning(table.c.version)
 
-    def upsert(self, conn: Connection, table: Table, keys: Sequence[dict[str, Any]], shared: dict[str, Any],
+    def upsert(self, conn: Connection, table: Table, keys: StoredKeys, shared: dict[str, Any],
                merge: Merge, notify: tuple[str, int] | None = None) -> int:
-        changed = self.upsert_rows(conn, table, [{**key, **shared} for key in keys], merge)
+        changed = self.upsert_rows(conn, table, [{**key, **shared} for key in keys.dicts()], merge)
         if changed and notify is not None:
             self.notify(conn, *notify)
         return changed
@@ -417,6 +425,10 @@ class SqlBackend:
         for part in conn.execute(stmt).partitions(chunk):
             ids, left = zip(*part)
             yield list(ids), array("d", left)
+
+    def fold(self, conn: Connection, tables: Tables, keys: StoredKeys, write: FoldedWrite,
+             channel: str) -> tuple[int, datetime, int] | None:
+        return None
 
     def notify(self, conn: Connection, channel: str, version: int) -> None:
         return None

@@ -42,6 +42,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.sql import ColumnElement, Select, visitors
 
 from ..errors import ConfigurationError
+from ..keys import StoredKeys
 from ..schema import MAX_KEY_LENGTH, Tables
 from .base import ADMIN_MARK, WORKER_MARK, Merge, Pooling, SqlBackend, stream_id_rows
 
@@ -168,8 +169,9 @@ class MysqlBackend(SqlBackend):
         """Rows carrying ``version``: what this transaction inserted or changed so far."""
         return int(conn.execute(select(func.count()).where(table.c.version == version)).scalar_one())
 
-    def upsert(self, conn: Connection, table: Table, keys: Sequence[dict[str, Any]], shared: dict[str, Any],
+    def upsert(self, conn: Connection, table: Table, stored: StoredKeys, shared: dict[str, Any],
                merge: Merge, notify: tuple[str, int] | None = None) -> int:
+        keys = stored.dicts()
         before = self._written(conn, table, shared["version"])
         # Columns NULL in every key (the full texts, nearly always) stay out of
         # the JSON; a key's NULL is an absent member (NULL ON EMPTY).
