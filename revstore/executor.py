@@ -88,10 +88,16 @@ class Executor:
                 "check that the database is running and revstore_url is right"
             ) from None
 
-    def run(self, fn: Callable[[Connection], T]) -> T:
-        """Run ``fn(conn)`` in one transaction, translating errors for users."""
+    def run(self, fn: Callable[[Connection], T], *, one_statement: bool = False) -> T:
+        """Run ``fn(conn)`` in one transaction, translating errors for users.
+
+        ``one_statement``: ``fn`` runs a single statement, which is its own
+        transaction in autocommit mode: no BEGIN and COMMIT round trips.
+        """
         conn = self.connect()
         try:
+            if one_statement:
+                return fn(conn.execution_options(isolation_level="AUTOCOMMIT"))
             with conn.begin():
                 return fn(conn)
         except (ProgrammingError, OperationalError) as exc:

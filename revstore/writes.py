@@ -97,12 +97,14 @@ class Writes(Door):
             chunks = list(ex.key_chunks(todo, ex.backend.upsert_chunk))  # type: ignore[arg-type]
             audit = _audit.values("revoke", todo, by, reason)
             fold = _revoke_fold(ex.tables, values, lifetime, slack, heard, ago, audit)
-            folded = ex.backend.fold(conn, ex.tables, stored_keys(chunks[0]), fold, ex.channel)
+            folded = ex.backend.fold(conn, ex.tables, stored_keys(chunks[0]), fold, ex.channel) if ex.backend.folds \
+                else None
             if folded is None:
                 version, now = ex.bump_at(conn)
                 changed = 0
             else:
-                version, now, changed = folded
+                version, now, changed, _ = folded
+                assert version is not None and now is not None  # no covered check: the clock is always taken
                 chunks = chunks[1:]
             expires_at = None if lifetime is None else now + lifetime
             when = heard if heard is not None or ago is None else now - ago
@@ -119,6 +121,15 @@ class Writes(Door):
                 conn.execute(ex.tables.audit.insert().values(done_at=now, **audit))
             return WriteResult(changed, version, len(todo) - changed)
 
+        if ex.backend.folds and len(items) <= ex.backend.upsert_chunk:
+            keys = stored_keys(items)
+            # the covered check folds in where the statement can name the keys it writes (see FoldedWrite)
+            if not if_needed or (not keys.rows and "".join(keys.task_ids).isascii()):
+                audit = _audit.values("revoke", items, by, reason)
+                fold = _revoke_fold(ex.tables, values, lifetime, slack, heard, ago, audit, if_needed, bool(terminate))
+                version, _, changed, written = ex.run(
+                    lambda conn: ex.backend.fold(conn, ex.tables, keys, fold, ex.channel), one_statement=True)
+                return WriteResult(changed, version or 0, written - changed)
         return ex.run(write)
 
     def _uncovered(self, conn: Connection, items: list[Target] | list[str], terminate: bool,
@@ -322,13 +333,25 @@ def _revoke_merge(never_expires: bool, longer_than: Callable[[Any, Any], Any],
 
 
 def _revoke_fold(tables: Tables, values: dict[str, Any], lifetime: timedelta | None, slack: timedelta | None,
-                 heard: datetime | None, ago: timedelta | None, audit: dict[str, Any]) -> FoldedWrite:
+                 heard: datetime | None, ago: timedelta | None, audit: dict[str, Any], if_needed: bool = False,
+                 terminate: bool = False) -> FoldedWrite:
     """:meth:`Writes.add` as one statement where the database can: its time and version are SQL there.
 
     Every value is a bound parameter, so writes of one shape share one
-    compiled statement.
+    compiled statement.  ``if_needed``: keys whose row already covers the
+    write (as :meth:`Writes._uncovered` decides) are left out.
     """
     table = tables.revocations
+
+    def covered(row: Any, now: Any) -> Any:
+        strong = [row.active]
+        if terminate:
+            strong.append(row.terminate)
+        if lifetime is None:
+            strong.append(row.expires_at.is_(None))
+        else:
+            strong.append(or_(row.expires_at.is_(None), row.expires_at >= now + param("least", Interval())))
+        return and_(*strong)
 
     def param(name: str, type_: Any) -> Any:
         return bindparam(f"revstore_{name}", type_=type_)
@@ -345,11 +368,12 @@ def _revoke_fold(tables: Tables, values: dict[str, Any], lifetime: timedelta | N
         return columns, merge, {"done_at": now, **{name: param(f"audit_{name}", tables.audit.c[name].type)
                                                    for name in audit}}
 
+    least = None if lifetime is None else lifetime - (slack or timedelta(0))
     params = {f"revstore_{name}": value for name, value in
-              {**values, "lifetime": lifetime, "slack": slack, "heard": heard, "ago": ago}.items()}
+              {**values, "lifetime": lifetime, "slack": slack, "heard": heard, "ago": ago, "least": least}.items()}
     params.update({f"revstore_audit_{name}": value for name, value in audit.items()})
-    shape = ("revoke", lifetime is None, heard is not None, ago is not None)
-    return FoldedWrite(shape, plan, params)
+    shape = ("revoke", lifetime is None, heard is not None, ago is not None, if_needed, if_needed and terminate)
+    return FoldedWrite(shape, plan, params, covered if if_needed else None)
 
 
 @dataclass(frozen=True)
@@ -359,10 +383,16 @@ class FoldedWrite:
     ``plan(now, version)`` gives, for the statement's own time and new
     version as SQL: the written columns, the merge rule, and the audit row.
     Bound parameters in them take ``params``.  Equal ``shape`` means equal
-    SQL, so a backend compiles each shape once: a write-through is a couple
-    of round trips, and building the statement each time cost more.
+    SQL, so a backend compiles each shape once: a write-through is one
+    round trip, and building the statement each time cost more than it.
+
+    ``covered(row, now)``: the keys are plain task ids, and those whose row
+    meets this condition are not written.  The clock is then taken only if
+    some key is left, and the audit row counts and names the keys left
+    (``key_count``, ``first_keys``, as :func:`revstore.audit.values` would).
     """
 
     shape: Hashable
     plan: Callable[[Any, Any], tuple[dict[str, Any], Merge, dict[str, Any]]]
     params: dict[str, Any]
+    covered: Callable[[Any, Any], Any] | None = None

@@ -94,8 +94,7 @@ class Backend(Protocol):
     #: What to install when that driver is missing (shown in the error).
     driver_hint: ClassVar[str]
 
-    #: Whether ``revstore_schema`` means something here: a URL whose database
-    #: has no schemas must refuse the setting at start, not ignore it.
+    #: Whether ``revstore_schema`` means something here (if not, a URL with one is refused).
     supports_schema: ClassVar[bool]
 
     #: Keys per statement: as many as amortise round trips while staying
@@ -106,9 +105,11 @@ class Backend(Protocol):
     #: them more compactly than a lookup's key list.
     upsert_chunk: ClassVar[int]
 
-    #: Rows per INSERT where each row binds its own eleven values (``revstore import``):
-    #: under the driver's bound-parameter limit.
+    #: Rows per INSERT binding eleven values each (``revstore import``), under the driver's parameter limit.
     row_chunk: ClassVar[int]
+
+    #: Whether :meth:`fold` writes a revoke as one statement (else the core writes it step by step).
+    folds: ClassVar[bool]
 
     def canonical_url(self, url: URL) -> URL:
         """``url`` naming the same database from any working directory (a local state file's owner)."""
@@ -231,10 +232,8 @@ class Backend(Protocol):
         ...
 
     def fold(self, conn: Connection, tables: Tables, keys: StoredKeys, write: FoldedWrite,
-             channel: str) -> tuple[int, datetime, int] | None:
-        """``write`` of ``keys`` as one statement: ``(version, now, rows changed)``.
-
-        None: not here; the core then takes the clock, upserts, audits and notifies a round trip each."""
+             channel: str) -> tuple[int | None, datetime | None, int, int] | None:
+        """``write`` of ``keys`` as one statement: ``(version, now, rows changed, keys written)``; see :attr:`folds`."""
         ...
 
     def delete_expired(self, conn: Connection, table: Table, expired: Callable[[Any], ColumnElement[bool]],
@@ -326,6 +325,7 @@ class SqlBackend:
     key_chunk: ClassVar[int] = 2000
     upsert_chunk: ClassVar[int] = 2000
     row_chunk: ClassVar[int] = 2000
+    folds: ClassVar[bool] = False
     missing_table_words: ClassVar[tuple[tuple[str, ...], ...]] = ()
     missing_column_words: ClassVar[tuple[tuple[str, ...], ...]] = ()
 
@@ -427,7 +427,7 @@ class SqlBackend:
             yield list(ids), array("d", left)
 
     def fold(self, conn: Connection, tables: Tables, keys: StoredKeys, write: FoldedWrite,
-             channel: str) -> tuple[int, datetime, int] | None:
+             channel: str) -> tuple[int | None, datetime | None, int, int] | None:
         return None
 
     def notify(self, conn: Connection, channel: str, version: int) -> None:

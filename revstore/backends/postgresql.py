@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 from array import array
@@ -10,8 +9,7 @@ from collections.abc import Callable, Hashable, Iterator, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from sqlalchemy import (Table, Text, bindparam, case, cast, column, func, literal, literal_column, null, select, text,
-                        true, tuple_, union_all, update)
+from sqlalchemy import Table, Text, bindparam, case, cast, column, func, literal, literal_column, select, text, tuple_
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import URL, Connection
 from sqlalchemy.exc import DBAPIError
@@ -20,6 +18,7 @@ from sqlalchemy.sql import ColumnElement, Select
 from ..keys import StoredKeys
 from ..schema import Tables
 from .base import Key, Listener, Merge, Pooling, SqlBackend, stream_id_rows
+from .postgresql_fold import KEY_COLUMNS, compile_fold, key_params, key_source
 
 if TYPE_CHECKING:
     from ..writes import FoldedWrite
@@ -41,10 +40,6 @@ def _timeouts(seconds: float | None) -> dict[str, Any]:
     return {"connect_timeout": max(2, math.ceil(seconds)), "tcp_user_timeout": math.ceil(seconds * 1000)}
 
 
-#: The key columns :meth:`PostgresBackend._key_source` yields, in its order.
-KEY_COLUMNS = ("kind", "header", "value", "header_full", "value_full")
-
-
 class PostgresBackend(SqlBackend):
     name: ClassVar[str] = "postgresql"
     default_driver: ClassVar[str | None] = "psycopg"
@@ -55,6 +50,7 @@ class PostgresBackend(SqlBackend):
     upsert_chunk: ClassVar[int] = 50_000
     missing_table_words: ClassVar[tuple[tuple[str, ...], ...]] = (("relation", "does not exist"),)
     missing_column_words: ClassVar[tuple[tuple[str, ...], ...]] = (("column", "does not exist"),)
+    folds: ClassVar[bool] = True
     #: compiled folded writes (see fold), by driver, tables and shape: a few per process
     _folded: ClassVar[dict[Hashable, tuple[str, dict[str, Any]]]] = {}
 
@@ -104,33 +100,11 @@ class PostgresBackend(SqlBackend):
     def insert(self, table: Table) -> Any:
         return postgresql.insert(table)
 
-    def _key_source(self) -> Any:
-        """The keys of a :class:`StoredKeys` as a relation, from two JSON parameters (see :meth:`_key_params`).
-
-        A bulk revoke's task ids travel as one JSON array of strings: no
-        per-key list or dict in Python, one text extraction per key on the
-        server.  Other keys are arrays of their five columns.  JSON because
-        psycopg serialises it in C, and a JSON null becomes SQL NULL.
-        """
-        ids = func.json_array_elements_text(cast(bindparam("revstore_ids", type_=Text), postgresql.JSON))
-        ids = ids.table_valued(column("value", Text)).render_derived()
-        plain = select(literal("task", Text).label("kind"), literal("", Text).label("header"), ids.c.value,
-                       cast(null(), Text).label("header_full"), cast(null(), Text).label("value_full"))
-        key = column("key", postgresql.JSON)
-        rows = func.json_array_elements(cast(bindparam("revstore_rows", type_=Text), postgresql.JSON))
-        rows = rows.table_valued(key).render_derived()
-        other = select(*(rows.c.key[i].astext.label(name) for i, name in enumerate(KEY_COLUMNS)))
-        return union_all(plain, other).subquery("revstore_keys")
-
-    @staticmethod
-    def _key_params(keys: StoredKeys) -> dict[str, str]:
-        return {"revstore_ids": json.dumps(keys.task_ids), "revstore_rows": json.dumps(keys.rows)}
-
     def upsert(self, conn: Connection, table: Table, keys: StoredKeys, shared: dict[str, Any],
                merge: Merge, notify: tuple[str, int] | None = None) -> int:
         # The keys as JSON, the shared values once: a multi-row VALUES list
         # of eleven parameters per row was most of the cost of a 10,000-id revoke.
-        source = self._key_source()
+        source = key_source()
         values = [cast(literal(v, table.c[name].type), table.c[name].type) for name, v in shared.items()]
         stmt = self.insert(table).from_select([*KEY_COLUMNS, *shared], select(*source.c, *values))
         stmt = self._on_conflict(stmt, table, merge)
@@ -139,10 +113,11 @@ class PostgresBackend(SqlBackend):
         count = func.count()
         columns = [count] if notify is None else [
             count, case((count > 0, func.pg_notify(notify[0], str(notify[1]))), else_=None)]
-        return int(conn.execute(select(*columns).select_from(stmt.cte("written")), self._key_params(keys)).first()[0])
+        written = select(*columns).select_from(stmt.cte("written"))
+        return int(conn.execute(written, key_params(keys, in_order=True)).first()[0])
 
     def fold(self, conn: Connection, tables: Tables, keys: StoredKeys, write: FoldedWrite,
-             channel: str) -> tuple[int, datetime, int]:
+             channel: str) -> tuple[int | None, datetime | None, int, int]:
         """Clock, upsert, audit and NOTIFY as data-modifying CTEs of one statement, compiled once per shape.
 
         The clock row's lock is taken by the statement's first CTE and held
@@ -156,29 +131,14 @@ class PostgresBackend(SqlBackend):
         shape = (conn.dialect.driver, tables.prefix, tables.schema, write.shape)
         compiled = self._folded.get(shape)
         if compiled is None:
-            compiled = self._folded[shape] = self._compile_fold(conn, tables, write)
+            compiled = self._folded[shape] = compile_fold(self, conn, tables, write)
         sql, defaults = compiled
-        params = {**defaults, **write.params, **self._key_params(keys), "revstore_channel": channel}
-        version, now, changed, _, _ = conn.exec_driver_sql(sql, params).one()
-        return int(version), self.as_datetime(now), int(changed)
-
-    def _compile_fold(self, conn: Connection, tables: Tables, write: FoldedWrite) -> tuple[str, dict[str, Any]]:
-        table, clock = tables.revocations, tables.clock
-        bump = (update(clock).where(clock.c.id == 1).values(version=clock.c.version + 1)
-                .returning(clock.c.version.label("version"), func.now().label("now")).cte("rs_fold_clock"))
-        columns, merge, audit = write.plan(bump.c.now, bump.c.version)
-        source = self._key_source()
-        rows = select(*source.c, *(cast(v, table.c[name].type) for name, v in columns.items()))
-        upsert = self.insert(table).from_select([*KEY_COLUMNS, *columns], rows.select_from(source.join(bump, true())))
-        written = self._on_conflict(upsert, table, merge).cte("rs_fold_written")
-        audited = (self.insert(tables.audit).from_select(list(audit), select(*audit.values()).select_from(bump))
-                   .returning(tables.audit.c.id).cte("rs_fold_audited"))
-        count = select(func.count()).select_from(written).scalar_subquery()
-        told = func.pg_notify(bindparam("revstore_channel", type_=Text), cast(bump.c.version, Text))
-        stmt = select(bump.c.version, bump.c.now, count, case((count > 0, told), else_=None),
-                      select(func.count()).select_from(audited).scalar_subquery()).select_from(bump)
-        compiled = stmt.compile(dialect=conn.dialect)
-        return str(compiled), dict(compiled.params)
+        params = {**defaults, **write.params, **key_params(keys, in_order=write.covered is None),
+                  "revstore_channel": channel}
+        row = conn.exec_driver_sql(sql, params).one()
+        version, now, changed = row[0], row[1], int(row[2] or 0)
+        written = int(row[5]) if write.covered is not None else len(keys)
+        return version, None if now is None else self.as_datetime(now), changed, written
 
     def delete_expired(self, conn: Connection, table: Table, expired: Callable[[Any], ColumnElement[bool]],
                        batch: int) -> list[int]:
