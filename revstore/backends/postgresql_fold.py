@@ -65,9 +65,15 @@ def compile_fold(backend: SqlBackend, conn: Connection, tables: Tables, write: F
         ids = func.json_array_elements_text(cast(bindparam("revstore_ids", type_=Text), postgresql.JSON))
         ids = ids.table_valued(column("value", Text), with_ordinality="ord").render_derived()
         row = table.alias("rs_fold_row")
-        stored = exists().where(row.c.kind == "task", row.c.header == "", row.c.value == ids.c.value,
-                                write.covered(row.c, func.now()))
-        left = select(ids.c.value, ids.c.ord).where(~stored).cte("rs_fold_todo")
+        # a lateral lookup with LIMIT, one primary-key probe per id: as NOT EXISTS the planner
+        # hash-joined every row meeting the expiry condition (a whole bulk revoke's, written
+        # a minute before with the default expiry: 0.4 s per write-through at 500,000 rows)
+        hit = (select(literal(1).label("hit"))
+               .where(row.c.kind == "task", row.c.header == "", row.c.value == ids.c.value,
+                      write.covered(row.c, func.now()))
+               .limit(1).lateral("rs_fold_hit"))
+        left = (select(ids.c.value, ids.c.ord).select_from(ids.outerjoin(hit, true()))
+                .where(hit.c.hit.is_(None)).cte("rs_fold_todo"))
         source = select(literal("task", Text).label("kind"), literal("", Text).label("header"), left.c.value,
                         cast(null(), Text).label("header_full"), cast(null(), Text).label("value_full")).subquery()
     bump = update(clock).where(clock.c.id == 1)
