@@ -5,12 +5,19 @@ broker) on the local PostgreSQL, stock and revstore in the same run, so a
 ratio compares like with like on whatever else the machine is doing.  Each
 run works in its own PostgreSQL schema and its own queue names on Redis
 databases 9 and 8 (the tests use 5, 6 and 10-15), so it can run beside the test suite.
+
+Stock workers run with Celery's cap on the revoked set lifted
+(``CELERY_WORKER_REVOKES_MAX=0``): at the default cap (50,000) a stock worker
+forgets all but the newest 50,000 revocations, so it would be doing less
+than revstore, which holds every one.  Where the cap changes the figure
+(start-up, memory) stock at the default cap is measured too.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import os
 import pickle
 import shelve
@@ -37,9 +44,12 @@ from revstore.store import RevocationStore
 ROOT = Path(__file__).resolve().parent.parent
 PG_URL = os.environ.get("REVSTORE_BENCH_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 REDIS_BASE = os.environ.get("REVSTORE_BENCH_REDIS", "redis://127.0.0.1:6379")
-BROKER = f"{REDIS_BASE}/9"
-BACKEND = f"{REDIS_BASE}/8"
+BROKER = os.environ.get("REVSTORE_BENCH_BROKER", f"{REDIS_BASE}/9")
+#: a run beside others that use database 8 can move it (every key carries the run's id either way)
+BACKEND = os.environ.get("REVSTORE_BENCH_BACKEND", f"{REDIS_BASE}/8")
 MILLION = 1_000_000
+#: Celery's default cap on a worker's revoked set (``CELERY_WORKER_REVOKES_MAX`` unset)
+STOCK_REVOKES_MAX = 50_000
 #: rows per transaction when seeding (setup, not measured)
 SEED_BATCH = 50_000
 
@@ -62,25 +72,59 @@ class Figure:
     #: the target was met (None: no target)
     met: bool | None = None
     note: str = ""
+    #: each round's revstore / stock, when the figure is rounds that took turns: the ratio is
+    #: their median (a ratio of medians can pair one round's stock with another's revstore)
+    rounds: list[float] | None = None
+    #: what the "stock" column holds when it is not stock Celery (e.g. "revstore, no name rules")
+    baseline: str = ""
+    #: the id pages quote the figure by, when it must outlive a change of wording (default: from the name)
+    key: str = ""
 
     @property
     def ratio(self) -> float | None:
-        """revstore / stock; whether higher is better depends on the unit."""
+        """revstore / stock (the median of the rounds' ratios); whether higher is better depends on the unit."""
+        if self.rounds:
+            return statistics.median(self.rounds)
         if self.stock is None or self.stock <= 0 or self.value < 0:
             return None  # a difference within the noise has no meaningful ratio
         return self.value / self.stock
 
     def cells(self) -> list[str]:
         met = "" if self.met is None else ("met" if self.met else "**missed**")
-        ratio = "" if self.ratio is None else f"{self.ratio:.2f}"
         stock = "—" if self.stock is None else fmt(self.stock, self.unit)
-        return [self.name, fmt(self.value, self.unit), stock, ratio, self.target, met]
+        if self.baseline:
+            stock += f" ({self.baseline})"
+        return [self.name, fmt(self.value, self.unit), stock, ratio_text(self.ratio, self.rounds), self.target, met]
+
+
+def ratio_text(ratio: float | None, rounds: Sequence[float] | None) -> str:
+    """``0.99 (0.97–1.01, 5 rounds)``: a median of rounds shows how far apart the rounds were."""
+    if ratio is None:
+        return ""
+    if not rounds or len(rounds) < 2:
+        return f"{ratio:.2f}"
+    return f"{ratio:.2f} ({min(rounds):.2f}–{max(rounds):.2f}, {len(rounds)} rounds)"
+
+
+def turns(count: int, kinds: Sequence[str]) -> list[tuple[str, ...]]:
+    """The order of ``kinds`` in each of ``count`` rounds, so each kind goes first, last and between equally.
+
+    Rounds that take turns this way see a machine whose load drifts (a
+    warming page cache, a neighbour's job) alike; always running stock first
+    would hand it every first-in-round penalty.
+    """
+    orders = list(itertools.permutations(kinds))
+    # a permutation and its reverse in turn: over any two rounds each kind's mean position is the same
+    paired = [order for pair in zip(orders[: len(orders) // 2], reversed(orders)) for order in pair]
+    return [paired[i % len(paired)] for i in range(count)]
 
 
 def fmt(value: float, unit: str) -> str:
     """A number as people read it: thousands separated, sensible decimals."""
     if unit in ("ids/s", "rows/s", "tasks/s", "rows", "B/id", "conns", "errors"):
         text_ = f"{value:,.0f}"
+    elif unit == "µs":
+        text_ = f"{value:,.2f}" if value < 10 else f"{value:,.0f}"
     elif unit == "MiB":
         text_ = f"{value:,.1f}"
     elif unit == "ms":
@@ -212,17 +256,28 @@ class Worker(WorkerProcess):
 
     def __init__(self, name: str, queue: str, logdir: Path, store: RevocationStore | None = None,
                  statedb: Path | None = None, concurrency: int = 2, mingle: bool = False,
-                 env: dict[str, str] | None = None) -> None:
-        """``store`` None: stock Celery (revstore's step stays inert); ``statedb``: stock ``--statedb``."""
+                 env: dict[str, str] | None = None, revokes_max: int = 0, cpus: str | None = None) -> None:
+        """``store`` None: stock Celery (revstore's step stays inert); ``statedb``: stock ``--statedb``.
+
+        ``revokes_max`` is Celery's cap on its revoked set (``CELERY_WORKER_REVOKES_MAX``):
+        0, no cap, by default, since stock at its default cap (``STOCK_REVOKES_MAX``) keeps
+        only 50,000 ids and so cannot hold what revstore holds; the start-up and memory
+        benchmarks also start stock at the default cap, to show what lifting it costs.
+        ``cpus`` pins the whole worker (main process and pool) with ``taskset -c``.
+        """
         super().__init__("bench.benchapp", f"{name}@bench", queue, logdir / f"{name}.log", {}, ROOT,
                          concurrency=concurrency, mingle=mingle, heartbeat=False,
                          args=["--statedb", str(statedb)] if statedb is not None else [])
         self.name, self.store, self.extra_env = name, store, env or {}
+        self.revokes_max, self.cpus = revokes_max, cpus
+
+    def command(self) -> list[str]:
+        return (["taskset", "-c", self.cpus] if self.cpus else []) + super().command()
 
     def environment(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k not in ENV.values()}
         env.update(PYTHONPATH=str(ROOT), BENCH_BROKER=BROKER, BENCH_BACKEND=BACKEND, BENCH_QUEUE=self.queue,
-                   BENCH_NAME=self.name, CELERY_WORKER_REVOKES_MAX="0")
+                   BENCH_NAME=self.name, CELERY_WORKER_REVOKES_MAX=str(self.revokes_max))
         if self.store is not None:
             env["REVSTORE_URL"] = self.store.url.render_as_string(hide_password=False)
             if self.store.tables.schema:
@@ -244,6 +299,50 @@ class Worker(WorkerProcess):
         assert self.proc is not None
         fields = dict(line.split(":", 1) for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines())
         return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+
+    def cpu_seconds(self) -> float:
+        """CPU time of the whole worker so far (main process and pool children), to the nanosecond."""
+        assert self.proc is not None
+        return sum(cpu_seconds(pid) for pid in process_tree(self.proc.pid))
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants, from ``/proc/PID/task/TID/children``."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        for task in Path(f"/proc/{current}/task").glob("*"):
+            try:
+                todo += [int(child) for child in (task / "children").read_text().split()]
+            except OSError:
+                continue
+    return found
+
+
+def cpu_seconds(pid: int) -> float:
+    """Time ``pid`` (all its threads) spent on a CPU; 0 once it is gone.
+
+    ``/proc/PID/schedstat`` counts nanoseconds; ``/proc/PID/stat`` rounds to
+    clock ticks (10 ms), coarser than the differences measured here.
+    """
+    try:
+        return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def bench_cpus(needed: int) -> str | None:
+    """CPUs to pin a measured worker to, leaving CPU 0 to the benchmark and the services; None on a small machine.
+
+    Pinning keeps a worker's processes on the same cores in every round (no
+    migrations, warm caches); on fewer than ``needed`` + 1 CPUs there is
+    nothing to set apart, and the workers float like everything else.
+    """
+    available = sorted(os.sched_getaffinity(0))
+    if len(available) < needed + 1:
+        return None
+    return ",".join(str(cpu) for cpu in available[-needed:])
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str, *workers: Worker, interval: float = 0.01) -> Any:

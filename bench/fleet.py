@@ -1,8 +1,8 @@
 """Fleet: hundreds of workers' syncs on one PostgreSQL, directly and through PgBouncer.
 
 N simulated workers (``bench.fleetsim``: revstore's real ``RevocationSync``
-and store, each with its own connection and its own broker consumer, in a
-few processes) run against PostgreSQL directly and through a PgBouncer in
+and store, each with its own connection and its own broker connection and
+consumer, in processes of ``PER_PROCESS``) run against PostgreSQL directly and through a PgBouncer in
 transaction mode that this benchmark starts itself (``bench.pgbouncer``).
 For each N it measures the PostgreSQL server connections they hold, the
 database errors they log, how fast a table-only revocation reaches all of
@@ -31,7 +31,7 @@ from typing import Any
 from celery import Celery
 from sqlalchemy import create_engine, text
 
-from bench.common import BROKER, PG_URL, Figure, fresh_store, log, main, percentile, seed
+from bench.common import BROKER, PG_URL, Figure, fresh_store, log, main, median, percentile, seed
 from bench.fleetsim import PROBE_PREFIX, WAKE_PREFIX, Spec, serve
 from bench.pgbouncer import PgBouncer
 from revstore.config import DEFAULT_SYNC_INTERVAL
@@ -40,8 +40,8 @@ NAME = "fleet"
 TITLE = "Fleet: N workers' syncs, PostgreSQL direct and through PgBouncer"
 SIZES = (100, 500)
 QUICK_SIZES = (10,)
-#: simulated workers per process
-PER_PROCESS = 50
+#: simulated workers per process: 20 processes at N=500, so a fanout wakes 20 interpreters, not 10
+PER_PROCESS = 25
 POOL_SIZE = 20
 HEADROOM = 20
 POLL = DEFAULT_SYNC_INTERVAL
@@ -50,6 +50,8 @@ RESTART_STORED = 100_000
 RESTART_IDS = 10_000_000
 TARGET_SERVER_CONNS = 20
 TARGET_BROKER_P99 = 1.0
+#: the longest a broker wake-up probe waits for the previous one to reach every worker
+BROKER_SETTLE = 15.0
 TARGET_POLL_P99 = POLL + 1.0
 APP_PREFIX = "revstore-fleet"
 
@@ -79,13 +81,22 @@ BOUNDS = """\
   is the same if PostgreSQL keeps up with N / interval polls per second (the
   idle CPU figure gives its cost); a longer interval trades latency for it.
 - **Fleet: propagation by broker wake-up.** Redis delivers the
-  `revstore_sync` broadcast to every worker's pidbox consumer (the
-  "delivered" figure), then all N pull at once: through 20 pooled
-  connections, and here on the simulation's 2 shared cores, which bound the
-  tail.  At 10,000 workers the fanout itself is still one publish, and the
-  burst of 10,000 pulls costs PostgreSQL 10,000 times the CPU of one pull
-  (the note gives it): a second or more, so a very large fleet wants the
-  poll as its primary path and the broadcast for urgent revokes.
+  `revstore_sync` broadcast to every worker's pidbox consumer, each on its
+  own broker connection as real workers are (the "of which delivery" rows:
+  commit to the worker's handler), then all N pull at once: through 20
+  pooled connections, and here on the simulation's 2 shared cores, where
+  the N pulls (some 2 ms of Python each, plus PostgreSQL's part) run beside
+  the handlers still being reached, so delivery and pulls slow each other;
+  real workers each pull on their own CPU.  "Delivery alone" is the same
+  fanout with handlers that pull nothing: the broker's own reach, and
+  "database CPU per broker wake-up" the database's part of the N pulls:
+  with both, what a fleet whose workers each have a CPU would see.  Each
+  probe is sent once the previous one reached every worker, so no probe
+  waits behind another's burst.  At 10,000 workers the fanout itself is
+  still one publish, and the burst of 10,000 pulls costs PostgreSQL 10,000
+  times the CPU of one pull (the note gives it): a second or more, so a
+  very large fleet wants the poll as its primary path and the broadcast for
+  urgent revokes.
 - **Fleet: PostgreSQL CPU.** Idle, each poll is a few statements (pool
   pre-ping, the clock row, the indexed `version > marker` probe), so the
   cost grows with N / poll interval; at 10 revokes/s each poll also returns
@@ -138,9 +149,14 @@ class Result:
     broker_all: list[float] = field(default_factory=list)
     #: commit to each worker's wake-up handler (the broadcast's delivery)
     delivered: list[float] = field(default_factory=list)
+    #: send to each worker's wake-up handler of a broadcast that starts no pull: the broker alone
+    delivery_only: list[float] = field(default_factory=list)
     cpu_idle: float = 0.0
     cpu_load: float = 0.0
     bouncer_cpu_load: float | None = None
+    #: PostgreSQL CPU seconds of each broker wake-up's burst of N pulls (less idle polling), and PgBouncer's
+    burst_cpu: list[float] = field(default_factory=list)
+    bouncer_burst_cpu: list[float] = field(default_factory=list)
     restart_stored: int = 0
     restart_seconds: float | None = None
     restart_conns: int = 0
@@ -275,24 +291,40 @@ def probe(store: Any, written: dict[str, float], wake: Celery | None) -> None:
         wake.control.broadcast("revstore_sync", arguments={"probe": value})
 
 
+def gather(fleet: Fleet, collected: dict[str, list[float]]) -> None:
+    """Add what the fleet saw since the last call (probes held, wake-ups handled) to ``collected``."""
+    for value, times in fleet.seen().items():
+        collected.setdefault(value, []).extend(times)
+
+
+def wait_held(fleet: Fleet, value: str, n: int, timeout: float, collected: dict[str, list[float]]) -> None:
+    """Until all ``n`` workers hold the probe ``value`` (or ``timeout``), gathering into ``collected``."""
+    deadline = time.monotonic() + timeout
+    while len(collected.get(value, [])) < n and time.monotonic() < deadline:
+        time.sleep(0.2)
+        gather(fleet, collected)
+
+
 def latencies(fleet: Fleet, written: dict[str, float], n: int, timeout: float,
-              wakes: list[float] | None = None) -> tuple[list[float], list[float]]:
+              wakes: list[float] | None = None,
+              collected: dict[str, list[float]] | None = None) -> tuple[list[float], list[float]]:
     """Seconds from commit to held: per (probe, worker), and per probe for all ``n`` workers.
 
-    ``wakes`` receives the seconds from commit to each worker's wake-up handler.
+    ``wakes`` receives the seconds from commit to each worker's wake-up
+    handler; ``collected`` is what ``gather`` already took from the fleet.
     """
     deadline = time.monotonic() + timeout
-    collected: dict[str, list[float]] = {}
+    collected = {} if collected is None else collected
     while True:
-        for value, times in fleet.seen().items():
-            if value.startswith(WAKE_PREFIX):
-                if wakes is not None and value[len(WAKE_PREFIX):] in written:
-                    wakes.extend(t - written[value[len(WAKE_PREFIX):]] for t in times)
-                continue
-            collected.setdefault(value, []).extend(times)
+        gather(fleet, collected)
         if all(len(collected.get(v, [])) >= n for v in written) or time.monotonic() > deadline:
             break
         time.sleep(0.5)
+    for value, times in list(collected.items()):
+        if value.startswith(WAKE_PREFIX):
+            if wakes is not None and value[len(WAKE_PREFIX):] in written:
+                wakes.extend(t - written[value[len(WAKE_PREFIX):]] for t in times)
+            del collected[value]
     per_worker = [t - written[v] for v, times in collected.items() if v in written for t in times]
     missing = sum(max(0, n - len(collected.get(v, []))) for v in written)
     if missing:
@@ -339,14 +371,26 @@ def run_fleet(mode: str, n: int, phases: Phases, url: str, bouncer_pid: int | No
             result.poll, result.poll_all = latencies(fleet, written, result.started, POLL * 2 + 20)
             log(f"fleet {mode} N={n}: polling p99 {percentile(result.poll, 99):.2f}s")
 
-            written = {}
+            # each wake-up waits until the last one reached every worker: all N pull at once, which on
+            # this machine's 2 cores takes what a fleet's N machines would not, and probes sent into that
+            # backlog would measure the simulation's queue
+            written, collected = {}, {}
             for _ in range(phases.broker_probes):
+                before, began = dict(sampler.cpu), time.monotonic()
                 probe(store, written, wake)
+                wait_held(fleet, list(written)[-1], result.started, BROKER_SETTLE, collected)
+                idle = result.cpu_idle / 60 * (time.monotonic() - began)  # the polls that ran meanwhile
+                result.burst_cpu.append(max(0.0, sampler.cpu_since(before) - idle))
+                if bouncer_pid:
+                    result.bouncer_burst_cpu.append(sampler.cpu_since(before, [bouncer_pid]))
                 time.sleep(random.uniform(0.7, 1.3))
             result.broker, result.broker_all = latencies(fleet, written, result.started, POLL * 2 + 20,
-                                                         result.delivered)
+                                                         result.delivered, collected)
             log(f"fleet {mode} N={n}: broker wake-up p99 {percentile(result.broker, 99):.2f}s, "
                 f"delivered p99 {percentile(result.delivered or [0.0], 99):.2f}s")
+
+            result.delivery_only = delivery_alone(fleet, wake, phases.broker_probes, result.started)
+            log(f"fleet {mode} N={n}: broker delivery alone p99 {percentile(result.delivery_only or [0.0], 99):.2f}s")
 
             writer = threading.Thread(target=_revoke_at, args=(store, 10.0, phases.load_seconds + 1), daemon=True)
             writer.start()
@@ -379,6 +423,24 @@ def run_fleet(mode: str, n: int, phases: Phases, url: str, bouncer_pid: int | No
             sampler.close()
             wake.close()
     return result
+
+
+def delivery_alone(fleet: Fleet, wake: Celery, probes: int, n: int) -> list[float]:
+    """Seconds from send to each worker's wake-up handler, for broadcasts whose handlers start no pull.
+
+    The same ``revstore_sync`` fanout through the same connections, with
+    nothing else to do: what the broker takes to reach every worker when the
+    simulation's 2 cores are not also running N pulls.
+    """
+    sent: dict[str, float] = {}
+    collected: dict[str, list[float]] = {}
+    for _ in range(probes):
+        value = f"{PROBE_PREFIX}alone-{uuid.uuid4().hex[:10]}"
+        sent[value] = time.time()
+        wake.control.broadcast("revstore_sync", arguments={"probe": value, "pull": False})
+        wait_held(fleet, WAKE_PREFIX + value, n, BROKER_SETTLE, collected)
+        time.sleep(random.uniform(0.3, 0.6))
+    return [t - sent[value] for value in sent for t in collected.get(WAKE_PREFIX + value, [])]
 
 
 def _revoke_at(store: Any, rate: float, seconds: float) -> None:
@@ -442,9 +504,30 @@ def figures_for(results: list[Result]) -> list[Figure]:
                                   note=f"slowest probe to all {r.started}: {max(all_n):.2f} s ({len(all_n)} probes); "
                                        + meaning))
             if label == "broker wake-up" and r.delivered:
-                figures.append(Figure(NAME, f"{where}: commit to wake-up broadcast delivered, p99",
-                                      percentile(r.delivered, 99), "s",
-                                      note=f"p50 {percentile(r.delivered, 50):.2f} s: the broker's part of the above"))
+                for pct in (50, 99):
+                    figures.append(Figure(
+                        NAME, f"{where}: broker wake-up, of which delivery (commit to handler), p{pct}",
+                        percentile(r.delivered, pct), "s",
+                        note="" if pct == 50 else
+                        f"the broker's part of the p99 above: the broadcast from the revoking client through "
+                        f"Redis to each of the {r.started} workers' own connection and its wake-up handler; "
+                        "the rest is the pull from PostgreSQL"))
+            if label == "broker wake-up" and r.burst_cpu:
+                burst = median(r.burst_cpu)
+                bouncer = (f"; PgBouncer {median(r.bouncer_burst_cpu):.2f} s on its one core"
+                           if r.bouncer_burst_cpu else "")
+                figures.append(Figure(
+                    NAME, f"{where}: database CPU per broker wake-up (all {r.started} pull)", burst, "s",
+                    note=f"PostgreSQL's backends, median of {len(r.burst_cpu)} wake-ups, idle polling taken "
+                         f"out{bouncer}: the part of the burst the database serves, at least {burst / 2:.2f} s "
+                         "on its 2 cores; the rest of the whole is delivery and the simulated workers' own "
+                         "pulls, all N on the same 2 shared cores, where real workers have a CPU each"))
+            if label == "broker wake-up" and r.delivery_only:
+                figures.append(Figure(
+                    NAME, f"{where}: broker delivery alone (broadcast to handler, no pulls), p99",
+                    percentile(r.delivery_only, 99), "s",
+                    note=f"p50 {percentile(r.delivery_only, 50):.2f} s; the same fanout with handlers that pull "
+                         "nothing: the broker's reach when these 2 cores are not also running every worker's pull"))
         figures.append(Figure(NAME, f"{where}: PostgreSQL CPU idle", r.cpu_idle, "s/min",
                               note=f"{poll_ms:.2f} ms per poll: 10,000 workers polling every {POLL:.0f} s would "
                                    f"keep {10_000 / POLL * poll_ms / 1000:.1f} cores busy"))

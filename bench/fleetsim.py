@@ -3,9 +3,12 @@
 Each simulated worker is what a worker's revstore step runs: a
 :class:`RevocationStore` with its own connection, a :class:`RevocationSync`
 thread polling it, and a broker consumer on the app's control exchange that
-answers ``revstore_sync`` as the worker's control handler does.  Without
-Celery's consumer, pool and event loop, a few hundred fit in a handful of
-processes on 2 cores.  The "loop thread" work (applying fetched rows to
+answers ``revstore_sync`` as the worker's control handler does.  Like a real
+worker, each has its own broker connection, drained by its own thread: packed
+onto one connection behind one poller, a fanout reached the workers one after
+the other, and the wake-up figure measured that queue, not revstore or the
+broker.  Without Celery's consumer, pool and event loop, a few hundred fit in
+a couple of dozen processes on 2 cores.  The "loop thread" work (applying fetched rows to
 memory) runs at once on the sync thread, into the worker's own in-memory
 set, and the time each probe revocation lands there is recorded.
 
@@ -103,12 +106,16 @@ class SimWorker:
         self.sync = sync
         return loaded
 
-    def wake(self, state: Any = None, probe: str | None = None, **kwargs: Any) -> dict[str, str]:
-        """The ``revstore_sync`` control command (the benchmark adds the probe it follows, to time delivery)."""
-        if self.sync is not None:
-            self.sync.request_sync()
+    def wake(self, state: Any = None, probe: str | None = None, pull: bool = True, **kwargs: Any) -> dict[str, str]:
+        """The ``revstore_sync`` control command.
+
+        The benchmark adds the probe it follows, to time delivery, and
+        ``pull=False`` to time the broker alone (the handler then does nothing).
+        """
         if probe is not None:
             self.seen.append((WAKE_PREFIX + probe, time.time()))
+        if pull and self.sync is not None:
+            self.sync.request_sync()
         return {"ok": "sync requested"}
 
     def stop(self) -> None:
@@ -118,34 +125,48 @@ class SimWorker:
             self.sync = None
 
 
-class Broker:
-    """One broker connection per process; each worker its own channel and pidbox consumer."""
+#: seconds a mailbox thread blocks on its connection before it checks whether to stop
+DRAIN_TIMEOUT = 2.0
 
-    def __init__(self, spec: Spec, workers: list[SimWorker]) -> None:
-        self.app = Celery("fleet-sim", broker=spec.broker, set_as_current=False)
-        self.app.conf.control_exchange = spec.exchange
-        self.conn = self.app.connection_for_read()
+
+class Mailbox:
+    """One simulated worker's broker side: its own connection, pidbox consumer and draining thread."""
+
+    def __init__(self, app: Celery, worker: SimWorker, stop: threading.Event) -> None:
+        self.conn = app.connection_for_read()
         self.conn.ensure_connection(max_retries=3)
-        self.consumers = []
-        for w in workers:
-            channel = self.conn.channel()
-            node = self.app.control.mailbox.Node(w.hostname, handlers={"revstore_sync": w.wake}, channel=channel)
-            self.consumers.append(node.listen(channel=channel))
-        self._stop = threading.Event()
-        self.thread = threading.Thread(target=self._drain, name="fleet-broker", daemon=True)
+        channel = self.conn.channel()
+        node = app.control.mailbox.Node(worker.hostname, handlers={"revstore_sync": worker.wake}, channel=channel)
+        self.consumer = node.listen(channel=channel)
+        self._stop = stop
+        self.thread = threading.Thread(target=self._drain, name=f"mailbox-{worker.hostname}", daemon=True)
         self.thread.start()
 
     def _drain(self) -> None:
         while not self._stop.is_set():
             try:
-                self.conn.drain_events(timeout=0.5)
+                self.conn.drain_events(timeout=DRAIN_TIMEOUT)
             except socket.timeout:
                 pass
 
     def close(self) -> None:
-        self._stop.set()
-        self.thread.join(5)
+        self.thread.join(DRAIN_TIMEOUT + 3)
         self.conn.release()
+
+
+class Broker:
+    """Every simulated worker of a process with its own broker connection (:class:`Mailbox`)."""
+
+    def __init__(self, spec: Spec, workers: list[SimWorker]) -> None:
+        self.app = Celery("fleet-sim", broker=spec.broker, set_as_current=False)
+        self.app.conf.control_exchange = spec.exchange
+        self._stop = threading.Event()
+        self.mailboxes = _parallel([lambda w=w: Mailbox(self.app, w, self._stop) for w in workers])
+
+    def close(self) -> None:
+        self._stop.set()  # every thread at once: each takes up to DRAIN_TIMEOUT to notice
+        for mailbox in self.mailboxes:
+            mailbox.close()
 
 
 def _parallel(fns: list[Any]) -> list[Any]:
@@ -176,8 +197,9 @@ def serve(pipe: Connection, spec: Spec, hostnames: list[str]) -> None:
             broker = Broker(spec, workers)
             pipe.send({"started": sum(t is not None for t in loaded), "errors": dict(errors)})
         elif command == "collect":
-            pipe.send({"seen": list(seen), "errors": dict(errors)})
-            seen.clear()
+            taken = seen[:]
+            del seen[:len(taken)]  # not clear(): a thread may have appended since the copy
+            pipe.send({"seen": taken, "errors": dict(errors)})
         elif command == "restart":
             # every worker stops and starts again at once; the table now holds
             # the fleet's stored revocations.  Loaded memory is dropped at once:

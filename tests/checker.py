@@ -26,7 +26,7 @@ Everything ambiguous is left out rather than guessed: the checker must never
 flag a race stock Celery allows (a task that started before the revoke
 settled, a broadcast heard by nobody, a revoke and a restore within the
 database clock's margin of each other, a killed worker's message lost after
-its ack).  Times are ``time.time()`` on this host, where the workers and the
+its ack, a message published while its worker was being killed).  Times are ``time.time()`` on this host, where the workers and the
 database run too.
 """
 
@@ -61,6 +61,10 @@ CLOCK_MARGIN = 1.0
 #: was starting (or a solo worker busy with a task) after it: such a restore is not
 #: taken as the last word.
 STOCK_LATE = 30.0
+#: A message published this soon after its consumer's SIGKILL completed may still go to the
+#: dead consumer: on Redis, a blocking pop the server has not yet seen closed takes it and
+#: it is lost, as it is with stock Celery.  Such a send is not judged.
+DEAD_CONSUMER = 1.0
 #: revstore's sync backoff tops out at 30 s; after an outage of L seconds the next
 #: retry comes within about 2 L.
 BACKOFF_MAX = 30.0
@@ -121,12 +125,14 @@ class Fault:
 
 @dataclass
 class Life:
-    """One run of a worker process: launched, ready (None until it is), SIGKILLed (None while it lives)."""
+    """One run of a worker process: launched, ready (None until it is), SIGKILLed (None while it
+    lives: ``down`` when the kill began, ``gone`` once the process was reaped)."""
 
     worker: str
     launched: float
     ready: float | None = None
     down: float | None = None
+    gone: float | None = None
 
 
 @dataclass
@@ -173,11 +179,11 @@ class History:
                 if life.worker == worker and life.ready is None:
                     life.ready = at
 
-    def killed(self, worker: str, at: float) -> None:
+    def killed(self, worker: str, at: float, gone: float | None = None) -> None:
         with self._lock:
             for life in self.lives:
                 if life.worker == worker and life.down is None:
-                    life.down = at
+                    life.down, life.gone = at, gone if gone is not None else at
 
     def read_runs(self, path: Path) -> None:
         lines = path.read_text().splitlines() if path.exists() else []
@@ -340,8 +346,10 @@ class Judge:
         return False
 
     def must_run(self, send: Send, eta_ids: set[str]) -> bool:
-        """The send's id is certainly not revoked from the send on, and its worker was never killed after it."""
-        if any(life.worker == send.worker and life.down is not None and life.down >= send.start
+        """The send's id is certainly not revoked from the send on, and its worker was never killed after
+        it (nor just before it: see DEAD_CONSUMER)."""
+        if any(life.worker == send.worker and life.down is not None
+               and max(life.down, life.gone or life.down) + DEAD_CONSUMER >= send.start
                for life in self.h.lives):
             return False
         return all(op.kind == "restore" or self.lifted(op, send.start, eta_ids) for op in self.by_id[send.id])
@@ -369,6 +377,20 @@ class Judge:
                 found.append(f"MEMORY LACKS THE TABLE: {worker} misses {len(missing)} live revocations, "
                              f"e.g. {sorted(missing)[:5]}")
         return found
+
+    def explain(self, task_id: str) -> list[str]:
+        """What the history holds about one id, for a violation's report: a CI run's
+        history file is gone by the time anyone reads the log."""
+        lines = [f"  {op.kind} {op.path} {op.start:.3f}-{op.end:.3f} ok={op.ok} expires={op.expires} "
+                 f"broadcast={op.broadcast}{' error=' + op.error if op.error else ''}" for op in self.by_id[task_id]]
+        lines += [f"  send seq {s.seq} to {s.worker} {s.start:.3f} countdown {s.countdown:.1f}"
+                  for s in self.h.sends if s.id == task_id]
+        lines += [f"  ran seq {r.seq} on {r.host} at {r.t:.3f}" for r in self.h.runs if r.id == task_id]
+        workers = {s.worker for s in self.h.sends if s.id == task_id}
+        lines += [f"  life {life.worker}: launched {life.launched:.3f} ready {life.ready} down {life.down} gone {life.gone}"
+                  for life in self.h.lives if life.worker in workers]
+        lines += [f"  fault {f.kind} {f.start:.3f}-{f.end:.3f} {f.worker or ''}" for f in self.faults]
+        return lines
 
     def restored_ids(self) -> list[str]:
         """Ids whose last word is a settled restore: probes sent now must run on every worker."""

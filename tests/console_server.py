@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import socket
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import uvicorn
@@ -32,3 +34,13 @@ class ConsoleServer:
     def close(self) -> None:
         self.server.should_exit = True
         self.thread.join(10)
+
+
+@contextmanager
+def token_console(store: Any, token: str, **options: Any) -> Iterator[ConsoleServer]:
+    """A console that takes ``token`` (and the basic-auth login ops / pw-123), closed afterwards."""
+    server = ConsoleServer(store, Credentials(token=token, user="ops", password="pw-123"), **options)
+    try:
+        yield server
+    finally:
+        server.close()

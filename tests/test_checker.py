@@ -125,7 +125,7 @@ class Driver:
         """SIGKILL: the wall time for the history, the monotonic time for await_redelivery."""
         at, mono = time.time(), time.monotonic()
         worker.kill()
-        self.h.killed(worker.name, at)
+        self.h.killed(worker.name, at, time.time())
         return at, mono
 
     def up_since(self, worker: Worker) -> float:
@@ -412,7 +412,22 @@ def test_random_operations_and_faults_keep_the_promise(cluster_factory, celery_a
         for log in cluster.tmp.glob("*.log"):
             shutil.copy(log, logs)
         pytest.fail(f"CHECKER_SEED={seed} CHECKER_FAULTS={','.join(FAULTS)}: {len(found)} violations "
-                    f"(history: {path}; worker logs: {logs})\n{first(found, 30)}", pytrace=False)
+                    f"(history: {path}; worker logs: {logs})\n{first(found, 30)}\n"
+                    f"{explain(judge, found[:3], cluster.tmp)}", pytrace=False)
+
+
+def explain(judge: Judge, found: list[str], logs: Path) -> str:
+    """The history and the worker log lines of the first violations' ids: CI keeps only its output."""
+    parts = []
+    for line in found:
+        task_id = next((word for word in line.split() if judge.by_id.get(word) is not None
+                        or any(s.id == word for s in judge.h.sends)), None)
+        if task_id is None:
+            continue
+        logged = [f"  {log.stem}: {text.strip()[:300]}" for log in sorted(logs.glob("*.log"))
+                  for text in log.read_text(errors="replace").splitlines() if task_id in text]
+        parts.append("\n".join([f"{task_id}:", *judge.explain(task_id), *logged[-40:]]))
+    return "\n".join(parts)
 
 
 def test_fault_kinds_are_known() -> None:
@@ -449,16 +464,26 @@ def test_the_judge_flags_what_breaks_the_promise_and_spares_what_stock_allows() 
     ]):
         h.sends.append(Send(task_id, seq, worker, at - 0.5, at - 0.5))
         h.runs.append(Run(task_id, seq, worker, at))
-    h.add(Send("restored", 100, "b", 30.0, 30.0))  # restored and settled: must run, never did
+    h.add(Send("restored", 100, "b", 31.0, 31.0))  # restored and settled: must run, never did
     h.add(Send("fresh", 101, "b", 45.0, 45.0))  # never revoked: must run, did
     h.runs.append(Run("fresh", 101, "b", 45.1))
     h.add(Send("fresh", 102, "a", 45.0, 45.0))
     h.killed("a", 46.0)  # killed after the send: its message may be lost, not judged
+    h.launched("a", 50.0)
+    h.ready("a", 52.0)
+    h.add(Send("fresh", 103, "a", 60.5, 60.5))  # a blink after the kill was reaped: may go to the dead consumer
+    h.add(Send("fresh", 104, "a", 61.5, 61.5))  # after it: must run, never did
+    h.killed("a", 60.0, 60.1)
     h.memory_missing = {"a": ["settled"]}
 
     found = Judge(h).violations()
     ran = sorted(line.split()[3:6:2] for line in found if line.startswith("REVOKED TASK RAN"))
     assert ran == [["after-kill", "6"], ["expiring", "4"], ["restored", "2"], ["settled", "1"]], found
     assert [line for line in found if "NEVER RAN" in line] == [
-        "NOT REVOKED BUT NEVER RAN: send restored seq 100 to b at 30.000 (countdown 0.0s)"], found
+        "NOT REVOKED BUT NEVER RAN: send restored seq 100 to b at 31.000 (countdown 0.0s)",
+        "NOT REVOKED BUT NEVER RAN: send fresh seq 104 to a at 61.500 (countdown 0.0s)"], found
     assert sum("MEMORY LACKS THE TABLE: a misses 1" in line for line in found) == 1
+    report = explain(Judge(h), [line for line in found if "NEVER RAN" in line], Path("/nonexistent"))
+    assert report.splitlines()[:4] == ["restored:", "  revoke api 10.000-10.100 ok=True expires=None broadcast=True",
+                                       "  restore api 20.000-20.100 ok=True expires=None broadcast=False",
+                                       "  send seq 2 to a 14.500 countdown 0.0"], report

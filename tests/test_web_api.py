@@ -9,7 +9,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from console_server import ConsoleServer
+from console_server import ConsoleServer, token_console
 from revstore.web import Credentials
 from harness import csrf_of
 
@@ -19,9 +19,8 @@ BEARER = {"Authorization": f"Bearer {TOKEN}"}
 
 @pytest.fixture
 def console(pg_store):  # type: ignore[no-untyped-def]
-    server = ConsoleServer(pg_store, Credentials(token=TOKEN, user="ops", password="pw-123"))
-    yield server
-    server.close()
+    with token_console(pg_store, TOKEN) as server:
+        yield server
 
 
 def test_revoke_find_extend_restore_with_a_bearer_token(console, pg_store) -> None:

@@ -7,7 +7,7 @@ import re
 import httpx
 import pytest
 
-from console_server import ConsoleServer
+from console_server import token_console
 from revstore.errors import ConfigurationError
 from revstore.web import Credentials
 from revstore.web.auth import parse_tokens
@@ -18,9 +18,8 @@ TOKENS = "alice:tok-alice-1,bob:tok-bob-2"
 
 @pytest.fixture
 def console(pg_store):  # type: ignore[no-untyped-def]
-    server = ConsoleServer(pg_store, Credentials(token=TOKENS, user="ops", password="pw-123"))
-    yield server
-    server.close()
+    with token_console(pg_store, TOKENS) as server:
+        yield server
 
 
 def test_revoke_restore_revoke_each_under_its_actor(console, pg_store) -> None:

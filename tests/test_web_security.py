@@ -13,7 +13,7 @@ import re
 import httpx
 import pytest
 
-from console_server import ConsoleServer
+from console_server import ConsoleServer, token_console
 from harness import csrf_of
 from revstore.store import RevocationStore, Target
 from revstore.web import Credentials
@@ -29,9 +29,8 @@ def csrf_from_cookie(client: httpx.Client) -> str:
 
 @pytest.fixture
 def console(pg_store):  # type: ignore[no-untyped-def]
-    server = ConsoleServer(pg_store, Credentials(token=TOKEN, user="ops", password="pw-123"))
-    yield server
-    server.close()
+    with token_console(pg_store, TOKEN) as server:
+        yield server
 
 
 def logged_in(console: ConsoleServer) -> tuple[httpx.Client, str]:

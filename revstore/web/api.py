@@ -67,6 +67,22 @@ def _errors_as_json(handler: Handler) -> Handler:
     return wrapped
 
 
+WriteHandler = Callable[[Any, str, dict[str, Any]], Awaitable[Response]]
+
+
+def _write_endpoint(handler: WriteHandler) -> Handler:
+    """A write runs only for an authorized caller with a JSON object body (``Api._write`` says
+    which), and gets who writes and that body; its errors are JSON like every endpoint's."""
+    @functools.wraps(handler)
+    async def checked(self: Any, request: Request) -> Response:
+        allowed = await self._write(request)
+        if isinstance(allowed, Response):
+            return allowed
+        return await handler(self, *allowed)
+
+    return _errors_as_json(checked)
+
+
 class Api:
     """The endpoints, sharing the console's store, credentials, limiter and sessions."""
 
@@ -154,12 +170,8 @@ class Api:
         version, workers = await run_in_threadpool(fleet_status, console.store, console.celery_app)
         return reply({"version": version, "workers": workers})
 
-    @_errors_as_json
-    async def revoke(self, request: Request) -> Response:
-        checked = await self._write(request)
-        if isinstance(checked, Response):
-            return checked
-        user, body = checked
+    @_write_endpoint
+    async def revoke(self, user: str, body: dict[str, Any]) -> Response:
         ids = body.get("ids")
         if not (isinstance(ids, str) or (isinstance(ids, list) and all(isinstance(i, str) for i in ids))):
             raise InvalidInput('revstore: "ids" must be a list of strings (or one pasted string)')
@@ -171,22 +183,14 @@ class Api:
                               reason=_text(body, "reason")))
         return reply({"ok": True, "message": message})
 
-    @_errors_as_json
-    async def restore(self, request: Request) -> Response:
-        checked = await self._write(request)
-        if isinstance(checked, Response):
-            return checked
-        user, body = checked
+    @_write_endpoint
+    async def restore(self, user: str, body: dict[str, Any]) -> Response:
         target = actions.target_from(body)
         changed = await run_in_threadpool(actions.restore, self.console.store, self.console.celery_app, target, user)
         return reply({"ok": True, "restored": changed})
 
-    @_errors_as_json
-    async def extend(self, request: Request) -> Response:
-        checked = await self._write(request)
-        if isinstance(checked, Response):
-            return checked
-        user, body = checked
+    @_write_endpoint
+    async def extend(self, user: str, body: dict[str, Any]) -> Response:
         target = actions.target_from(body)
         await run_in_threadpool(actions.extend, self.console.store, target, _text(body, "expires"), user)
         row = await run_in_threadpool(self.console.store.get, target)

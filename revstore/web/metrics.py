@@ -190,20 +190,14 @@ class RevstoreCollector(Collector):
             info.add_metric([w["node"], str(w.get("release", "unknown"))], 1.0)
         yield info
         rows = [{**w, "healthy": w.get("problem") is None} for w in workers]
-        for name, help_, key in WORKER_GAUGES:
-            family = GaugeMetricFamily(name, help_, labels=["worker"])
-            for w in rows:
-                value = _number(w.get(key))
-                if value is not None:
-                    family.add_metric([w["node"]], value)
-            yield family
-        for name, help_, key in WORKER_COUNTERS:
-            counter = CounterMetricFamily(name, help_, labels=["worker"])
-            for w in rows:
-                value = _number(w.get(key))
-                if value is not None:
-                    counter.add_metric([w["node"]], value)
-            yield counter
+        for specs, family_type in ((WORKER_GAUGES, GaugeMetricFamily), (WORKER_COUNTERS, CounterMetricFamily)):
+            for name, help_, key in specs:
+                family = family_type(name, help_, labels=["worker"])
+                for w in rows:
+                    value = _number(w.get(key))
+                    if value is not None:
+                        family.add_metric([w["node"]], value)
+                yield family
 
 
 def metrics_registry(store: OperatorQueries, celery_app: Any = None) -> CollectorRegistry:
