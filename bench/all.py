@@ -96,18 +96,38 @@ BOUNDS = """\
   load, more than the gap measured: the rounds take turns, the ratio is
   their median with the spread beside it, and the worker's CPU per task
   (which a neighbour disturbs far less) is given for the same runs.
-- **Write path.** A durable revoke is one transaction: take the clock row,
-  upsert, `pg_notify`, commit.  Single ids are bound by round trips and the
-  commit's WAL flush.  Large batches are bound by PostgreSQL inserting rows
-  into a table with three indexes: the keys travel as one JSON parameter
-  (a multi-row `VALUES` list, 11 parameters per row, was 5 times slower:
-  psycopg re-parsed the long statement each time), and PostgreSQL counts
-  the written rows instead of returning one per key.  Stock's figure is a
-  broadcast alone, stored nowhere.
-- **Broadcast to commit.** Redis pub/sub to the worker, its database
-  thread waking, an "already stored?" read (the first of N workers writes,
-  the others only read), then the write transaction.  Stock's figure is
-  the round trip of a revoke with a reply, which stores nothing.
+- **Write path.** On PostgreSQL a durable revoke is one statement, run
+  in autocommit: the clock bump, the upsert, the audit row and `pg_notify`
+  are data-modifying CTEs of one `WITH`, its SQL compiled once per shape
+  (building the SQLAlchemy statements each time cost some 5 ms of CPU per
+  single-id revoke; now under 1 ms).  Single ids are bound by that round
+  trip and the commit's WAL flush.  Large batches are bound by PostgreSQL
+  inserting rows into a table with three indexes: plain task ids travel as
+  one JSON array of strings, sorted into key order, checked for the key
+  columns in a few C-level passes over the whole list (a `Target`, a key
+  tuple and a dict per id were half of a 10,000-id revoke: 88 ms of client
+  CPU, now 7 ms), and PostgreSQL counts the written rows instead of
+  returning one per key.  A million ids in one call (`import-statedb`)
+  are statements of 50,000 in one transaction under one clock version.
+  MariaDB takes the same JSON array of ids through `JSON_TABLE`.  Stock's
+  figure is a broadcast alone, stored nowhere.
+- **Broadcast to commit.** Redis pub/sub to the worker (1-2 ms), the
+  spool's `O_DSYNC` append on the event loop (a disk flush), the database
+  thread waking (0.3 ms), then one statement that leaves out ids a row
+  already covers (the first of N workers writes, the others only read and
+  take no clock lock), takes the clock, upserts, audits and notifies, and
+  commits (a second disk flush).  The two flushes, each 1-4 ms on this
+  machine's virtual disk, are most of what is left.  Before, the time,
+  the "already stored?" read, the clock, the upsert, the audit and the
+  commit were six round trips with a statement built in Python before
+  each (about 10 ms of a busy worker's CPU).  What bounds the figure in
+  this run is elsewhere: the throughput step has just written some
+  500,000 rows, and until autovacuum analyzes the table the worker's pull
+  after its own write (`version > marker`) is planned as a sequential
+  scan (0.13 s at 500,000 rows) on the database thread, which the next
+  broadcast's write waits behind; on an analyzed table the write starts
+  within a millisecond of the spool append.  Stock's figure is the round
+  trip of a revoke with a reply, which stores nothing.
 - **Propagation.** Listening: PostgreSQL delivers the notification at
   commit, each worker's database thread pulls the changed rows (one
   indexed query on `version`) and wakes the event loop through a pipe, and

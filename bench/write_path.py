@@ -3,6 +3,8 @@
 Throughput: one client calls :func:`revstore.revoke` (one durable commit,
 then the broadcast) in batches of 1, 100 and 10,000 fresh ids; stock is the
 same client's ``app.control.revoke`` (the broadcast alone, nothing stored).
+Then one ``store.add`` of a million fresh ids, as ``revstore import-statedb``
+writes an imported ``--statedb`` (one transaction, one clock version).
 
 Latency: a stock broadcast ``revoke`` of one id reaches a revstore worker,
 which writes it through; the client LISTENs on the store's channel, and
@@ -23,7 +25,7 @@ from celery import Celery
 from psycopg import sql
 
 import revstore
-from bench.common import BROKER, Figure, Run, fresh_store, log, main, median, percentile
+from bench.common import BROKER, MILLION, Figure, Run, fresh_store, log, main, median, percentile
 from revstore.store import RevocationStore
 
 NAME = "write_path"
@@ -33,7 +35,9 @@ BATCHES = {1: 400, 100: 100, 10_000: 15}
 QUICK_BATCHES = {1: 20, 100: 5, 10_000: 2}
 SAMPLES, QUICK_SAMPLES = 200, 20
 ROUNDS = 3
-TARGET_IDS, TARGET_P99_MS = 50_000, 50.0
+#: issue 26: faster than stock everywhere it counts
+TARGET_IDS, TARGET_P50_MS, TARGET_P99_MS = 100_000, 10.0, 20.0
+IMPORT_IDS, QUICK_IMPORT_IDS = MILLION, 20_000
 
 
 def clients(store: RevocationStore) -> tuple[Any, Callable[..., Any]]:
@@ -71,6 +75,17 @@ def throughput(store: RevocationStore, batches: dict[int, int]) -> list[Figure]:
                               met=rev >= TARGET_IDS if big else None))
     app.close()
     return figures
+
+
+def imported(store: RevocationStore, count: int) -> Figure:
+    """One ``store.add`` of ``count`` fresh ids (``revstore import-statedb``); stock has no durable import."""
+    ids = [str(uuid.uuid4()) for _ in range(count)]
+    started = time.perf_counter()
+    store.add(ids, reason="bench import")
+    rate = count / (time.perf_counter() - started)
+    log(f"write path import of {count:,} ids in one call: {rate:,.0f} ids/s")
+    return Figure(NAME, f"durable import of {count:,} ids in one call", rate, "ids/s",
+                  target=f"≥ {TARGET_IDS:,} ids/s", met=rate >= TARGET_IDS)
 
 
 def listen(store: RevocationStore) -> psycopg.Connection[Any]:
@@ -113,11 +128,13 @@ def run(quick: bool = False) -> list[Figure]:
     with Run(NAME) as bench_run, fresh_store() as store:
         figures = throughput(store, QUICK_BATCHES if quick else BATCHES)
         committed, replied = commit_latencies(store, bench_run, QUICK_SAMPLES if quick else SAMPLES)
-    for pct in (50, 99):
+    with fresh_store() as store:  # its own table: the latency's worker must not load the million at start
+        figures.append(imported(store, QUICK_IMPORT_IDS if quick else IMPORT_IDS))
+    for pct, target in ((50, TARGET_P50_MS), (99, TARGET_P99_MS)):
         rev, stock = percentile(committed, pct) * 1000, percentile(replied, pct) * 1000
         figures.append(Figure(
             NAME, f"broadcast revoke to row committed by a worker, p{pct}", rev, "ms", stock,
-            target=f"≤ {TARGET_P99_MS:.0f} ms" if pct == 99 else "", met=rev <= TARGET_P99_MS if pct == 99 else None,
+            target=f"≤ {target:.0f} ms", met=rev <= target,
             note="stock: broadcast to the worker's reply (in memory only, nothing stored)",
         ))
     return figures

@@ -70,15 +70,19 @@ def named(target: Target) -> str:
     return text if len(text) <= MAX_KEY_LENGTH else _keys.digest(text)
 
 
-def record(conn: Connection, tables: Tables, action: str, targets: Sequence[Target], actor: str,
+def values(action: str, targets: Sequence[Target | str], actor: str, reason: str | None) -> dict[str, Any]:
+    """The row for one operation but its time; ``targets`` may be plain task ids (a bulk revoke's)."""
+    first = [Target.task(t) if isinstance(t, str) else t for t in targets[:AUDIT_KEYS]]
+    kinds = {"task"} if targets and isinstance(targets[0], str) else {t.kind for t in targets}  # type: ignore[union-attr]
+    return {"actor": actor, "action": action, "kind": kinds.pop() if len(kinds) == 1 else None,
+            "key_count": len(targets), "first_keys": json.dumps([named(t) for t in first]),
+            "reason": None if reason is None else reason[:MAX_REASON_LENGTH]}
+
+
+def record(conn: Connection, tables: Tables, action: str, targets: Sequence[Target | str], actor: str,
            reason: str | None, at: datetime) -> None:
     """Add the row for one operation, inside the caller's write transaction."""
-    kinds = {t.kind for t in targets}
-    conn.execute(tables.audit.insert().values(
-        done_at=at, actor=actor, action=action, kind=kinds.pop() if len(kinds) == 1 else None,
-        key_count=len(targets), first_keys=json.dumps([named(t) for t in targets[:AUDIT_KEYS]]),
-        reason=None if reason is None else reason[:MAX_REASON_LENGTH],
-    ))
+    conn.execute(tables.audit.insert().values(done_at=at, **values(action, targets, actor, reason)))
 
 
 def query(tables: Tables, *, key: Target | None = None, actor: str | None = None, since: Any = None,

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass, field
 
 from .schema import MAX_KEY_LENGTH
 
@@ -74,3 +75,53 @@ def stored(kind: str, header: str, value: str) -> tuple[tuple[str, str, str], st
     # a name rule's value is JSON too: releases that know no ``name`` kind decode it as a stamp's
     value_key, value_full = column_pair(value, json_string=kind in ("stamp", "name"))
     return (kind, header_key, value_key), header_full, value_full
+
+
+def all_fit(texts: list[str]) -> bool:
+    """Whether every one of ``texts`` fits as itself (see :func:`fits`), in a few C-level passes over them all.
+
+    A bulk revoke is a list of plain ids: checking each with :func:`fits`
+    cost more than the database's insert of it.  A prefix anywhere in the
+    joined text (a false alarm mid-id, too) sends the caller to :func:`fits`.
+    """
+    if not texts:
+        return True
+    if max(map(len, texts)) > MAX_KEY_LENGTH:
+        return False
+    joined = "\n".join(texts)
+    if "\x00" in joined or DIGEST_PREFIX in joined:
+        return False
+    try:
+        joined.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+#: A stored primary key: ``(kind, header, value)``.
+Key = tuple[str, str, str]
+
+#: A stored key with its full texts: ``(kind, header, value, header_full, value_full)``.
+KeyRow = tuple[str, str, str, "str | None", "str | None"]
+
+
+@dataclass(frozen=True)
+class StoredKeys:
+    """The keys of one statement's targets, as compactly as a backend can send them.
+
+    ``task_ids``: task ids stored as themselves (kind ``task``, header
+    ``''``, no full texts), a bulk revoke's whole input; ``rows``: every
+    other key as a :data:`KeyRow`.
+    """
+
+    task_ids: list[str] = field(default_factory=list)
+    rows: list[KeyRow] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.task_ids) + len(self.rows)
+
+    def dicts(self) -> list[dict[str, str | None]]:
+        """One dict of key columns per key, for a backend that binds each row's own values."""
+        names = ("kind", "header", "value", "header_full", "value_full")
+        return [*({"kind": "task", "header": "", "value": value, "header_full": None, "value_full": None}
+                  for value in self.task_ids), *(dict(zip(names, row)) for row in self.rows)]

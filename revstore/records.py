@@ -297,3 +297,19 @@ def default_revoker() -> str:
 def unique_targets(targets: Iterable[Target | str]) -> list[Target]:
     """Validated targets, each once, in first-seen order (a repeated key must not be written twice in one statement)."""
     return list(dict.fromkeys(as_target(t) for t in targets))
+
+
+def unique_keys(targets: Iterable[Target | str]) -> list[Target] | list[str]:
+    """Like :func:`unique_targets`, but a list of plain task ids stays a list of strings.
+
+    A bulk revoke's million ids are checked and deduplicated in C-level
+    passes (see :func:`revstore.executor.stored_keys`), not turned into a
+    million Targets.  Either way the list holds one kind of item.
+    """
+    items = targets if isinstance(targets, list) else list(targets)
+    if items and set(map(type, items)) == {str}:
+        unique: list[str] = list(dict.fromkeys(items))
+        if not min(map(len, unique)):
+            validate_key("")
+        return unique
+    return unique_targets(items)

@@ -9,18 +9,19 @@ is its backend's.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import and_, case, func, literal, or_, select, true, update
+from sqlalchemy import Interval, and_, bindparam, case, func, literal, null, or_, select, true, update
 from sqlalchemy.engine import Connection
 
 from . import audit as _audit
-from . import keys as _keys
-from .executor import Door, actor, stored_rows
-from .records import DEFAULT, Revocation, Target, WriteResult, as_target, normalize_signal, unique_targets
-from .schema import MAX_REASON_LENGTH, REWOUND_NOTE_LENGTH
+from .backends import Merge
+from .executor import Door, actor, stored_key, stored_keys, stored_rows
+from .records import DEFAULT, Revocation, Target, WriteResult, as_target, normalize_signal, unique_keys, unique_targets
+from .schema import MAX_REASON_LENGTH, REWOUND_NOTE_LENGTH, Tables
 
 #: See _upsert: how much later a re-revoke's expiry must be to rewrite the row (at most).
 EXTEND_SLACK = timedelta(seconds=60)
@@ -74,66 +75,86 @@ class Writes(Door):
         would count the wait for the connection as well).
         """
         ex = self.executor
-        items = unique_targets(targets)
+        items = unique_keys(targets)
         sig = normalize_signal(signal) if signal is not None else ("SIGTERM" if terminate else None)
         if reason is not None:
             reason = str(reason)[:MAX_REASON_LENGTH].replace("\x00", "")
         by = actor(revoked_by)
         if not items:
             return WriteResult(0, 0)
-        ex.expiry(_CHECK_DATE, expires)
+        until = ex.expiry(_CHECK_DATE, expires)
+        lifetime = None if until is None else until - _CHECK_DATE
+        slack = None if until is None else extend_slack(_CHECK_DATE, until)
+        heard = None if heard_at is None else ex.backend.column_time(heard_at.astimezone(timezone.utc))
+        ago = None if decided_ago is None else timedelta(seconds=max(0.0, decided_ago))
+        values = {"terminate": bool(terminate), "signal": sig, "reason": reason, "revoked_by": by}
 
         def write(conn: Connection) -> WriteResult:
-            todo = items
-            if if_needed:  # in the same transaction, before the clock lock: one commit, not two
-                covered = self._covered_in(conn, items, bool(terminate), expires)
-                todo = [t for t in items if t not in covered]
-                if not todo:
-                    return WriteResult(0, 0)
-            version, now = ex.bump_at(conn)
-            expires_at = ex.expiry(now, expires)
-            shared = {
-                "terminate": bool(terminate),
-                "signal": sig,
-                "reason": reason,
-                "revoked_by": by,
-                "revoked_at": now,
-                "expires_at": expires_at,
-                "version": version,
-                "active": True,
-            }
-            heard = None if decided_ago is None else now - timedelta(seconds=max(0.0, decided_ago))
-            if heard_at is not None:
-                heard = ex.backend.column_time(heard_at.astimezone(timezone.utc))
-            changed = 0
-            for chunk in ex.key_chunks(todo, ex.backend.upsert_chunk):
+            # in the same transaction, before the clock lock: one commit, not two
+            todo = self._uncovered(conn, items, bool(terminate), lifetime, slack) if if_needed else items
+            if not todo:
+                return WriteResult(0, 0)
+            chunks = list(ex.key_chunks(todo, ex.backend.upsert_chunk))  # type: ignore[arg-type]
+            audit = _audit.values("revoke", todo, by, reason)
+            fold = _revoke_fold(ex.tables, values, lifetime, slack, heard, ago, audit)
+            folded = ex.backend.fold(conn, ex.tables, stored_keys(chunks[0]), fold, ex.channel) if ex.backend.folds \
+                else None
+            if folded is None:
+                version, now = ex.bump_at(conn)
+                changed = 0
+            else:
+                version, now, changed, _ = folded
+                assert version is not None and now is not None  # no covered check: the clock is always taken
+                chunks = chunks[1:]
+            expires_at = None if lifetime is None else now + lifetime
+            when = heard if heard is not None or ago is None else now - ago
+            shared = {**values, "revoked_at": now, "expires_at": expires_at, "version": version, "active": True}
+            merge = _revoke_merge(
+                expires_at is None,
+                lambda old, new: literal(expires_at - (slack or timedelta(0)), old.expires_at.type),
+                None if when is None else lambda old, new: literal(when, old.revoked_at.type))
+            for chunk in chunks:
                 # a notification repeated in one transaction is delivered once
-                changed += self._upsert(conn, chunk, shared, expires_at, heard, notify=(ex.channel, version),
-                                        slack=None if expires_at is None else extend_slack(now, expires_at))
-            _audit.record(conn, ex.tables, "revoke", todo, by, reason, now)
+                changed += ex.backend.upsert(conn, ex.tables.revocations, stored_keys(chunk), shared, merge,
+                                             notify=(ex.channel, version))
+            if folded is None:
+                conn.execute(ex.tables.audit.insert().values(done_at=now, **audit))
             return WriteResult(changed, version, len(todo) - changed)
 
+        if ex.backend.folds and len(items) <= ex.backend.upsert_chunk:
+            keys = stored_keys(items)
+            # the covered check folds in where the statement can name the keys it writes (see FoldedWrite)
+            if not if_needed or (not keys.rows and "".join(keys.task_ids).isascii()):
+                audit = _audit.values("revoke", items, by, reason)
+                fold = _revoke_fold(ex.tables, values, lifetime, slack, heard, ago, audit, if_needed, bool(terminate))
+                version, _, changed, written = ex.run(
+                    lambda conn: ex.backend.fold(conn, ex.tables, keys, fold, ex.channel), one_statement=True)
+                return WriteResult(changed, version or 0, written - changed)
         return ex.run(write)
 
-    def _covered_in(self, conn: Connection, items: list[Target], terminate: bool, expires: Any) -> set[Target]:
-        """The targets whose active row is already at least as strong as this write."""
+    def _uncovered(self, conn: Connection, items: list[Target] | list[str], terminate: bool,
+                   lifetime: timedelta | None, slack: timedelta | None) -> list[Target] | list[str]:
+        """``items`` but those whose active row is already at least as strong as this write.
+
+        The expiry it must reach is counted from the database's time in the
+        statement itself: no round trip to read the time first.
+        """
         ex = self.executor
         table = ex.tables.revocations
-        now = ex.db_now(conn)
-        wanted = ex.expiry(now, expires)
-        found: set[Target] = set()
-        for chunk in ex.key_chunks(items):
+        found: set[tuple[str, ...]] = set()
+        for chunk in ex.key_chunks(items):  # type: ignore[arg-type]
             stmt = select(table.c.kind, table.c.header, table.c.value).where(ex.key_in(chunk), table.c.active)
             if terminate:
                 stmt = stmt.where(table.c.terminate)
-            if wanted is None:
+            if lifetime is None:
                 stmt = stmt.where(table.c.expires_at.is_(None))
             else:
-                slack = extend_slack(now, wanted)
-                stmt = stmt.where(or_(table.c.expires_at.is_(None), table.c.expires_at >= wanted - slack))
-            stored = {_keys.stored(t.kind, t.header, t.value)[0]: t for t in chunk}
-            found.update(stored[tuple(key)] for key in conn.execute(stmt))  # type: ignore[index]
-        return found
+                least = ex.backend.now_plus((lifetime - (slack or timedelta(0))).total_seconds())
+                stmt = stmt.where(or_(table.c.expires_at.is_(None), table.c.expires_at >= least))
+            found.update(tuple(key) for key in conn.execute(stmt))
+        if not found:
+            return items
+        return [item for item in items if stored_key(item) not in found]  # type: ignore[return-value]
 
     def put_rows(self, rows: Sequence[Revocation], *, imported_by: str | None = None) -> WriteResult:
         """Write rows exactly as given (times, reason, revoker), for ``revstore import``.
@@ -191,40 +212,6 @@ class Writes(Door):
 
         return ex.run(write)
 
-    def _upsert(self, conn: Connection, items: list[Target], shared: dict[str, Any], expires_at: datetime | None,
-                heard: datetime | None = None, notify: tuple[str, int] | None = None,
-                slack: timedelta | None = None) -> int:
-        """Insert or strengthen ``items``, every row with the ``shared`` column values.
-
-        A tombstone is revived unless it was written after ``heard``.  An
-        active row's expiry moves only when ``expires_at`` is more than
-        ``slack`` (see :func:`extend_slack`) later.
-        """
-
-        def merge(old: Any, new: Any) -> tuple[dict[str, Any], Any]:
-            stronger = and_(new.terminate, ~old.terminate)
-            if expires_at is None:
-                longer = old.expires_at.is_not(None)
-            else:
-                longer = and_(old.expires_at.is_not(None),
-                              old.expires_at < literal(expires_at - (slack or timedelta(0)), old.expires_at.type))
-            set_ = {
-                "terminate": or_(and_(old.active, old.terminate), new.terminate),
-                "signal": case((new.terminate, new.signal), (old.active, old.signal), else_=None),
-                "reason": case((~old.active, new.reason), else_=func.coalesce(new.reason, old.reason)),
-                "revoked_by": case((~old.active, new.revoked_by), else_=old.revoked_by),
-                "revoked_at": case((~old.active, new.revoked_at), else_=old.revoked_at),
-                "expires_at": case((~old.active, new.expires_at), (longer, new.expires_at), else_=old.expires_at),
-                "version": new.version,
-                "active": True,
-            }
-            revive = ~old.active if heard is None else and_(
-                ~old.active, old.revoked_at < literal(heard, old.revoked_at.type))
-            return set_, or_(revive, and_(old.active, or_(stronger, longer)))
-
-        ex = self.executor
-        return ex.backend.upsert(conn, ex.tables.revocations, stored_rows(items), shared, merge, notify)
-
     def remove(self, targets: Iterable[Target | str], *, revoked_by: str | None = None) -> WriteResult:
         """Un-revoke: the targets become runnable again on every worker.
 
@@ -254,7 +241,7 @@ class Writes(Door):
                 was_active += int(conn.execute(
                     select(func.count()).select_from(table).where(ex.key_in(chunk), table.c.active)
                 ).scalar_one())
-                ex.backend.upsert(conn, table, stored_rows(chunk), shared, merge)
+                ex.backend.upsert(conn, table, stored_keys(chunk), shared, merge)
             _audit.record(conn, ex.tables, "restore", items, by, None, now)
             ex.notify(conn, version)
             return WriteResult(was_active, version)
@@ -310,3 +297,102 @@ class Writes(Door):
         clock = ex.tables.clock
         ex.run(lambda conn: conn.execute(update(clock).where(clock.c.id == 1).values(
             rewound_at=ex.db_now(conn), rewound_note=note[:REWOUND_NOTE_LENGTH])))
+
+
+def _revoke_merge(never_expires: bool, longer_than: Callable[[Any, Any], Any],
+                  heard: Callable[[Any, Any], Any] | None) -> Merge:
+    """The rule of a re-revoke: insert, or strengthen a row.
+
+    A tombstone is revived unless it was written after ``heard(old, new)``
+    (the time the revoke was heard).  An active row's expiry moves only to
+    one later than ``longer_than(old, new)``: the new expiry less its slack
+    (see :func:`extend_slack`).  Both are SQL of the old and new rows, so
+    the rule is the same whether the database or the caller knows the time.
+    """
+
+    def merge(old: Any, new: Any) -> tuple[dict[str, Any], Any]:
+        stronger = and_(new.terminate, ~old.terminate)
+        if never_expires:
+            longer = old.expires_at.is_not(None)
+        else:
+            longer = and_(old.expires_at.is_not(None), old.expires_at < longer_than(old, new))
+        set_ = {
+            "terminate": or_(and_(old.active, old.terminate), new.terminate),
+            "signal": case((new.terminate, new.signal), (old.active, old.signal), else_=None),
+            "reason": case((~old.active, new.reason), else_=func.coalesce(new.reason, old.reason)),
+            "revoked_by": case((~old.active, new.revoked_by), else_=old.revoked_by),
+            "revoked_at": case((~old.active, new.revoked_at), else_=old.revoked_at),
+            "expires_at": case((~old.active, new.expires_at), (longer, new.expires_at), else_=old.expires_at),
+            "version": new.version,
+            "active": True,
+        }
+        revive = ~old.active if heard is None else and_(~old.active, old.revoked_at < heard(old, new))
+        return set_, or_(revive, and_(old.active, or_(stronger, longer)))
+
+    return merge
+
+
+def _revoke_fold(tables: Tables, values: dict[str, Any], lifetime: timedelta | None, slack: timedelta | None,
+                 heard: datetime | None, ago: timedelta | None, audit: dict[str, Any], if_needed: bool = False,
+                 terminate: bool = False) -> FoldedWrite:
+    """:meth:`Writes.add` as one statement where the database can: its time and version are SQL there.
+
+    Every value is a bound parameter, so writes of one shape share one
+    compiled statement.  ``if_needed``: keys whose row already covers the
+    write (as :meth:`Writes._uncovered` decides) are left out.
+    """
+    table = tables.revocations
+
+    def covered(row: Any, now: Any) -> Any:
+        strong = [row.active]
+        if terminate:
+            strong.append(row.terminate)
+        if lifetime is None:
+            strong.append(row.expires_at.is_(None))
+        else:
+            strong.append(or_(row.expires_at.is_(None), row.expires_at >= now + param("least", Interval())))
+        return and_(*strong)
+
+    def param(name: str, type_: Any) -> Any:
+        return bindparam(f"revstore_{name}", type_=type_)
+
+    def plan(now: Any, version: Any) -> tuple[dict[str, Any], Merge, dict[str, Any]]:
+        columns = {name: param(name, table.c[name].type) for name in values}
+        columns.update(revoked_at=now, version=version, active=true(),
+                       expires_at=null() if lifetime is None else now + param("lifetime", Interval()))
+        if heard is not None:
+            when: Callable[[Any, Any], Any] | None = lambda old, new: param("heard", old.revoked_at.type)
+        else:
+            when = None if ago is None else lambda old, new: new.revoked_at - param("ago", Interval())
+        merge = _revoke_merge(lifetime is None, lambda old, new: new.expires_at - param("slack", Interval()), when)
+        return columns, merge, {"done_at": now, **{name: param(f"audit_{name}", tables.audit.c[name].type)
+                                                   for name in audit}}
+
+    least = None if lifetime is None else lifetime - (slack or timedelta(0))
+    params = {f"revstore_{name}": value for name, value in
+              {**values, "lifetime": lifetime, "slack": slack, "heard": heard, "ago": ago, "least": least}.items()}
+    params.update({f"revstore_audit_{name}": value for name, value in audit.items()})
+    shape = ("revoke", lifetime is None, heard is not None, ago is not None, if_needed, if_needed and terminate)
+    return FoldedWrite(shape, plan, params, covered if if_needed else None)
+
+
+@dataclass(frozen=True)
+class FoldedWrite:
+    """A versioned write for a database that takes the clock, upserts, audits and notifies in one statement.
+
+    ``plan(now, version)`` gives, for the statement's own time and new
+    version as SQL: the written columns, the merge rule, and the audit row.
+    Bound parameters in them take ``params``.  Equal ``shape`` means equal
+    SQL, so a backend compiles each shape once: a write-through is one
+    round trip, and building the statement each time cost more than it.
+
+    ``covered(row, now)``: the keys are plain task ids, and those whose row
+    meets this condition are not written.  The clock is then taken only if
+    some key is left, and the audit row counts and names the keys left
+    (``key_count``, ``first_keys``, as :func:`revstore.audit.values` would).
+    """
+
+    shape: Hashable
+    plan: Callable[[Any, Any], tuple[dict[str, Any], Merge, dict[str, Any]]]
+    params: dict[str, Any]
+    covered: Callable[[Any, Any], Any] | None = None

@@ -32,7 +32,9 @@ from sqlalchemy.sql import ColumnElement, Select
 from ..errors import ConfigurationError
 
 if TYPE_CHECKING:  # schema imports this package's column types: no import back at run time
+    from ..keys import StoredKeys
     from ..schema import Tables
+    from ..writes import FoldedWrite
 
 #: Where ``revstore db grants`` prints this database's role SQL (the
 #: PostgreSQL and MySQL backends write the two sections under these marks).
@@ -92,8 +94,7 @@ class Backend(Protocol):
     #: What to install when that driver is missing (shown in the error).
     driver_hint: ClassVar[str]
 
-    #: Whether ``revstore_schema`` means something here: a URL whose database
-    #: has no schemas must refuse the setting at start, not ignore it.
+    #: Whether ``revstore_schema`` means something here (if not, a URL with one is refused).
     supports_schema: ClassVar[bool]
 
     #: Keys per statement: as many as amortise round trips while staying
@@ -104,9 +105,11 @@ class Backend(Protocol):
     #: them more compactly than a lookup's key list.
     upsert_chunk: ClassVar[int]
 
-    #: Rows per INSERT where each row binds its own eleven values (``revstore import``):
-    #: under the driver's bound-parameter limit.
+    #: Rows per INSERT binding eleven values each (``revstore import``), under the driver's parameter limit.
     row_chunk: ClassVar[int]
+
+    #: Whether :meth:`fold` writes a revoke as one statement (else the core writes it step by step).
+    folds: ClassVar[bool]
 
     def canonical_url(self, url: URL) -> URL:
         """``url`` naming the same database from any working directory (a local state file's owner)."""
@@ -207,18 +210,17 @@ class Backend(Protocol):
         """A WHERE condition: the row's primary key is one of ``keys`` (at most ``key_chunk``)."""
         ...
 
-    def upsert(self, conn: Connection, table: Table, keys: Sequence[dict[str, Any]], shared: dict[str, Any],
+    def upsert(self, conn: Connection, table: Table, keys: StoredKeys, shared: dict[str, Any],
                merge: Merge, notify: tuple[str, int] | None = None) -> int:
-        """Insert a row per entry of ``keys`` plus the ``shared`` column values, merging into existing rows.
+        """Insert a row per key of ``keys`` plus the ``shared`` column values, merging into existing rows.
 
         With ``notify`` (channel, version), a write that changed a row also
         does what :meth:`notify` does, in the same statement where the
         database can: a worker's write-through is a few round trips, each
         one a wait for the interpreter's lock in a busy worker.
 
-        Each entry of ``keys`` holds the same columns: the primary key and
-        the key's full texts (``header_full``, ``value_full``, NULL unless the
-        key is stored by digest).  Returns how many rows were inserted or
+        Each key is the primary key and the key's full texts (``header_full``,
+        ``value_full``, NULL unless stored by digest).  Returns how many rows were inserted or
         changed: a write that changed nothing must not wake every worker.
         This is the hot path of a bulk revoke, so a backend sends the keys as
         compactly as its driver allows.
@@ -227,6 +229,11 @@ class Backend(Protocol):
 
     def upsert_rows(self, conn: Connection, table: Table, rows: Sequence[dict[str, Any]], merge: Merge) -> int:
         """Like :meth:`upsert`, each row with its own values (``revstore import``)."""
+        ...
+
+    def fold(self, conn: Connection, tables: Tables, keys: StoredKeys, write: FoldedWrite,
+             channel: str) -> tuple[int | None, datetime | None, int, int] | None:
+        """``write`` of ``keys`` as one statement: ``(version, now, rows changed, keys written)``; see :attr:`folds`."""
         ...
 
     def delete_expired(self, conn: Connection, table: Table, expired: Callable[[Any], ColumnElement[bool]],
@@ -318,6 +325,7 @@ class SqlBackend:
     key_chunk: ClassVar[int] = 2000
     upsert_chunk: ClassVar[int] = 2000
     row_chunk: ClassVar[int] = 2000
+    folds: ClassVar[bool] = False
     missing_table_words: ClassVar[tuple[tuple[str, ...], ...]] = ()
     missing_column_words: ClassVar[tuple[tuple[str, ...], ...]] = ()
 
@@ -395,9 +403,9 @@ class SqlBackend:
         # executemany's rowcount is unreliable across drivers.
         return stmt.returning(table.c.version)
 
-    def upsert(self, conn: Connection, table: Table, keys: Sequence[dict[str, Any]], shared: dict[str, Any],
+    def upsert(self, conn: Connection, table: Table, keys: StoredKeys, shared: dict[str, Any],
                merge: Merge, notify: tuple[str, int] | None = None) -> int:
-        changed = self.upsert_rows(conn, table, [{**key, **shared} for key in keys], merge)
+        changed = self.upsert_rows(conn, table, [{**key, **shared} for key in keys.dicts()], merge)
         if changed and notify is not None:
             self.notify(conn, *notify)
         return changed
@@ -417,6 +425,10 @@ class SqlBackend:
         for part in conn.execute(stmt).partitions(chunk):
             ids, left = zip(*part)
             yield list(ids), array("d", left)
+
+    def fold(self, conn: Connection, tables: Tables, keys: StoredKeys, write: FoldedWrite,
+             channel: str) -> tuple[int | None, datetime | None, int, int] | None:
+        return None
 
     def notify(self, conn: Connection, channel: str, version: int) -> None:
         return None

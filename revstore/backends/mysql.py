@@ -42,6 +42,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.sql import ColumnElement, Select, visitors
 
 from ..errors import ConfigurationError
+from ..keys import StoredKeys
 from ..schema import MAX_KEY_LENGTH, Tables
 from .base import ADMIN_MARK, WORKER_MARK, Merge, Pooling, SqlBackend, stream_id_rows
 
@@ -168,20 +169,30 @@ class MysqlBackend(SqlBackend):
         """Rows carrying ``version``: what this transaction inserted or changed so far."""
         return int(conn.execute(select(func.count()).where(table.c.version == version)).scalar_one())
 
-    def upsert(self, conn: Connection, table: Table, keys: Sequence[dict[str, Any]], shared: dict[str, Any],
+    def upsert(self, conn: Connection, table: Table, stored: StoredKeys, shared: dict[str, Any],
                merge: Merge, notify: tuple[str, int] | None = None) -> int:
         before = self._written(conn, table, shared["version"])
-        # Columns NULL in every key (the full texts, nearly always) stay out of
-        # the JSON; a key's NULL is an absent member (NULL ON EMPTY).
-        names = [name for name in keys[0] if any(key[name] is not None for key in keys)]
         sql_type = {"kind": "VARCHAR(8)", "header": f"VARCHAR({MAX_KEY_LENGTH})",
                     "value": f"VARCHAR({MAX_KEY_LENGTH})", "header_full": "LONGTEXT", "value_full": "LONGTEXT"}
-        columns = ", ".join(f"{name} {sql_type[name]} CHARACTER SET utf8mb4 PATH '$.{name}'" for name in names)
+        if not stored.rows:
+            # plain task ids (a bulk revoke): one JSON array of strings, no
+            # per-key object built in Python or parsed by the server
+            names, data = ["value"], stored.task_ids
+            columns = f"value {sql_type['value']} CHARACTER SET utf8mb4 PATH '$'"
+            constant = {"kind": "task", "header": ""}
+        else:
+            keys = stored.dicts()
+            # Columns NULL in every key (the full texts, nearly always) stay out of
+            # the JSON; a key's NULL is an absent member (NULL ON EMPTY).
+            names = [name for name in keys[0] if any(key[name] is not None for key in keys)]
+            data = [{n: key[n] for n in names if key[n] is not None} for key in keys]  # type: ignore[misc]
+            columns = ", ".join(f"{name} {sql_type[name]} CHARACTER SET utf8mb4 PATH '$.{name}'" for name in names)
+            constant = {}
         source = text(f"JSON_TABLE(:revstore_keys, '$[*]' COLUMNS ({columns})) AS revstore_keys").bindparams(
-            revstore_keys=json.dumps([{n: key[n] for n in names if key[n] is not None} for key in keys],
-                                     ensure_ascii=False))
-        values = [literal(v, table.c[name].type) for name, v in shared.items()]
+            revstore_keys=json.dumps(data, ensure_ascii=False))
+        values = [literal(v, table.c[name].type) for name, v in {**constant, **shared}.items()]
         keyed = [literal_column(f"revstore_keys.{name}") for name in names]
+        names = [*names, *constant]
         stmt = self.insert(table).from_select([*names, *shared], select(*keyed, *values).select_from(source))
         conn.execute(self._on_duplicate(stmt, table, merge))
         return self._written(conn, table, shared["version"]) - before
