@@ -23,6 +23,14 @@ from .identity import DbIdentity
 from .records import Changes, Snapshot, Target, gc_paused
 from .schema import KINDS
 
+#: An upper bound no write can reach past a reader's marker (versions count
+#: transactions).  Bounded on both sides, the poll's range is one a planner
+#: without statistics (a table just bulk-loaded, before autovacuum's ANALYZE)
+#: takes as narrow and reads through the version index; open-ended, it
+#: estimated a third of the table and scanned it all: 60-90 ms per idle poll
+#: at 500,000 rows, on every worker, until the table was analyzed.
+_AHEAD = 2**62
+
 
 class WorkerReads(Door):
     """What a worker reads: everything active at start, then only what changed."""
@@ -120,7 +128,7 @@ class WorkerReads(Door):
             identity = ex.identity_columns(conn)
             stmt = (
                 select(clock.c.purged_version, clock.c.version, ex.now(), witness_version, *identity, *ex.columns())
-                .select_from(clock.outerjoin(table, table.c.version > marker))
+                .select_from(clock.outerjoin(table, and_(table.c.version > marker, table.c.version <= marker + _AHEAD)))
                 .where(clock.c.id == 1)
                 .order_by(table.c.version)
             )
