@@ -33,11 +33,18 @@ nox.options.error_on_missing_interpreters = True
 #: (.ci/services creates the vhosts), since ``make test`` runs main beside the
 #: range sessions (.ci/test) and no run's broadcasts may reach another's workers.
 BROKERS = {
+    # main's whole suite runs in two processes: the second one's Redis database is in MAIN_SHARDS
     "main": {"redis": "redis://127.0.0.1:6379/5", "rabbitmq": "amqp://guest:guest@127.0.0.1:5672//"},
     "oldest": {"redis": "redis://127.0.0.1:6379/13", "rabbitmq": "amqp://guest:guest@127.0.0.1:5672/revstore-oldest"},
     "newest": {"redis": "redis://127.0.0.1:6379/14", "rabbitmq": "amqp://guest:guest@127.0.0.1:5672/revstore-newest"},
 }
 WORKER_TESTS = ["-m", "worker and not main_only"]
+#: The main run's whole suite in two pytest-xdist processes, a file at a time:
+#: the suite mostly waits on real workers and servers, and alone it was the
+#: critical path (27 of CI's 28 minutes, while the range sessions were done at
+#: 16).  Each process has a Redis database of its own (tests/conftest.py).
+MAIN_SHARDS = ["redis://127.0.0.1:6379/5", "redis://127.0.0.1:6379/4"]
+SPLIT = ["-n", str(len(MAIN_SHARDS)), "--dist", "loadfile"]
 #: Real workers on a 2-core machine: a test that fails on a timing margin gets
 #: two more tries, and the log names every rerun (pytest -r R), so flaky tests
 #: stay visible instead of failing CI at random.
@@ -68,7 +75,8 @@ OLDEST_PYTHON = _pyenv_python("3.10.13")
 NEWEST_PYTHON = _pyenv_python("3.13.0")
 
 
-def _pytest(session: nox.Session, python: str, runs: list[tuple[str, list[str]]]) -> None:
+def _pytest(session: nox.Session, python: str, runs: list[tuple[str, list[str]]],
+            env: dict[str, str] | None = None) -> None:
     """One pytest per (broker, arguments), all at once; every log is printed, then failures fail the session.
 
     The runs mostly wait on real workers and servers, so side by side they
@@ -84,8 +92,8 @@ def _pytest(session: nox.Session, python: str, runs: list[tuple[str, list[str]]]
         log = tempfile.TemporaryFile()
         command = [executable, "-m", "pytest", *RERUNS, *DURATIONS, *args, *session.posargs]
         session.log(f"{broker}: {' '.join(command)}")
-        env = {**os.environ, "TEST_BROKER": BROKERS[session.name][broker]}
-        procs.append((broker, args, log, subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)))
+        run_env = {**os.environ, **(env or {}), "TEST_BROKER": BROKERS[session.name][broker]}
+        procs.append((broker, args, log, subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=run_env)))
     failed = []
     for broker, args, log, proc in procs:
         code = proc.wait()
@@ -117,7 +125,8 @@ def _versions(session: nox.Session, python: str) -> None:
 def main(session: nox.Session) -> None:
     """Everything on Redis, then the worker tests on RabbitMQ (in .venv)."""
     _versions(session, sys.executable)
-    _pytest(session, sys.executable, [("redis", []), ("rabbitmq", WORKER_TESTS)])
+    _pytest(session, sys.executable, [("redis", SPLIT), ("rabbitmq", WORKER_TESTS)],
+            env={"TEST_BROKERS": ",".join(MAIN_SHARDS)})
 
 
 def _range_end(session: nox.Session, *install: str) -> None:

@@ -18,6 +18,13 @@ import pytest
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.exc import OperationalError
 
+# Under pytest-xdist (``make test`` runs the main suite in two processes, see
+# noxfile.py) each process has a broker of its own, so that no process's
+# broadcasts reach the other's workers: TEST_BROKERS lists them, one per
+# process.  Set before harness reads TEST_BROKER; the workers inherit it.
+if os.environ.get("TEST_BROKERS") and os.environ.get("PYTEST_XDIST_WORKER"):
+    _shard = int(os.environ["PYTEST_XDIST_WORKER"].removeprefix("gw"))
+    os.environ["TEST_BROKER"] = os.environ["TEST_BROKERS"].split(",")[_shard]
 
 from harness import (
     BROKER_URL, LATER_RELEASE, MYSQL_BASE, MYSQL_PORT, PG_BASE, PG_HOST, PG_PORT, REDIS_URL, Cluster, make_store,

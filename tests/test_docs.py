@@ -65,9 +65,10 @@ from harness import PG_BASE, REDIS_URL
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = sorted((ROOT / "docs").glob("*.md")) + [ROOT / "README.md"]
 REDIS_HOST = REDIS_URL.rstrip("/")
-#: Redis databases the docs' samples may use (the worker tests use 5 and 6):
-#: each run takes one no concurrent run holds, see :func:`redis_db`.
-REDIS_DBS = range(10, 16)
+#: Redis databases the docs' samples may use (the worker tests' brokers are 5 and 4,
+#: and 13 and 14 in the range sessions, see noxfile.py BROKERS): each run takes one
+#: no concurrent run holds, see :func:`redis_db`.
+REDIS_DBS = range(10, 13)
 REDIS_DB = "10"
 BLOCK_TIMEOUT = 45
 
