@@ -88,6 +88,29 @@ _STATE_BEFORE = pytest.StashKey[set[Path]]()
 _STATE_HOME = pytest.StashKey[str]()
 
 
+def _utf8(text: str) -> str:
+    """``text`` with lone surrogates written as ``\\udcff``: they cannot be encoded as UTF-8."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """Reports that can cross a process boundary.
+
+    Some tests revoke ids Celery accepts that hold lone surrogates (odd
+    input, as stock takes it), and their captured logs print them; under
+    pytest-xdist (``make test``) a report travels to the controller as
+    UTF-8, and one such character ended the whole run.
+    """
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    report.sections = [(title, _utf8(text)) for title, text in report.sections]
+    if report.longrepr is not None:
+        shown = str(report.longrepr)
+        if _utf8(shown) != shown:
+            report.longrepr = _utf8(shown)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark the tests that run real workers ``worker`` (the CI matrix runs them on every
     combination) and the worker tests that need to run only once ``main_only``."""
