@@ -25,7 +25,7 @@ from .identity import DbIdentity, distrust
 from .set_entries import RELEASE_AFTER, TaskEntries, build_entries, release_freed_memory
 from .pending import PendingWrite
 from .snapshot_files import SnapshotRead
-from .records import Changes, Revocation, Snapshot
+from .records import Changes, Revocation, Snapshot, gc_paused
 from .sync_rewind import Rewind
 from .window import SchemaState
 
@@ -182,8 +182,9 @@ class LocalCopy(Rewind):
 
     def _entries(self, snapshot: Snapshot, shift: float) -> TaskEntries | None:
         lset = self.memory.revoked
-        return build_entries(lset, snapshot.task_ids, snapshot.task_remaining,
-                             time.monotonic() - lset.expires + shift)
+        with gc_paused():  # a million tuples: no collection walks them while they are built
+            return build_entries(lset, snapshot.task_ids, snapshot.task_remaining,
+                                 time.monotonic() - lset.expires + shift)
 
     def start_from_snapshot(self) -> SnapshotRead | None:
         """The database is down at start: load the local snapshot if it is fresh enough.
