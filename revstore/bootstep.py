@@ -86,7 +86,7 @@ class Revstore(bootsteps.StartStopStep):
         signals.task_received.connect(self._on_task_received, weak=False)
         # read (and build) the start-up load while Celery starts the pool, connects and mingles
         sync = self.sync
-        sync.prefetch(check=lambda: migrate.check_schema(sync.store))
+        sync.prefetch(check=lambda state: migrate.check_schema(sync.store, state=state))
         return None
 
     def start(self, c: Any) -> None:

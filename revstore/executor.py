@@ -200,9 +200,28 @@ class Executor:
         """Scalar SQL for what the database says it is: the installation id, then the server's own."""
         if self._server_identity is None:
             self._server_identity = self.backend.server_identity(conn)
+        return self._identity_columns(self._server_identity)
+
+    def unprobed_identity_columns(self) -> tuple[list[Any], Callable[[], None]]:
+        """:meth:`identity_columns` without probing the server's, and what to call once a statement read them all.
+
+        Before the first probe these are every candidate the backend has
+        (``Backend.server_identity(None)``): a statement that reads them
+        all without error proves the role may read each, which is all the
+        probes (a savepoint each, three round trips) would have found out.
+        """
+        server = self._server_identity
+        if server is None:
+            server = self.backend.server_identity(None)
+
+        def proven() -> None:
+            self._server_identity = server
+
+        return self._identity_columns(server), proven
+
+    def _identity_columns(self, server: dict[str, Any]) -> list[Any]:
         info = self.tables.schema_info
-        return [select(info.c.installation_id).where(info.c.id == 1).scalar_subquery(),
-                *self._server_identity.values()]
+        return [select(info.c.installation_id).where(info.c.id == 1).scalar_subquery(), *server.values()]
 
     def identity(self, values: Sequence[Any]) -> DbIdentity:
         """What :meth:`identity_columns` read, as a DbIdentity."""

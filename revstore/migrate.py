@@ -127,14 +127,18 @@ def current_revision(store: Door) -> str | None:
     return read_state(store).revision
 
 
-def assess_schema(store: Door, release: str = __version__) -> Verdict:
-    """compatible / upgrade needed / package too old, and the admin's next step."""
-    return assess(read_state(store), chain(), release, mask_url(store.url))
+def assess_schema(store: Door, release: str = __version__, state: SchemaState | None = None) -> Verdict:
+    """compatible / upgrade needed / package too old, and the admin's next step.
+
+    ``state``: the schema's row as the caller already read it (a worker's
+    start-up read carries it), else it is read here.
+    """
+    return assess(read_state(store) if state is None else state, chain(), release, mask_url(store.url))
 
 
-def check_schema(store: Door, release: str = __version__) -> Verdict:
-    """Raise SchemaError unless workers of ``release`` may run against the database."""
-    verdict = assess_schema(store, release)
+def check_schema(store: Door, release: str = __version__, state: SchemaState | None = None) -> Verdict:
+    """Raise SchemaError unless workers of ``release`` may run against the database (``state``: see assess_schema)."""
+    verdict = assess_schema(store, release, state)
     if not verdict.ok:
         raise SchemaError(verdict.message)
     return verdict

@@ -7,21 +7,27 @@ trip to the server).  Operators' reads live in :mod:`revstore.queries`.
 
 from __future__ import annotations
 
+import time
 from array import array
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import and_, func, null, or_, select
 from sqlalchemy.engine import URL, Connection
+from sqlalchemy.exc import DBAPIError
 
 from . import config as _config
 from . import keys as _keys
 from .backends import Listener
+from .dbclock import epoch
+from .errors import SchemaError
 from .executor import Door, is_digest, target_of
 from .identity import DbIdentity
 from .records import Changes, Snapshot, Target, gc_paused
 from .schema import KINDS
+from .window import SchemaState
 
 #: An upper bound no write can reach past a reader's marker (versions count
 #: transactions).  Bounded on both sides, the poll's range is one a planner
@@ -30,6 +36,28 @@ from .schema import KINDS
 #: estimated a third of the table and scanned it all: 60-90 ms per idle poll
 #: at 500,000 rows, on every worker, until the table was analyzed.
 _AHEAD = 2**62
+
+
+#: the shortest a digest stored in a key column is (see revstore.keys.digest)
+_DIGEST_LENGTH = len(_keys.digest(""))
+
+
+class _LongWay(Exception):
+    """The start-up read's first statement failed: read the long way, which says why."""
+
+
+@dataclass
+class StartupRead:
+    """What :meth:`WorkerReads.startup_read` read: all a worker's start-up load needs."""
+
+    #: the schema's window row, for the caller's check
+    schema: SchemaState
+    identity: DbIdentity
+    rows: Snapshot
+    #: the clock's version read before the rows (see :meth:`WorkerReads.load_active`)
+    marker: int
+    #: the database's time (epoch seconds) once the rows were read
+    db_now: float
 
 
 class WorkerReads(Door):
@@ -50,32 +78,80 @@ class WorkerReads(Door):
         newer that the load also saw comes again from ``changes_since``,
         which is harmless because applying a row twice changes nothing.
         """
+        clock = self.executor.tables.clock
+
+        def read(conn: Connection) -> tuple[Snapshot, int]:
+            marker = int(conn.execute(select(clock.c.version).where(clock.c.id == 1)).scalar_one())
+            return self._read_active(conn, chunk), marker
+
+        with gc_paused():
+            return self.executor.run(read)
+
+    def startup_read(self, chunk: int = 20_000) -> StartupRead | None:
+        """All a worker reads at start, on one connection: the schema's row, identity, marker, time, rows.
+
+        What the schema check (:func:`revstore.migrate.check_schema`),
+        :meth:`identity`, :meth:`load_active` and :meth:`db_now` read,
+        in a few round trips instead of some thirty: one statement for the
+        schema's row, what the database says it is, the marker and the
+        time, then the rows as :meth:`load_active` reads them.  Each round
+        trip is cheap on an idle machine, but a worker starts while its pool
+        forks and the machine is busy: there each cost tens of
+        milliseconds.  The caller checks the schema's row before using
+        anything else.  None where that statement fails (an old schema, a
+        role refused the server's identity functions): the caller then
+        reads the long way, whose errors say what is wrong.
+        """
         ex = self.executor
-        table, clock, backend = ex.tables.revocations, ex.tables.clock, ex.backend
+        info, clock = ex.tables.schema_info, ex.tables.clock
+        identity, proven = ex.unprobed_identity_columns()
+        window = [select(column).where(info.c.id == 1).scalar_subquery()
+                  for column in (info.c.revision, info.c.schema_release, info.c.oldest_release)]
+        head = select(select(clock.c.version).where(clock.c.id == 1).scalar_subquery(), ex.now(), *window, *identity)
+
+        def read(conn: Connection) -> StartupRead | None:
+            try:
+                first = conn.execute(head).one()
+            except DBAPIError as exc:  # out of the transaction, whatever the driver calls it
+                raise _LongWay from exc
+            arrived = time.monotonic()
+            if first[2] is None:  # no window row: the long way reads the version tables
+                return None
+            proven()
+            now = epoch(ex.backend.aware(ex.backend.as_datetime(first[1])))
+            snapshot = self._read_active(conn, chunk)
+            # the database's time once the rows are read, as db_now() read it after load_active()
+            return StartupRead(SchemaState(*first[2:5]), ex.identity(first[5:]), snapshot, int(first[0]),
+                               now + (time.monotonic() - arrived))
+
+        try:
+            with gc_paused():
+                return ex.run(read)
+        except (_LongWay, SchemaError, DBAPIError):  # the long way says what is wrong (DatabaseUnavailable is raised)
+            return None
+
+    def _read_active(self, conn: Connection, chunk: int) -> Snapshot:
+        """Every unexpired revocation, in ``conn``'s transaction (see :meth:`load_active`)."""
+        ex = self.executor
+        table, backend = ex.tables.revocations, ex.backend
         remaining, never = backend.seconds_left(table.c.expires_at), backend.infinity()
         live = and_(table.c.active, or_(table.c.expires_at.is_(None), table.c.expires_at > ex.now()))
         tasks = select(table.c.value, func.coalesce(remaining, never)).where(table.c.kind == "task", live)
         # ranges of the primary key (kind first): no second pass over the million task rows
         others = select(table.c.kind, table.c.header, table.c.value, table.c.header_full, table.c.value_full,
                         remaining).where(table.c.kind.in_([kind for kind in KINDS if kind != "task"]), live)
-
-        def read(conn: Connection) -> tuple[Snapshot, int]:
-            marker = int(conn.execute(select(clock.c.version).where(clock.c.id == 1)).scalar_one())
-            snapshot = Snapshot([], array("d"), [])
-            for ids, left in backend.task_ids(conn, tasks, chunk):
-                if snapshot.task_ids:
-                    snapshot.task_ids.extend(ids)
-                    snapshot.task_remaining.extend(left)
-                else:
-                    snapshot.task_ids, snapshot.task_remaining = ids, left
-            self._undigest(conn, snapshot.task_ids)
-            for k, h, v, hf, vf, r in conn.execute(others):
-                target = target_of(k, h, v, hf, vf)
-                snapshot.others.append((k, target.header, target.value, None if r is None else float(r)))
-            return snapshot, marker
-
-        with gc_paused():
-            return ex.run(read)
+        snapshot = Snapshot([], array("d"), [])
+        for ids, left in backend.task_ids(conn, tasks, chunk):
+            if snapshot.task_ids:
+                snapshot.task_ids.extend(ids)
+                snapshot.task_remaining.extend(left)
+            else:
+                snapshot.task_ids, snapshot.task_remaining = ids, left
+        self._undigest(conn, snapshot.task_ids)
+        for k, h, v, hf, vf, r in conn.execute(others):
+            target = target_of(k, h, v, hf, vf)
+            snapshot.others.append((k, target.header, target.value, None if r is None else float(r)))
+        return snapshot
 
     def _undigest(self, conn: Connection, task_ids: list[str]) -> None:
         """Replace, in place, the digests of ids too long for the key column by the ids themselves.
@@ -85,7 +161,10 @@ class WorkerReads(Door):
         pass over the whole table for their full texts (a second scan of a
         million rows: a second on some servers).
         """
-        if not any(map(is_digest, task_ids)):
+        # every digest is at least this long: a load of shorter ids (uuids) is
+        # cleared by a C-level pass over their lengths (16 ms for a million,
+        # where testing each id's prefix took 66-84 ms of the start-up read)
+        if not task_ids or max(map(len, task_ids)) < _DIGEST_LENGTH or not any(map(is_digest, task_ids)):
             return
         at = {value: i for i, value in enumerate(task_ids) if is_digest(value)}
         backend, table = self.executor.backend, self.executor.tables.revocations

@@ -25,8 +25,9 @@ from .identity import DbIdentity, distrust
 from .set_entries import RELEASE_AFTER, TaskEntries, build_entries, release_freed_memory
 from .pending import PendingWrite
 from .snapshot_files import SnapshotRead
-from .records import Changes, Revocation, Snapshot
+from .records import Changes, Revocation, Snapshot, gc_paused
 from .sync_rewind import Rewind
+from .window import SchemaState
 
 logger = logging.getLogger("revstore")
 
@@ -52,7 +53,7 @@ class Fetched:
 class LocalCopy(Rewind):
     """Start-up loading, spool replay and the local snapshot's writes."""
 
-    def prefetch(self, check: Callable[[], None] | None = None) -> None:
+    def prefetch(self, check: Callable[[SchemaState | None], None] | None = None) -> None:
         """Start :meth:`load`'s reading on a helper thread; call once, before Celery starts the pool.
 
         A million revocations take the database about a second to send
@@ -61,18 +62,17 @@ class LocalCopy(Rewind):
         waits a second for its peers' replies, so the reading and the
         building are done by the time the consumer starts this step, and
         :meth:`load` only swaps the result in.  ``check`` (the schema
-        check) runs first on the same thread; whatever either raises,
-        :meth:`load` raises on the loop thread, as if it had read itself.
-        Nothing here touches Celery's set or the collector's switch.
+        check) runs on the same thread before anything read is used;
+        whatever either raises, :meth:`load` raises on the loop thread, as
+        if it had read itself.  Nothing here touches Celery's set or the
+        collector's switch.
         """
         self.memory.prepare()  # the set's expires is what the built entries' stamps are counted for
         box: list[tuple[bool, Any]] = []
 
         def run() -> None:
             try:
-                if check is not None:
-                    check()
-                box.append((True, self._fetch()))
+                box.append((True, self._fetch(check)))
             except BaseException as exc:  # re-raised by load() on the loop thread
                 box.append((False, exc))
 
@@ -146,11 +146,19 @@ class LocalCopy(Rewind):
                     mask_url(self.store.url))
         return count
 
-    def _fetch(self) -> Fetched:
-        """Everything :meth:`load` reads, and Celery's set entries built from it; touches no Celery structure."""
+    def _fetch(self, check: Callable[[SchemaState | None], None] | None = None) -> Fetched:
+        """Everything :meth:`load` reads, and Celery's set entries built from it; touches no Celery structure.
+
+        ``check`` is the schema check: it gets the schema's row where the
+        table's read carried it (else None: it reads the row itself), and
+        runs before anything read is used.
+        """
         started = time.monotonic()
         local = self._read_local()
         if local is not None and local.age <= self.settings.snapshot_max_age:
+            if check is not None:
+                check(None)
+                check = None
             db_now = epoch(self.store.db_now())
             self.clock.anchor(db_now)
             changes = self.store.changes_since(local.marker)
@@ -160,16 +168,23 @@ class LocalCopy(Rewind):
             elif not changes.reload_required:
                 return Fetched(started, local.base, changes.marker, db_now, changes.identity,
                                self._entries(local.base, local.base_time - db_now), local, changes)
-        identity = self.store.identity()
-        rows, marker = self.store.load_active()
-        db_now = epoch(self.store.db_now())
+        read = self.store.startup_read()
+        if check is not None:
+            check(None if read is None else read.schema)
+        if read is None:  # the long way, whose errors say what is wrong
+            identity = self.store.identity()
+            rows, marker = self.store.load_active()
+            db_now = epoch(self.store.db_now())
+        else:
+            identity, rows, marker, db_now = read.identity, read.rows, read.marker, read.db_now
         self.clock.anchor(db_now)
         return Fetched(started, rows, marker, db_now, identity, self._entries(rows, 0.0))
 
     def _entries(self, snapshot: Snapshot, shift: float) -> TaskEntries | None:
         lset = self.memory.revoked
-        return build_entries(lset, snapshot.task_ids, snapshot.task_remaining,
-                             time.monotonic() - lset.expires + shift)
+        with gc_paused():  # a million tuples: no collection walks them while they are built
+            return build_entries(lset, snapshot.task_ids, snapshot.task_remaining,
+                                 time.monotonic() - lset.expires + shift)
 
     def start_from_snapshot(self) -> SnapshotRead | None:
         """The database is down at start: load the local snapshot if it is fresh enough.

@@ -269,6 +269,8 @@ def test_a_role_refused_the_server_functions_still_polls_and_knows_the_installat
     for statement in filter(str.strip, grants.split(";")):
         primary.sql(statement)
     limited = RevocationStore(primary.url().replace("postgres@", "limited_worker@"))
+    # a worker's one-statement start-up read is refused too: it reads the long way, which probes
+    assert RevocationStore(primary.url().replace("postgres@", "limited_worker@")).startup_read() is None
     try:
         full, refused = admin.identity(), limited.identity()
         assert set(full.server) == {"system_identifier", "timeline"} and full.server["timeline"] == "00000001"

@@ -112,6 +112,24 @@ def test_start_up_load_gives_every_id_once_with_its_own_lifetime(store) -> None:
         ("stamp", "h", Target.stamp("h", "v" * 300).value)]
 
 
+def test_the_one_transaction_start_up_read_gives_what_the_long_way_gives(store) -> None:
+    """A worker's start-up read (schema row, identity, marker, time and rows in one transaction) reads
+    what check_schema, identity(), load_active() and db_now() read one by one."""
+    from revstore import migrate
+    from revstore.dbclock import epoch
+
+    store.add([f"t-{i}" for i in range(30)] + ["with\nnewline", "x" * 300], expires=600)
+    store.add([Target.root("r1")], expires=None)
+    read = store.startup_read()
+    assert read is not None
+    rows, marker = store.load_active()
+    assert migrate.check_schema(store, state=read.schema).ok and read.schema == migrate.read_state(store)
+    assert read.identity == store.identity() and read.marker == marker
+    assert dict(zip(read.rows.task_ids, read.rows.task_remaining)).keys() == set(rows.task_ids)
+    assert [o[:3] for o in read.rows.others] == [o[:3] for o in rows.others]
+    assert abs(read.db_now - epoch(store.db_now())) < 5
+
+
 def test_a_restore_before_the_revoke_lands_leaves_a_tombstone_that_wins(store) -> None:
     """A write-through heard before a restore but committed after it must lose (issue 16)."""
     assert store.remove(["early"]).changed == 0  # nothing revoked yet: still a tombstone

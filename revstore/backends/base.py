@@ -269,13 +269,13 @@ class Backend(Protocol):
         """
         ...
 
-    def server_identity(self, conn: Connection) -> dict[str, ColumnElement[Any]]:
+    def server_identity(self, conn: Connection | None) -> dict[str, ColumnElement[Any]]:
         """What the server says of itself, as scalar SQL a poll can carry (name -> expression).
 
-        Only what this connection's role may read (a least-privilege role
-        may be refused some): probed here, once, in savepoints.  Empty where
-        the server says nothing that tells a failover or a new cluster apart
-        (see revstore.identity).
+        Only what this connection's role may read (some may be refused):
+        probed here, once, in savepoints; ``conn`` None: every candidate,
+        unprobed (a worker's start-up read tries all in one statement).  Empty
+        where nothing tells a failover or a new cluster apart (revstore.identity).
         """
         ...
 
@@ -438,7 +438,7 @@ class SqlBackend:
                  shown_as: str) -> Listener | None:
         return None
 
-    def server_identity(self, conn: Connection) -> dict[str, ColumnElement[Any]]:
+    def server_identity(self, conn: Connection | None) -> dict[str, ColumnElement[Any]]:
         return {}
 
     def extra_stats(self, conn: Connection, channel: str) -> dict[str, Any]:

@@ -40,6 +40,10 @@ def _timeouts(seconds: float | None) -> dict[str, Any]:
     return {"connect_timeout": max(2, math.ceil(seconds)), "tcp_user_timeout": math.ceil(seconds * 1000)}
 
 
+#: A packed start-up reply at least this large (bytes) closes its connection after use (see _packed).
+KEEP_CONNECTION_BELOW = 1 << 20
+
+
 class PostgresBackend(SqlBackend):
     name: ClassVar[str] = "postgresql"
     default_driver: ClassVar[str | None] = "psycopg"
@@ -65,6 +69,9 @@ class PostgresBackend(SqlBackend):
         # already taken by another client.
         return {
             "pool_pre_ping": True,
+            # no hstore lookup on the first connection: revstore has no hstore
+            # column, and the lookup is four more round trips at worker start
+            "use_native_hstore": False,
             "connect_args": {"connect_timeout": 5, "application_name": "revstore",
                              "prepare_threshold": pooling.prepare_threshold, **_timeouts(pooling.timeout)},
             "pool_size": pooling.size,
@@ -203,8 +210,11 @@ class PostgresBackend(SqlBackend):
         if len(ids) != count:
             return None
         # libpq keeps its input buffer as large as the largest message (the
-        # whole snapshot): close this connection after use, not pool it.
-        conn.detach()
+        # whole snapshot): close this connection after use, not pool it.  A
+        # small reply leaves nothing to free; the connection stays pooled and
+        # the next read needs no new one (a connect is several round trips).
+        if len(joined or "") + len(left or b"") > KEEP_CONNECTION_BELOW:
+            conn.detach()
         if not count:
             return [], array("d")
         remaining_ = array("d", bytes(left))
@@ -228,7 +238,7 @@ class PostgresBackend(SqlBackend):
 
         return PgListener(url, channel, on_change, probe, name, check_interval, fallback_interval, shown_as=shown_as)
 
-    def server_identity(self, conn: Connection) -> dict[str, ColumnElement[Any]]:
+    def server_identity(self, conn: Connection | None) -> dict[str, ColumnElement[Any]]:
         """The cluster's system identifier and the timeline it writes on, where the role may read them.
 
         The system identifier (``pg_control_system()``) is new for a new
@@ -247,6 +257,8 @@ class PostgresBackend(SqlBackend):
             .select_from(func.pg_control_system()).scalar_subquery(),
             "timeline": case((func.pg_is_in_recovery(), None), else_=func.substr(lsn, 1, 8)),
         }
+        if conn is None:
+            return candidates
         usable = {}
         for name, expr in candidates.items():
             try:
