@@ -73,17 +73,21 @@ def test_revoking_a_chain_root_stops_the_rest_everywhere_across_restart(client, 
     b = client.worker("b").start()
     record = celery_app.record
     workflow = chain(
-        record.si("c1", 2).set(queue=a.queue),
+        record.si("c1", 4).set(queue=a.queue),
         record.si("c2").set(queue=b.queue),
         record.si("c3").set(queue=a.queue),
     ).apply_async()
     root_id = workflow.parent.parent.id
     wait_for(lambda: client.ran("c1"), 15, what="the first link to start")
 
+    # B is down before the revoke and until after it: it learns of it from the table alone.
+    # (Killed after the revoke, a B that had already dropped c2 -- c1 done first under load --
+    # left nothing for its next life to drop.)
+    b.kill()
+    assert not client.finished("c1"), "the first link ended before B was down: give it longer"
     revstore.revoke_root(celery_app.app, root_id)
-    b.kill()  # B restarts from the table alone
     b.start()
-    wait_for(lambda: client.finished("c1"), 10, what="the running link to finish")
+    wait_for(lambda: client.finished("c1"), 20, what="the running link to finish")
     # c1 sent c2 on to B when it finished: B drops it, so c2 never sends c3
     wait_for(lambda: discarded(b, workflow.parent.id), 20, what="B to discard the second link")
     assert not client.ran("c2") and not client.ran("c3")
