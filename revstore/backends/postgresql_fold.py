@@ -64,16 +64,28 @@ def new_keys_first(conn: Connection, table: Table, size: int, run: Callable[[boo
     return done
 
 
-def key_source() -> Any:
-    """The keys of a :class:`StoredKeys` as a relation, from two JSON parameters (see :func:`key_params`).
+def task_id_rows(*, ordinality: bool = False) -> Any:
+    """The task ids of :func:`key_params` as a relation of ``value`` (and ``ord``, their order).
 
-    A bulk revoke's task ids travel as one JSON array of strings: no
-    per-key list or dict in Python, one text extraction per key on the
-    server.  Other keys are arrays of their five columns.  JSON because
-    psycopg serialises it in C, and a JSON null becomes SQL NULL.
+    They travel as one text, joined by a character none of them holds, and
+    ``string_to_array`` splits it in C.  As a JSON array, the client's
+    ``json.dumps`` and the server's parse cost 0.8 s and 0.3-0.5 s for a
+    million ids, the join and the split 0.13 s each.
     """
-    ids = func.json_array_elements_text(cast(bindparam("revstore_ids", type_=Text), postgresql.JSON))
-    ids = ids.table_valued(column("value", Text)).render_derived()
+    split = func.string_to_array(bindparam("revstore_ids", type_=Text), bindparam("revstore_sep", type_=Text))
+    ids = func.unnest(split).table_valued(column("value", Text), with_ordinality="ord" if ordinality else None)
+    return ids.render_derived()
+
+
+def key_source() -> Any:
+    """The keys of a :class:`StoredKeys` as a relation, from the parameters of :func:`key_params`.
+
+    A bulk revoke's task ids travel as one text (see :func:`task_id_rows`):
+    no per-key list or dict in Python.  Other keys are a JSON array of
+    their five columns: psycopg serialises it in C, and a JSON null
+    becomes SQL NULL.
+    """
+    ids = task_id_rows()
     plain = select(literal("task", Text).label("kind"), literal("", Text).label("header"), ids.c.value,
                    cast(null(), Text).label("header_full"), cast(null(), Text).label("value_full"))
     key = column("key", postgresql.JSON)
@@ -89,10 +101,17 @@ def key_params(keys: StoredKeys, *, in_order: bool = False) -> dict[str, str]:
     Rows inserted in key order touch the primary key's pages one after
     the other instead of at random (some 10% of a 10,000-id insert); the
     C-level sort costs a few milliseconds.  A folded covered check keeps
-    the caller's order, which names the audit's first keys.
+    the caller's order, which names the audit's first keys.  The ids are
+    joined by a newline unless one holds it; then by the first character
+    none holds (there is one: the ids are finitely many characters).
     """
     ids = sorted(keys.task_ids) if in_order else keys.task_ids
-    return {"revstore_ids": json.dumps(ids), "revstore_rows": json.dumps(keys.rows)}
+    sep = "\n"
+    joined = sep.join(ids)
+    if joined.count(sep) != max(len(ids) - 1, 0):
+        sep = next(c for c in map(chr, range(1, 0x10000)) if not "\ud800" <= c <= "\udfff" and c not in joined)
+        joined = sep.join(ids)
+    return {"revstore_ids": joined, "revstore_sep": sep, "revstore_rows": json.dumps(keys.rows)}
 
 
 def compile_fold(backend: SqlBackend, conn: Connection, tables: Tables, write: FoldedWrite,
@@ -106,8 +125,7 @@ def compile_fold(backend: SqlBackend, conn: Connection, tables: Tables, write: F
     if write.covered is None:
         source = key_source()
     else:  # plain task ids, those a row already covers left out (see FoldedWrite)
-        ids = func.json_array_elements_text(cast(bindparam("revstore_ids", type_=Text), postgresql.JSON))
-        ids = ids.table_valued(column("value", Text), with_ordinality="ord").render_derived()
+        ids = task_id_rows(ordinality=True)
         row = table.alias("rs_fold_row")
         # a lateral lookup with LIMIT, one primary-key probe per id: as NOT EXISTS the planner
         # hash-joined every row meeting the expiry condition (a whole bulk revoke's, written
