@@ -30,6 +30,8 @@ KEY_COLUMNS = ("kind", "header", "value", "header_full", "value_full")
 
 #: Writes of this many keys or more try a plain INSERT first (see :func:`new_keys_first`).
 PLAIN_FIRST = 1_000
+#: The SQLSTATE of a key already stored.
+UNIQUE_VIOLATION = "23505"
 
 
 def new_keys_first(conn: Connection, table: Table, size: int, run: Callable[[bool], T]) -> T:
@@ -44,7 +46,9 @@ def new_keys_first(conn: Connection, table: Table, size: int, run: Callable[[boo
     on the primary key at that row, the attempt is undone (its clock bump
     too: the statement in autocommit, else a savepoint) and the upsert
     decides as always.  Keys sorted, a re-revoke of a batch fails at its
-    first stored key, early on.  Smaller writes go straight to the upsert:
+    first stored key, early on; a lone stored key near the end of a fresh
+    batch wastes the INSERT so far (at worst some 1.6x the upsert alone) and
+    leaves its dead rows to vacuum.  Smaller writes go straight to the upsert:
     a retry would cost them a round trip for a millisecond's gain.
     """
     if size < PLAIN_FIRST:
@@ -54,7 +58,9 @@ def new_keys_first(conn: Connection, table: Table, size: int, run: Callable[[boo
     try:
         done = run(True)
     except IntegrityError as exc:
-        if getattr(getattr(exc.orig, "diag", None), "constraint_name", None) != table.primary_key.name:
+        # the table's one unique index is its primary key, whatever a DBA may have named it
+        diag = getattr(exc.orig, "diag", None)
+        if getattr(exc.orig, "sqlstate", None) != UNIQUE_VIOLATION or getattr(diag, "table_name", None) != table.name:
             raise
         if savepoint is not None:
             savepoint.rollback()
