@@ -172,3 +172,25 @@ def test_a_later_revoke_keeps_its_own_short_lifetime(store, if_needed: bool) -> 
     # a default lifetime (days) still spares the rewrite: the second write changes nothing
     store.add(["default"], if_needed=if_needed)
     assert store.add(["default"], if_needed=if_needed).changed == 0
+
+
+def test_a_bulk_revoke_over_stored_rows_merges_them_as_a_small_one_would(store) -> None:
+    """From 1,000 keys a write tries a plain INSERT first: stored keys must still merge by the upsert's rules."""
+    ids = [f"bulk-{i:05d}" for i in range(1500)]
+    store.add(ids[100:110], terminate=True, signal="KILL", reason="first", expires=7200)  # stronger: kept
+    store.add(ids[200:210], expires=60)  # shorter: extended
+    store.remove(ids[300:310])  # tombstones: revived
+    result = store.add(ids, expires=3600)
+    assert (result.changed, result.unwritten) == (1490, 10)
+    row = store.get(ids[100])
+    assert row.terminate and row.signal == "SIGKILL" and row.reason == "first"
+    assert sorted(r.task_id for r in store.iter_active()) == ids
+    assert store.add(ids, expires=3600).changed == 0
+
+
+def test_a_bulk_revoke_stores_ids_holding_newlines_exactly(store) -> None:
+    """Bulk task ids may travel joined by a newline: ids holding one must still be stored one by one."""
+    ids = [f"line\n{i}" for i in range(1200)] + ["\n", "a\x01b", "plain"]
+    assert store.add(ids).changed == len(ids)
+    assert sorted(r.task_id for r in store.iter_active()) == sorted(ids)
+    assert store.add(["solo\nid"]).changed == 1 and store.is_revoked("solo\nid") and not store.is_revoked("solo")

@@ -18,7 +18,7 @@ from sqlalchemy.sql import ColumnElement, Select
 from ..keys import StoredKeys
 from ..schema import Tables
 from .base import Key, Listener, Merge, Pooling, SqlBackend, stream_id_rows
-from .postgresql_fold import KEY_COLUMNS, compile_fold, key_params, key_source
+from .postgresql_fold import KEY_COLUMNS, compile_fold, key_params, key_source, new_keys_first
 
 if TYPE_CHECKING:
     from ..writes import FoldedWrite
@@ -113,15 +113,19 @@ class PostgresBackend(SqlBackend):
         # of eleven parameters per row was most of the cost of a 10,000-id revoke.
         source = key_source()
         values = [cast(literal(v, table.c[name].type), table.c[name].type) for name, v in shared.items()]
-        stmt = self.insert(table).from_select([*KEY_COLUMNS, *shared], select(*source.c, *values))
-        stmt = self._on_conflict(stmt, table, merge)
+        insert = self.insert(table).from_select([*KEY_COLUMNS, *shared], select(*source.c, *values))
         # counted by the server rather than one row sent back per key, and
         # the listeners told in the same round trip when a row changed
         count = func.count()
         columns = [count] if notify is None else [
             count, case((count > 0, func.pg_notify(notify[0], str(notify[1]))), else_=None)]
-        written = select(*columns).select_from(stmt.cte("written"))
-        return int(conn.execute(written, key_params(keys, in_order=True)).first()[0])
+        params = key_params(keys, in_order=True)
+
+        def run(plain: bool) -> int:
+            stmt = insert.returning(table.c.version) if plain else self._on_conflict(insert, table, merge)
+            return int(conn.execute(select(*columns).select_from(stmt.cte("written")), params).first()[0])
+
+        return new_keys_first(conn, table, len(keys), run)
 
     def fold(self, conn: Connection, tables: Tables, keys: StoredKeys, write: FoldedWrite,
              channel: str) -> tuple[int | None, datetime | None, int, int]:
@@ -135,14 +139,17 @@ class PostgresBackend(SqlBackend):
         The statement's SQL is run as text: building and compiling it cost
         a worker's write-through more than its round trips.
         """
-        shape = (conn.dialect.driver, tables.prefix, tables.schema, write.shape)
-        compiled = self._folded.get(shape)
-        if compiled is None:
-            compiled = self._folded[shape] = compile_fold(self, conn, tables, write)
-        sql, defaults = compiled
-        params = {**defaults, **write.params, **key_params(keys, in_order=write.covered is None),
-                  "revstore_channel": channel}
-        row = conn.exec_driver_sql(sql, params).one()
+        params = {**write.params, **key_params(keys, in_order=write.covered is None), "revstore_channel": channel}
+
+        def run(plain: bool) -> Any:
+            shape = (conn.dialect.driver, tables.prefix, tables.schema, write.shape, plain)
+            compiled = self._folded.get(shape)
+            if compiled is None:
+                compiled = self._folded[shape] = compile_fold(self, conn, tables, write, plain)
+            return conn.exec_driver_sql(compiled[0], {**compiled[1], **params}).one()
+
+        # a covered check writes keys that mostly have rows (a broadcast its client wrote): the upsert
+        row = run(False) if write.covered is not None else new_keys_first(conn, tables.revocations, len(keys), run)
         version, now, changed = row[0], row[1], int(row[2] or 0)
         written = int(row[5]) if write.covered is not None else len(keys)
         return version, None if now is None else self.as_datetime(now), changed, written
