@@ -13,6 +13,7 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine, create_engine, text
@@ -109,6 +110,23 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         shown = str(report.longrepr)
         if _utf8(shown) != shown:
             report.longrepr = _utf8(shown)
+
+
+#: (test id, why it failed) of each rerun, printed at the end of the run
+RERUN_REASONS: list[tuple[str, str]] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Keep why a test was rerun: pytest-rerunfailures names it (``-rR``) but drops its failure."""
+    if report.outcome == "rerun":
+        RERUN_REASONS.append((report.nodeid, str(report.longrepr)[-4000:]))
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Each rerun's failure, so that a test that needs reruns can be fixed instead of tolerated."""
+    for nodeid, reason in RERUN_REASONS:
+        terminalreporter.write_sep("-", f"rerun: {nodeid}")
+        terminalreporter.write_line(reason)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
