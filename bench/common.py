@@ -327,13 +327,18 @@ def process_tree(pid: int) -> list[int]:
 def cpu_seconds(pid: int) -> float:
     """Time ``pid`` (all its threads) spent on a CPU; 0 once it is gone.
 
-    ``/proc/PID/schedstat`` counts nanoseconds; ``/proc/PID/stat`` rounds to
-    clock ticks (10 ms), coarser than the differences measured here.
+    ``/proc/PID/schedstat`` counts nanoseconds but for one thread only (the
+    process's first): each thread's is summed from ``/proc/PID/task``.
+    ``/proc/PID/stat`` covers every thread but rounds to clock ticks
+    (10 ms), coarser than the differences measured here.
     """
-    try:
-        return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0]) / 1e9
-    except (OSError, ValueError, IndexError):
-        return 0.0
+    total = 0
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            total += int((task / "schedstat").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue  # the thread ended meanwhile
+    return total / 1e9
 
 
 def bench_cpus(needed: int) -> str | None:

@@ -31,7 +31,7 @@ from typing import Any
 from celery import Celery
 from sqlalchemy import create_engine, text
 
-from bench.common import BROKER, PG_URL, Figure, fresh_store, log, main, median, percentile, seed
+from bench.common import BROKER, PG_URL, Figure, cpu_seconds, fresh_store, log, main, median, percentile, seed
 from bench.fleetsim import PROBE_PREFIX, WAKE_PREFIX, Spec, serve
 from bench.pgbouncer import PgBouncer
 from revstore.config import DEFAULT_SYNC_INTERVAL
@@ -157,6 +157,9 @@ class Result:
     #: PostgreSQL CPU seconds of each broker wake-up's burst of N pulls (less idle polling), and PgBouncer's
     burst_cpu: list[float] = field(default_factory=list)
     bouncer_burst_cpu: list[float] = field(default_factory=list)
+    #: the simulated workers' own CPU seconds per burst (less their idle rate), and that rate (CPU s per s)
+    fleet_burst_cpu: list[float] = field(default_factory=list)
+    fleet_cpu_idle: float = 0.0
     restart_stored: int = 0
     restart_seconds: float | None = None
     restart_conns: int = 0
@@ -262,6 +265,10 @@ class Fleet:
             replies.append(pipe.recv())
         return replies
 
+    def cpu(self) -> float:
+        """CPU seconds the simulated workers' processes (all their threads) have used so far."""
+        return sum(cpu_seconds(proc.pid) for proc in self.procs if proc.pid is not None)
+
     def seen(self) -> dict[str, list[float]]:
         by_probe: dict[str, list[float]] = {}
         for reply in self.ask("collect"):
@@ -361,7 +368,9 @@ def run_fleet(mode: str, n: int, phases: Phases, url: str, bouncer_pid: int | No
             log(f"fleet {mode} N={n}: {result.started} started in {time.monotonic() - started:.1f}s")
             time.sleep(2)
             sampler.reset_peak()
+            sims, began = fleet.cpu(), time.monotonic()
             result.cpu_idle = sampler.cpu_window(phases.idle_seconds)
+            result.fleet_cpu_idle = (fleet.cpu() - sims) / (time.monotonic() - began)
             log(f"fleet {mode} N={n}: idle PostgreSQL CPU {result.cpu_idle:.2f} s/min, peak conns {sampler.peak}")
 
             written: dict[str, float] = {}
@@ -376,11 +385,13 @@ def run_fleet(mode: str, n: int, phases: Phases, url: str, bouncer_pid: int | No
             # backlog would measure the simulation's queue
             written, collected = {}, {}
             for _ in range(phases.broker_probes):
-                before, began = dict(sampler.cpu), time.monotonic()
+                before, began, sims = dict(sampler.cpu), time.monotonic(), fleet.cpu()
                 probe(store, written, wake)
                 wait_held(fleet, list(written)[-1], result.started, BROKER_SETTLE, collected)
                 idle = result.cpu_idle / 60 * (time.monotonic() - began)  # the polls that ran meanwhile
                 result.burst_cpu.append(max(0.0, sampler.cpu_since(before) - idle))
+                sims_idle = result.fleet_cpu_idle * (time.monotonic() - began)
+                result.fleet_burst_cpu.append(max(0.0, fleet.cpu() - sims - sims_idle))
                 if bouncer_pid:
                     result.bouncer_burst_cpu.append(sampler.cpu_since(before, [bouncer_pid]))
                 time.sleep(random.uniform(0.7, 1.3))
@@ -522,6 +533,19 @@ def figures_for(results: list[Result]) -> list[Figure]:
                          f"out{bouncer}: the part of the burst the database serves, at least {burst / 2:.2f} s "
                          "on its 2 cores; the rest of the whole is delivery and the simulated workers' own "
                          "pulls, all N on the same 2 shared cores, where real workers have a CPU each"))
+                if r.fleet_burst_cpu:
+                    sims = median(r.fleet_burst_cpu)
+                    bouncer_s = median(r.bouncer_burst_cpu) if r.bouncer_burst_cpu else 0.0
+                    whole = burst + bouncer_s + sims
+                    figures.append(Figure(
+                        NAME, f"{where}: CPU per broker wake-up, all of it (database, pooler, simulated workers)",
+                        whole, "s",
+                        note=f"the simulated workers' own {sims:.2f} s (each one's wake-up handling and pull, "
+                             f"{sims / r.started * 1000:.1f} ms apiece), PostgreSQL {burst:.2f} s, PgBouncer "
+                             f"{bouncer_s:.2f} s; medians of {len(r.fleet_burst_cpu)} wake-ups, idle taken out: "
+                             f"on these 2 shared cores the last of the {r.started} holds a probe no sooner than "
+                             f"{whole / 2:.2f} s after it is written, the floor under the p99 above, where real "
+                             "workers each pay only their own pull on their own CPU"))
             if label == "broker wake-up" and r.delivery_only:
                 figures.append(Figure(
                     NAME, f"{where}: broker delivery alone (broadcast to handler, no pulls), p99",

@@ -28,7 +28,8 @@ from celery.worker import state as worker_state
 from .fetched import FetchedView
 from .names import Rule
 from .records import Revocation, Snapshot, Target, gc_paused
-from .set_entries import LOADED_SEQ, TaskEntries, build_entries, release_freed_memory
+from .set_entries import (LOADED_SEQ, RELEASE_AFTER, TaskEntries, build_entries, keep_out_of_collections,
+                          release_freed_memory)
 from .uncommitted import UncommittedIds
 
 __all__ = ["FetchedView", "LOADED_SEQ", "TaskEntries", "WorkerMemory", "build_entries",
@@ -166,6 +167,8 @@ class WorkerMemory:
         else:
             with gc_paused():
                 entries.install(self.revoked)
+        if len(snapshot.task_ids) >= RELEASE_AFTER:
+            keep_out_of_collections()
         if self.uncommitted.ids:  # e.g. merged from mingle replies before the load
             self.uncommitted.committed([i for i in snapshot.task_ids if i in self.uncommitted.ids])
         return len(snapshot)
