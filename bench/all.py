@@ -51,7 +51,16 @@ BOUNDS = """\
   (0.15-0.25 s), all on that thread.  So the added start-up is that
   sequence minus the worker's own start-up it overlaps: little without
   mingle (the pool and the broker take a few tenths of a second), mingle's
-  whole 1 s wait with it.  Reading the table in 8 pieces of its blocks,
+  whole 1 s wait with it.  A timeline of three starts with a million
+  stored (marks written by the worker, from its spawn): the app's
+  `revstore.install` runs at 0.65-0.70 s, revstore's imports take 0.19 s,
+  the step's `create()` starts the read at 0.93-0.99 s, when a plain
+  worker is about to run its first task (1.0 s); the read takes 0.5-0.8 s
+  and the build 0.6-0.7 s after it, and `start()` waits 1.2-1.3 s for
+  them.  The load starts late because Celery creates consumer steps last;
+  starting it from `install` would hide at most the 0.3 s after it, and
+  only by reading the database in whatever process imports the app.
+  Reading the table in 8 pieces of its blocks,
   the next packed by the server while the client built the one before, hid
   the server's time in a single process but gained nothing in real workers
   on this 2-core machine shared with other work (the server and the

@@ -90,7 +90,11 @@ BOUNDS = """\
   real workers each pull on their own CPU.  "Delivery alone" is the same
   fanout with handlers that pull nothing: the broker's own reach, and
   "database CPU per broker wake-up" the database's part of the N pulls:
-  with both, what a fleet whose workers each have a CPU would see.  Each
+  with both, what a fleet whose workers each have a CPU would see.  "CPU
+  per broker wake-up, all of it" adds the simulated workers' own CPU (each
+  one's handler and pull) to the database's and PgBouncer's: half of it is
+  the least time these 2 cores need before the last worker holds a probe,
+  the floor under the p99 on this machine.  Each
   probe is sent once the previous one reached every worker, so no probe
   waits behind another's burst.  At 10,000 workers the fanout itself is
   still one publish, and the burst of 10,000 pulls costs PostgreSQL 10,000
