@@ -68,6 +68,7 @@ class Executor:
         self.channel = self.backend.channel(self.tables)
         #: the server's self-description this role may read (see identity()), probed at first use
         self._server_identity: dict[str, Any] | None = None
+        self._identity_built: tuple[dict[str, Any], list[Any]] | None = None
 
     def _make_engine(self, pooling: Pooling) -> Engine:
         try:
@@ -200,7 +201,10 @@ class Executor:
         """Scalar SQL for what the database says it is: the installation id, then the server's own."""
         if self._server_identity is None:
             self._server_identity = self.backend.server_identity(conn)
-        return self._identity_columns(self._server_identity)
+        if self._identity_built is None or self._identity_built[0] is not self._server_identity:
+            # the same list while the server's identity stays: readers cache statements built on it
+            self._identity_built = (self._server_identity, self._identity_columns(self._server_identity))
+        return self._identity_built[1]
 
     def unprobed_identity_columns(self) -> tuple[list[Any], Callable[[], None]]:
         """:meth:`identity_columns` without probing the server's, and what to call once a statement read them all.

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, func, null, or_, select
+from sqlalchemy import and_, bindparam, func, null, or_, select
+from sqlalchemy.sql import Select
 from sqlalchemy.engine import URL, Connection
 from sqlalchemy.exc import DBAPIError
 
@@ -23,7 +24,7 @@ from . import keys as _keys
 from .backends import Listener
 from .dbclock import epoch
 from .errors import SchemaError
-from .executor import Door, is_digest, target_of
+from .executor import Door, Executor, is_digest, target_of
 from .identity import DbIdentity
 from .records import Changes, Snapshot, Target, gc_paused
 from .schema import KINDS
@@ -62,6 +63,11 @@ class StartupRead:
 
 class WorkerReads(Door):
     """What a worker reads: everything active at start, then only what changed."""
+
+    def __init__(self, executor: Executor) -> None:
+        super().__init__(executor)
+        #: :meth:`changes_since`'s statement, with a witness and without, and the identity columns it was built for
+        self._changes: dict[bool, tuple[list[Any], Select[Any]]] = {}
 
     def load_active(self, chunk: int = 20_000) -> tuple[Snapshot, int]:
         """Fast path for worker start-up: every unexpired revocation, and a marker.
@@ -194,24 +200,15 @@ class WorkerReads(Door):
         later writes have taken the clock past the reader's marker again.
         """
         ex = self.executor
-        table, clock = ex.tables.revocations, ex.tables.clock
-        seen = table.alias("witness")
-        if witness is None:
-            witness_version: Any = null()
-        else:
+        params: dict[str, Any] = {"marker": marker, "ahead": marker + _AHEAD}
+        if witness is not None:
             k, h, v = _keys.stored(witness.kind, witness.header, witness.value)[0]
-            witness_version = (select(seen.c.version).where(seen.c.kind == k, seen.c.header == h, seen.c.value == v)
-                               .scalar_subquery())
+            params.update(witness_kind=k, witness_header=h, witness_value=v)
 
         def read(conn: Connection) -> Changes:
             identity = ex.identity_columns(conn)
-            stmt = (
-                select(clock.c.purged_version, clock.c.version, ex.now(), witness_version, *identity, *ex.columns())
-                .select_from(clock.outerjoin(table, and_(table.c.version > marker, table.c.version <= marker + _AHEAD)))
-                .where(clock.c.id == 1)
-                .order_by(table.c.version)
-            )
-            found = conn.execute(stmt).all()
+            stmt = self._changes_statement(identity, witness is not None)
+            found = conn.execute(stmt, params).all()
             first, skip = found[0], 4 + len(identity)
             purged, now = int(first[0]), ex.backend.as_datetime(first[2])
             rows = [ex.revocation(r[skip:], now) for r in found if r[skip] is not None]
@@ -220,6 +217,37 @@ class WorkerReads(Door):
                            purged, None if first[3] is None else int(first[3]))
 
         return ex.run(read)
+
+    def _changes_statement(self, identity: list[Any], with_witness: bool) -> Select[Any]:
+        """:meth:`changes_since`'s statement, built once and bound by parameters at each poll.
+
+        Every worker runs it at every poll and at every wake-up: building it
+        anew (an alias of the table, a dozen columns) cost about 1 ms of CPU
+        a time, some 40 % of a pull's, which a fleet woken at once pays N
+        times over on its hosts.
+        """
+        cached = self._changes.get(with_witness)
+        if cached is not None and cached[0] is identity:
+            return cached[1]
+        ex = self.executor
+        table, clock = ex.tables.revocations, ex.tables.clock
+        witness_version: Any = null()
+        if with_witness:
+            seen = table.alias("witness")
+            witness_version = (select(seen.c.version)
+                               .where(seen.c.kind == bindparam("witness_kind"),
+                                      seen.c.header == bindparam("witness_header"),
+                                      seen.c.value == bindparam("witness_value"))
+                               .scalar_subquery())
+        newer = and_(table.c.version > bindparam("marker"), table.c.version <= bindparam("ahead"))
+        stmt = (
+            select(clock.c.purged_version, clock.c.version, ex.now(), witness_version, *identity, *ex.columns())
+            .select_from(clock.outerjoin(table, newer))
+            .where(clock.c.id == 1)
+            .order_by(table.c.version)
+        )
+        self._changes[with_witness] = (identity, stmt)
+        return stmt
 
     def identity(self) -> DbIdentity:
         """Which database this is: what a marker and a local snapshot belong to (see revstore.identity)."""
