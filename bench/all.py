@@ -106,10 +106,11 @@ BOUNDS = """\
   With name rules stored, a task whose name has rules pays one more dict
   lookup and each of its rules' argument checks (a JSON encoding of the
   argument compared with the rule's); names without rules cost nothing
-  per task.  Every drain tick's expiry pass, though, walks every stored
-  rule (`WorkerMemory.purge`): some 0.5 ms for 1,000 rules, 10 times a
-  second, which makes it the larger of the two costs (the in-process rows
-  give both, and the share of the main process they take).
+  per task.  Every drain tick's expiry pass (`WorkerMemory.purge`, 10
+  times a second) pops only what has expired from one deadline heap, so
+  the rules cost it next to nothing (it walked every rule until the heap:
+  some 0.5 ms a tick for 1,000); the in-process rows give both costs, and
+  the share of the main process they take.
   On a shared machine one run's rate moves by 10-20% with the neighbours'
   load, more than the gap measured: the rounds take turns, the ratio is
   their median with the spread beside it, and the worker's CPU per task
