@@ -55,8 +55,8 @@ BOUNDS = """\
   stored (marks written by the worker, from its spawn): the app's
   `revstore.install` runs at 0.65-0.70 s, revstore's imports take 0.19 s,
   the step's `create()` starts the read at 0.93-0.99 s, when a plain
-  worker is about to run its first task (1.0 s); the read takes 0.5-0.8 s
-  and the build 0.6-0.7 s after it, and `start()` waits 1.2-1.3 s for
+  worker is about to run its first task (1.0 s); the read takes 0.7-0.8 s
+  and the build 0.6-0.7 s after it, and `start()` waits 1.1-1.3 s for
   them.  The load starts late because Celery creates consumer steps last;
   starting it from `install` would hide at most the 0.3 s after it, and
   only by reading the database in whatever process imports the app.
