@@ -15,9 +15,9 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import and_, bindparam, func, null, or_, select
-from sqlalchemy.sql import Select
 from sqlalchemy.engine import URL, Connection
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.sql import Select
 
 from . import config as _config
 from . import keys as _keys
@@ -222,9 +222,9 @@ class WorkerReads(Door):
         """:meth:`changes_since`'s statement, built once and bound by parameters at each poll.
 
         Every worker runs it at every poll and at every wake-up: building it
-        anew (an alias of the table, a dozen columns) cost about 1 ms of CPU
-        a time, some 40 % of a pull's, which a fleet woken at once pays N
-        times over on its hosts.
+        anew (an alias of the table, a dozen columns, its cache key) cost
+        about 1.4 ms of CPU a time, some 60 % of a pull's, which a fleet
+        woken at once pays N times over on its hosts.
         """
         cached = self._changes.get(with_witness)
         if cached is not None and cached[0] is identity:
